@@ -1,0 +1,91 @@
+"""Every config field, with its default. Experiments (configs/*.py) start from this and override a few.
+
+Not run on its own; see configs/demo.py, voc2007.py, coco2014.py, nus_wide.py, folder.py.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.dataset = "shapes"          # registry name: shapes, voc/2007, voc/2012, coco/2014, coco/2017, nus_wide, folder
+  c.image_size = 224            # pixels, square; the model input and the pipeline's resize target
+  c.dtype = "float32"           # compute dtype of convolutions and matmuls: float32 or bfloat16
+  c.batch_size = 64             # global training batch (all devices together)
+  c.eval_batch_size = 128       # global batch for features, validation and evaluation
+  c.stages = ("features", "head", "finetune", "evaluate")
+  c.distributed = False         # call jax.distributed.initialize() (multi-host); also on when the env says so
+
+  # Input pipeline (mlc_jax/data).
+  c.data = ml_collections.ConfigDict()
+  c.data.data_dir = ""          # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
+  c.data.manual_dir = ""        # nus_wide: the NUS-WIDE tree; folder: the image folder
+  c.data.resize = "plain"       # plain: resize to image_size (the proposal); crop: keep aspect, centre crop
+  c.data.val_fraction = 0.1     # share of train carved out (deterministically) as validation where a dataset has none
+  c.data.shuffle_buffer = 10_000
+
+  # On-device augmentation strengths; 0 or False turns one off. Never applied at evaluation.
+  c.augment = ml_collections.ConfigDict()
+  c.augment.flip = True         # random horizontal flip
+  c.augment.zoom = 0.15         # random scale crop: up to this share zoomed in
+  c.augment.rotation = 10.0     # +- degrees
+  c.augment.noise = 0.0         # Gaussian noise std, in 0-255 pixel units
+  c.augment.color_jitter = 0.0  # brightness/contrast/saturation strength
+
+  # Backbone (mlc_jax/models).
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = "vgg16"        # vgg11, vgg13, vgg16, vgg19
+  c.model.batch_norm = False    # torchvision's vgg*_bn family
+  c.model.width = 1.0           # channel multiplier (fast tests and the demo use less than 1)
+  c.model.weights = "imagenet"  # imagenet (Keras file, fetched and cached), a weights file path, or "" (from scratch)
+  c.model.preprocessing = ""    # "" = the weights' own convention; caffe, torch or unit to force one
+  c.model.pooling = "avg"       # headless backbone output: avg, max or flatten
+  c.model.include_top = False   # keep fc1/fc2 (224 px only); the head then sits on fc2's 4096 features
+  c.model.cache_dir = ""        # where fetched weight files live; "" = ~/.cache/mlc_jax
+
+  # Multi-label head and its training stage on cached bottleneck features.
+  c.head = ml_collections.ConfigDict()
+  c.head.hidden = 1024          # fc1 units; 0 = a single linear layer
+  c.head.dropout = 0.5
+  c.head.activation = "sigmoid" # sigmoid (multi-label) or softmax (single-label, for comparison)
+  c.head.epochs = 20
+  c.head.optimizer = "rmsprop"
+  c.head.learning_rate = 1e-4
+  c.head.batch_size = 64
+
+  # Fine-tuning: backbone + trained head.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.epochs = 10
+  c.finetune.unfreeze_blocks = 1   # top conv blocks that train (0-5, or "all"); lower blocks stay frozen
+  c.finetune.optimizer = "sgd"     # sgd, adam, adamw, rmsprop
+  c.finetune.learning_rate = 1e-4
+  c.finetune.momentum = 0.9
+  c.finetune.nesterov = False
+  c.finetune.weight_decay = 0.0
+  c.finetune.grad_clip = 0.0       # global-norm clip of the trainable gradient; 0 = off
+  c.finetune.schedule = "constant" # constant, cosine, step
+  c.finetune.warmup_epochs = 0
+
+  # Loss (mlc_jax/losses.py).
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "bce"           # bce, focal, asl
+  c.loss.label_smoothing = 0.0
+  c.loss.focal_gamma = 2.0
+  c.loss.gamma_pos = 0.0        # asl
+  c.loss.gamma_neg = 4.0        # asl
+  c.loss.clip = 0.05            # asl probability margin for negatives
+
+  # Checkpoints, logging, stopping.
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.best_metric = "val_loss"  # val_loss (lower is better) or val_mAP (higher is better)
+  c.checkpoint.every_steps = 0           # also save mid-epoch every N steps; 0 = at epoch ends only
+  c.early_stopping_patience = 0          # epochs without improvement before a stage stops; 0 = off
+  c.log_every_steps = 50
+
+  # Evaluation (mlc_jax/evaluate.py).
+  c.eval = ml_collections.ConfigDict()
+  c.eval.k = 3
+  c.eval.threshold = 0.5
+  c.eval.topk_min_score = False  # top-k variant: False = exactly k labels per image; True = ML-GCN (also score >= threshold)
+  c.eval.tune_thresholds = True  # per-class thresholds tuned on val, applied to test, reported separately
+  return c
