@@ -24,10 +24,10 @@ def _dispatch(mode, config, workdir, flags):
     from mlc_jax import evaluate
     return evaluate.baseline(_need_config(config, mode), workdir, split=flags.split)
   if mode == "predict":
-    from mlc_jax import classifier
+    from mlc_jax import predict
     if not flags.images:
       raise UserError("--mode=predict needs --images=PATH_OR_GLOB")
-    return classifier.predict_cli(workdir, flags.images, top_k=flags.top_k,
+    return predict.predict_cli(workdir, flags.images, top_k=flags.top_k,
                                   output=flags.output, which=flags.which)
   if mode == "export":
     from mlc_jax import export
