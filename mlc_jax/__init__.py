@@ -4,6 +4,14 @@ Public API: `load`, `load_imagenet`, `Classifier`, `__version__`. Everything els
 through its module (`mlc_jax.metrics.compute`, ...).
 """
 
+import os
+
+# jaxlib 0.12.0.1's XLA:CPU YNNPACK fusion returns inf/NaN for jitted bfloat16 conv->pool->conv chains
+# (reproduced with plain lax ops); turning that one fusion off fixes it at no measurable f32 cost.
+# Set before JAX starts its CPU backend; GPUs ignore CPU flags.
+if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type=").strip()
+
 __version__ = "0.1.0"
 __all__ = ["Classifier", "load", "load_imagenet", "__version__"]
 

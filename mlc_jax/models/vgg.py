@@ -1,0 +1,214 @@
+"""VGG11/13/16/19 in Flax NNX, with Keras's layer names so ImageNet files map one to one.
+
+Layers: block{b}_conv{i} (3x3 conv, ReLU; batch-norm variants add block{b}_bn{i} between conv and
+ReLU as torchvision's vgg*_bn do), a 2x2 max pool ending each block, then either the ImageNet top
+(fc1, fc2, predictions on the flattened 7x7 map at 224 px) or a pooling of the last map.
+Input: uint8 (or float 0-255) RGB NHWC; the weights' preprocessing runs inside the model, on device.
+"""
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mlc_jax.errors import UserError
+
+# Convolutions per block: the four configurations (A, B, D, E) of Simonyan & Zisserman.
+BLOCKS = {
+    "vgg11": (1, 1, 2, 2, 2),
+    "vgg13": (2, 2, 2, 2, 2),
+    "vgg16": (2, 2, 3, 3, 3),
+    "vgg19": (2, 2, 4, 4, 4),
+}
+BLOCK_CHANNELS = (64, 128, 256, 512, 512)
+TOP_UNITS = 4096
+POOLINGS = ("avg", "max", "flatten", None)
+CONVENTIONS = ("caffe", "torch", "unit")
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+TORCH_MEAN = (0.485, 0.456, 0.406)
+TORCH_STD = (0.229, 0.224, 0.225)
+MIN_SIZE = 32
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def scaled(channels, width):
+  """Channels of a layer under the width multiplier (at least 1)."""
+  return max(1, int(round(channels * width)))
+
+
+def conv_names(arch):
+  """Keras names of the convolutions of `arch`, in order: block1_conv1, block1_conv2, ..."""
+  if arch not in BLOCKS:
+    raise UserError(f"model.arch={arch!r} is not one of {sorted(BLOCKS)}")
+  return [f"block{b}_conv{i}" for b, n in enumerate(BLOCKS[arch], 1) for i in range(1, n + 1)]
+
+
+def block_of(path):
+  """Conv block (1-5) of a parameter path ('backbone/block3_conv2/kernel' or a tuple); 6 for VGG's
+  fc1/fc2/predictions; None for anything else (the head)."""
+  parts = path.split("/") if isinstance(path, str) else [str(p) for p in path]
+  if "head" in parts:
+    return None  # the multi-label head's fc1/predictions are not VGG's top
+  for part in parts:
+    match = re.fullmatch(r"block(\d)_(conv|bn)\d+", part)
+    if match:
+      return int(match.group(1))
+    if part in ("fc1", "fc2", "predictions"):
+      return 6
+  return None
+
+
+def preprocess(images, convention):
+  """uint8/float 0-255 RGB NHWC -> float32 input of the network trained under `convention`.
+
+  caffe (Keras files): RGB->BGR minus the BGR means on 0-255; torch (torchvision/timm): /255 then
+  ImageNet mean/std; unit (from scratch): /255. Plain jnp ops so XLA fuses them into the first conv.
+  """
+  x = jnp.asarray(images).astype(jnp.float32)
+  if convention == "caffe":
+    return x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
+  if convention == "torch":
+    return (x / 255.0 - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(TORCH_STD, jnp.float32)
+  if convention == "unit":
+    return x / 255.0
+  raise UserError(f"model.preprocessing={convention!r} is not one of {CONVENTIONS}")
+
+
+def host_initializer(kind):
+  """Initializer drawing on the host with numpy, seeded from the JAX key; the jax.nn one when traced.
+
+  Why: XLA on CPU compiles a threefry program per parameter shape (seconds each), which made
+  building a VGG take half a minute. kind: 'conv' (He normal, fan_out: torchvision's VGG init),
+  'dense' (normal, std 0.01: torchvision's) or 'glorot' (Keras Dense's default, for the head).
+  """
+  traced = {"conv": jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            "dense": jax.nn.initializers.normal(0.01),
+            "glorot": jax.nn.initializers.glorot_uniform()}[kind]
+
+  def init(key, shape, dtype=jnp.float32):
+    try:
+      seed = np.asarray(jax.random.key_data(key)).ravel()
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+      return traced(key, shape, dtype)  # under jit or eval_shape: stay on device (or abstract)
+    rng = np.random.default_rng(seed)
+    fan_in, fan_out = np.prod(shape[:-1]), shape[-1] * np.prod(shape[:-2])
+    if kind == "conv":
+      values = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_out))
+    elif kind == "dense":
+      values = rng.standard_normal(shape, np.float32) * np.float32(0.01)
+    else:
+      limit = np.sqrt(6.0 / (fan_in + fan_out))
+      values = rng.uniform(-limit, limit, shape).astype(np.float32)
+    return jnp.asarray(values, dtype)
+  return init
+
+
+def max_pool_2x2(x):
+  """2x2 max pool, stride 2, 'valid' (odd sizes floor, like Keras MaxPooling2D)."""
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+
+
+class VGG(nnx.Module):
+  """VGG backbone (headless, pooled) or the full ImageNet classifier (include_top).
+
+  Parameters are float32; convolutions and matmuls compute in `dtype`; outputs are float32.
+  include_top with num_classes=0 keeps fc1/fc2 and returns fc2's features (a head then sits on them).
+  """
+
+  def __init__(self, arch="vgg16", *, include_top=False, pooling="avg", width=1.0, batch_norm=False,
+               num_classes=1000, image_size=224, dtype=jnp.float32, preprocessing="caffe",
+               rngs=None):
+    conv_names(arch)  # validates arch
+    if pooling not in POOLINGS:
+      raise UserError(f"model.pooling={pooling!r} is not one of {POOLINGS}")
+    if preprocessing not in CONVENTIONS:
+      raise UserError(f"model.preprocessing={preprocessing!r} is not one of {CONVENTIONS}")
+    if int(image_size) < MIN_SIZE:
+      raise UserError(f"image_size={image_size} is too small: VGG needs at least {MIN_SIZE} px "
+                      "(five 2x2 poolings)")
+    if not width > 0:
+      raise UserError(f"model.width={width} must be > 0")
+    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+      raise UserError(f"dtype={dtype!r} is not float32 or bfloat16")
+    rngs = rngs if rngs is not None else nnx.Rngs(0)
+    self.arch, self.include_top, self.pooling = arch, bool(include_top), pooling
+    self.batch_norm, self.image_size, self.dtype = bool(batch_norm), int(image_size), dtype
+    self.preprocessing, self.width, self.num_classes = preprocessing, float(width), int(num_classes)
+    names = []
+    in_ch = 3
+    for b, n in enumerate(BLOCKS[arch], 1):
+      out_ch = scaled(BLOCK_CHANNELS[b - 1], width)
+      for i in range(1, n + 1):
+        conv = nnx.Conv(in_ch, out_ch, (3, 3), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
+                        kernel_init=host_initializer("conv"), rngs=rngs)
+        setattr(self, f"block{b}_conv{i}", conv)
+        names.append(f"block{b}_conv{i}")
+        if batch_norm:
+          # torchvision's BatchNorm2d: eps 1e-5, running stats momentum 0.1 (Flax counts 1 - that).
+          setattr(self, f"block{b}_bn{i}", nnx.BatchNorm(out_ch, momentum=0.9, epsilon=1e-5,
+                                                         dtype=dtype, param_dtype=jnp.float32,
+                                                         rngs=rngs))
+          names.append(f"block{b}_bn{i}")
+        in_ch = out_ch
+    self.map_size = self.final_map_size(self.image_size)
+    self.channels = in_ch
+    if self.include_top:
+      units = scaled(TOP_UNITS, width)
+      dense = dict(dtype=dtype, param_dtype=jnp.float32, kernel_init=host_initializer("dense"),
+                   rngs=rngs)
+      self.fc1 = nnx.Linear(self.map_size ** 2 * in_ch, units, **dense)
+      self.fc2 = nnx.Linear(units, units, **dense)
+      names += ["fc1", "fc2"]
+      if self.num_classes:
+        self.predictions = nnx.Linear(units, self.num_classes, **dense)
+        names.append("predictions")
+      self.num_features = self.num_classes or units
+    elif pooling == "flatten":
+      self.num_features = self.map_size ** 2 * in_ch
+    else:
+      self.num_features = in_ch
+    self.layer_names = tuple(names)  # weight-bearing layers in order; a tuple stays static in NNX
+
+  @staticmethod
+  def final_map_size(image_size):
+    """Side of the last conv block's map after its pooling (floor at each 2x2 pool)."""
+    size = int(image_size)
+    for _ in range(5):
+      size //= 2
+    return size
+
+  def features(self, images, *, train=False):
+    """Conv blocks 1-5 with their pools: (N, H, W, 3) 0-255 RGB -> (N, h, w, C) in `dtype`."""
+    x = preprocess(images, self.preprocessing).astype(self.dtype)
+    for b, n in enumerate(BLOCKS[self.arch], 1):
+      for i in range(1, n + 1):
+        x = getattr(self, f"block{b}_conv{i}")(x)
+        if self.batch_norm:
+          x = getattr(self, f"block{b}_bn{i}")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+      x = max_pool_2x2(x)
+    return x
+
+  def __call__(self, images, *, train=False):
+    """Images (N, H, W, 3) uint8 RGB -> pooled features (N, D), fc2 features or logits; float32."""
+    x = self.features(images, train=train)
+    if self.include_top:
+      if x.shape[1] != self.map_size or x.shape[2] != self.map_size:
+        raise UserError(f"this VGG with its top takes {self.image_size} px images; "
+                        f"got {images.shape[1]}x{images.shape[2]}")
+      # Flatten in H, W, C order: Keras's Flatten in channels_last (torch's CHW is converted on load).
+      x = x.reshape(x.shape[0], -1)
+      x = jax.nn.relu(self.fc1(x))
+      x = jax.nn.relu(self.fc2(x))
+      if self.num_classes:
+        x = self.predictions(x)
+      return x.astype(jnp.float32)
+    if self.pooling == "avg":
+      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    elif self.pooling == "max":
+      x = jnp.max(x, axis=(1, 2))
+    elif self.pooling == "flatten":
+      x = x.reshape(x.shape[0], -1)
+    return x.astype(jnp.float32)
