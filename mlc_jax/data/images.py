@@ -3,6 +3,8 @@
 The tf.data pipeline maps these functions over a dataset; `Classifier.predict` calls them eagerly
 on paths, PIL images or arrays, so a picture gets identical pixels on both paths.
 """
+import re
+
 import numpy as np
 import tensorflow as tf
 
@@ -51,7 +53,7 @@ def to_array(item):
     except (tf.errors.NotFoundError, FileNotFoundError):
       raise UserError(f"image {path} does not exist") from None
     except (tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
-      raise UserError(f"image {path} cannot be decoded ({e.message.splitlines()[0]}); "
+      raise UserError(f"image {path} cannot be decoded ({_tf_reason(e)}); "
                       "remove it or replace it with a JPEG/PNG/GIF/BMP file") from None
   if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image
     return np.asarray(item.convert("RGB"), dtype=np.uint8)
@@ -67,6 +69,12 @@ def to_array(item):
   if array.shape[-1] == 1:
     array = np.repeat(array, 3, axis=-1)
   return array[..., :3]
+
+
+def _tf_reason(error):
+  """TensorFlow's message without its {{function_node ...}} and [Op:...] decorations."""
+  text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]( name:)?", "", error.message.splitlines()[0])
+  return text.strip() or type(error).__name__
 
 
 def load(item, image_size, method="plain"):
