@@ -23,6 +23,17 @@ def get_config():
   c.data.resize = "plain"       # plain: resize to image_size (the proposal); crop: keep aspect, centre crop
   c.data.val_fraction = 0.1     # share of train carved out (deterministically) as validation where a dataset has none
   c.data.shuffle_buffer = 10_000
+  c.data.include_difficult = True  # voc: count objects marked difficult as labels (TFDS `labels`) or not
+  c.data.keep_unlabeled = True  # nus_wide/folder: keep images with none of the labels (all-zero target)
+  c.data.csv = ""               # folder: the label file (CSV filename,labels or .jsonl); "" = manual_dir/labels.csv
+  c.data.label_separator = " "  # folder: separator between labels inside the CSV labels column
+  c.data.labels_file = ""       # folder: labels.txt with one class per line; "" = the labels seen in the file
+  c.data.test_fraction = 0.1    # folder without a split column: share carved out as test (by filename hash)
+  c.data.shapes_image_size = 64 # shapes: generated image size (pixels)
+  c.data.shapes_seed = 0        # shapes: generation seed (separate from `seed` so training seeds reuse one set)
+  c.data.shapes_train = 6000    # shapes: split sizes
+  c.data.shapes_val = 1000
+  c.data.shapes_test = 2000
 
   # On-device augmentation strengths; 0 or False turns one off. Never applied at evaluation.
   c.augment = ml_collections.ConfigDict()
@@ -42,6 +53,7 @@ def get_config():
   c.model.pooling = "avg"       # headless backbone output: avg, max or flatten
   c.model.include_top = False   # keep fc1/fc2 (224 px only); the head then sits on fc2's 4096 features
   c.model.cache_dir = ""        # where fetched weight files live; "" = ~/.cache/mlc_jax
+  c.model.weights_url = ""      # mirror URL for weights="imagenet"; "" = the official Keras URL (md5 checked either way)
 
   # Multi-label head and its training stage on cached bottleneck features.
   c.head = ml_collections.ConfigDict()
@@ -56,7 +68,8 @@ def get_config():
   # Fine-tuning: backbone + trained head.
   c.finetune = ml_collections.ConfigDict()
   c.finetune.epochs = 10
-  c.finetune.unfreeze_blocks = 1   # top conv blocks that train (0-5, or "all"); lower blocks stay frozen
+  c.finetune.unfreeze_blocks = "1" # top conv blocks that train: "0"-"5" or "all" (a string, so the
+                                   # command line takes both); lower blocks stay frozen
   c.finetune.optimizer = "sgd"     # sgd, adam, adamw, rmsprop
   c.finetune.learning_rate = 1e-4
   c.finetune.momentum = 0.9
@@ -88,4 +101,10 @@ def get_config():
   c.eval.threshold = 0.5
   c.eval.topk_min_score = False  # top-k variant: False = exactly k labels per image; True = ML-GCN (also score >= threshold)
   c.eval.tune_thresholds = True  # per-class thresholds tuned on val, applied to test, reported separately
+  c.eval.examples = 16           # test images in the report's grid of predicted and true labels
+  c.eval.mapping = ""            # baseline: ImageNet -> label mapping file; "" = resources/imagenet_to_{voc,coco,nus_wide}.json
+  c.eval.baseline_reduce = "max" # baseline: a label's score is the max or the sum of its ImageNet classes' probabilities
+  c.eval.baseline_weights = ""   # baseline: ImageNet weights with the top ("imagenet" or a file); "" = model.weights
+  c.eval.synonyms = ""           # predictions files: tag synonyms JSON; "" = resources/tag_synonyms.json
+  c.eval.unknown_tags = "error"  # predictions files: tags naming no label -> error, or ignore (e.g. Clarifai's open vocabulary)
   return c

@@ -1,0 +1,111 @@
+"""`Source`: one dataset's labels, split sizes and a reader of (encoded image, multi-hot) pairs.
+
+Every dataset is a TFDS dataset; a Source maps our split names (train/val/test) to TFDS split
+strings (e.g. val carved from train as `train[N:]`) and turns the dataset's label field into a
+multi-hot vector. Images stay encoded here: the pipeline decodes them with mlc_jax.data.images so
+training and prediction see identical pixels.
+"""
+import hashlib
+import json
+import logging
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mlc_jax.errors import UserError
+
+SPLITS = ("train", "val", "test")
+
+
+def carve(builder, split, val_fraction, *, name):
+  """{'train': 'split[:N-k]', 'val': 'split[N-k:]'}, k = round(N * val_fraction), deterministic.
+
+  TFDS shuffles examples when it builds a dataset, so the tail is a random (but fixed) subset.
+  """
+  if not 0.0 < val_fraction < 1.0:
+    raise UserError(f"data.val_fraction={val_fraction} must be between 0 and 1 (exclusive) for {name}")
+  total = builder.info.splits[split].num_examples
+  k = max(1, int(round(total * val_fraction)))
+  if total - k < 1:
+    raise UserError(f"{name}: split {split!r} has {total} examples, too few to carve a validation part")
+  return {"train": f"{split}[:{total - k}]", "val": f"{split}[{total - k}:]"}
+
+
+class Source:
+  """A TFDS-backed dataset as the pipeline sees it.
+
+  labels: class names; num_examples: {'train', 'val', 'test'} -> count; skipped: files left out
+  when the dataset was built, as [{'path', 'reason'}]; notes: dataset-specific counts for reports.
+  """
+
+  def __init__(self, name, builder, splits, label_fn, labels, *, skipped=(), notes=None, options=None):
+    self.name = name
+    self.builder = builder
+    self.splits = dict(splits)
+    self.label_fn = label_fn
+    self.labels = list(labels)
+    self.skipped = list(skipped)
+    self.notes = dict(notes or {})
+    self.options = dict(options or {})
+    self.num_examples = {}
+    for split, spec in self.splits.items():
+      n = builder.info.splits[spec].num_examples
+      if n == 0:
+        raise UserError(f"{name}: split {split!r} ({spec}) is empty; check the dataset files or "
+                        "the split sizes in the config")
+      self.num_examples[split] = int(n)
+    if self.skipped:  # each file was logged when the dataset was built; here only the count
+      logging.getLogger(__name__).warning(
+          "%s: %d unreadable files were left out when the dataset was built (see --mode=data_report)",
+          name, len(self.skipped))
+
+  def fingerprint(self):
+    """A short hash of what determines the examples: dataset, version, config, splits, options."""
+    config = self.builder.builder_config.name if self.builder.builder_config else ""
+    key = json.dumps([self.name, str(self.builder.version), config, self.splits, self.labels,
+                      self.options, self.num_examples], sort_keys=True, default=str)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+  def read(self, split, *, process_index=0, process_count=1, shuffle_seed=None):
+    """tf.data.Dataset of {'image': encoded bytes, 'labels': float32 (C,) multi-hot, 'index'}.
+
+    process_index/count: this process's even share of the split (tfds.even_splits).
+    shuffle_seed: shuffle the order of files deterministically; None keeps the stored order.
+    """
+    if split not in self.splits:
+      raise UserError(f"{self.name} has no split {split!r}; it has {sorted(self.splits)}")
+    spec = self.splits[split]
+    if process_count > 1:
+      spec = tfds.even_splits(spec, n=process_count, drop_remainder=False)[process_index]
+    read_config = tfds.ReadConfig(shuffle_seed=shuffle_seed, add_tfds_id=False)
+    ds = self.builder.as_dataset(split=spec, shuffle_files=shuffle_seed is not None,
+                                 read_config=read_config,
+                                 decoders={"image": tfds.decode.SkipDecoding()})
+    num_classes = len(self.labels)
+    label_fn = self.label_fn
+
+    def convert(example):
+      ids = tf.cast(label_fn(example), tf.int32)
+      multi_hot = tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes), axis=0), 1.0)
+      return {"image": example["image"], "labels": tf.reshape(multi_hot, [num_classes])}
+
+    return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def label_matrix(self, split):
+    """float32 (N, C) numpy multi-hot labels of a split, in stored order (no image decoding)."""
+    import numpy as np
+    rows = [ex["labels"] for ex in self.read(split).map(lambda e: {"labels": e["labels"]}).as_numpy_iterator()]
+    return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
+
+
+def prepare(builder, *, name, manual_dir=None, hint=""):
+  """download_and_prepare the builder once (later calls reuse the files in data_dir)."""
+  try:
+    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    builder.download_and_prepare(download_config=config)
+  except UserError:
+    raise
+  except (AssertionError, FileNotFoundError, tfds.core.download.DownloadError) as e:
+    raise UserError(f"dataset {name} could not be prepared in {builder.data_dir}: "
+                    f"{str(e).splitlines()[0] if str(e) else type(e).__name__}. {hint}") from None
+  return builder

@@ -1,0 +1,83 @@
+"""Properties of the on-device augmentation (mlc_jax.data.augment)."""
+import jax
+import ml_collections
+import numpy as np
+
+from mlc_jax.data import augment
+
+
+def _cfg(flip=False, zoom=0.0, rotation=0.0, noise=0.0, color_jitter=0.0):
+  return ml_collections.ConfigDict(dict(flip=flip, zoom=zoom, rotation=rotation, noise=noise,
+                                        color_jitter=color_jitter))
+
+
+def _images(n=6, size=16):
+  return np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_zero_strength_is_identity():
+  images = _images()
+  out = augment.make_augment(_cfg())(images, jax.random.key(0))
+  assert out.dtype == np.float32 and out.shape == images.shape
+  np.testing.assert_array_equal(np.asarray(out), images.astype(np.float32))
+
+
+def test_flip_twice_is_identity_and_flips_some():
+  images = _images(8)
+  f = augment.make_augment(_cfg(flip=True))
+  key = jax.random.key(3)
+  once = np.asarray(f(images, key))
+  np.testing.assert_array_equal(np.asarray(f(once, key)), images.astype(np.float32))
+  flipped = [np.array_equal(once[i], images[i, :, ::-1]) for i in range(8)]
+  kept = [np.array_equal(once[i], images[i]) for i in range(8)]
+  assert all(a or b for a, b in zip(flipped, kept)) and any(flipped) and any(kept)
+
+
+def test_all_ops_keep_shape_dtype_range_and_are_deterministic():
+  images = _images()
+  f = augment.make_augment(_cfg(flip=True, zoom=0.3, rotation=15.0, noise=8.0, color_jitter=0.4))
+  a = np.asarray(f(images, jax.random.key(1)))
+  b = np.asarray(f(images, jax.random.key(1)))
+  c = np.asarray(f(images, jax.random.key(2)))
+  assert a.shape == images.shape and a.dtype == np.float32
+  assert a.min() >= 0.0 and a.max() <= 255.0
+  np.testing.assert_array_equal(a, b)
+  assert not np.allclose(a, c)
+  # Each example has its own draw: identical inputs give different outputs within one batch.
+  same = np.repeat(images[:1], 6, axis=0)
+  d = np.asarray(f(same, jax.random.key(1)))
+  assert not np.allclose(d[0], d[1])
+
+
+def test_labels_untouched_and_constant_image_kept_inside_a_jitted_step():
+  cfg = _cfg(flip=True, zoom=0.5, rotation=30.0)
+
+  @jax.jit
+  def step(batch, key):
+    return {**batch, "image": augment.augment(batch["image"], key, cfg)}
+
+  labels = np.eye(6, 5, dtype=np.float32)
+  # A constant image stays constant under any flip, scale crop or rotation (edge mode 'nearest').
+  const = np.full((6, 16, 16, 3), 77, np.uint8)
+  out = step({"image": const, "labels": labels}, jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(out["labels"]), labels)
+  np.testing.assert_allclose(np.asarray(out["image"]), 77.0, atol=1e-3)
+
+
+def test_full_crop_at_zero_angle_is_identity():
+  # Hand reference: scale 1 (zoom 0), no shift and zero angle map every pixel onto itself.
+  image = _images(1)[0].astype(np.float32)
+  out = jax.jit(lambda x: augment._affine(jax.random.key(0), x, 0.0, 0.0))(image)
+  np.testing.assert_allclose(np.asarray(out), image, atol=1e-3)
+
+
+def test_warp_matches_scipy_bilinear_with_nearest_edges():
+  from scipy import ndimage
+  image = _images(1, 20)[0].astype(np.float32)
+  angle, scale = np.deg2rad(17.0), 0.8
+  matrix = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]], np.float32)
+  offset = np.array([3.5, -2.25], np.float32)
+  got = np.asarray(jax.jit(augment._warp)(image, matrix, offset))
+  expected = np.stack([ndimage.affine_transform(image[..., ch], matrix, offset, order=1, mode="nearest")
+                       for ch in range(3)], -1)
+  np.testing.assert_allclose(got, expected, atol=1e-3)

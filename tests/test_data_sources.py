@@ -1,0 +1,147 @@
+"""NUS-WIDE and CSV/JSON-lines folders built from small trees made here, with bad files."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import default_config
+from mlc_jax.data import pipeline, registry
+from mlc_jax.errors import UserError
+
+CONCEPTS = ["sky", "dog", "water"]
+
+
+def _jpeg(path, seed, size=(20, 30)):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  Image.fromarray(np.random.default_rng(seed).integers(0, 256, size + (3,), dtype=np.uint8)).save(path, "JPEG")
+
+
+def _bad_files(folder):
+  """{name: kind} of a zero-byte file, a truncated JPEG and a text file posing as an image."""
+  _jpeg(os.path.join(folder, "whole.jpg"), 99, (64, 64))
+  data = open(os.path.join(folder, "whole.jpg"), "rb").read()
+  os.remove(os.path.join(folder, "whole.jpg"))
+  open(os.path.join(folder, "empty.jpg"), "wb").close()
+  open(os.path.join(folder, "truncated.jpg"), "wb").write(data[:len(data) // 2])
+  open(os.path.join(folder, "notes.jpg"), "w").write("not an image\n")
+  return ["empty.jpg", "truncated.jpg", "notes.jpg"]
+
+
+def _collect(source, split, config):
+  batches = list(pipeline.batches(source, split, batch_size=4, train=False, config=config))
+  labels = np.concatenate([b["labels"] for b in batches])
+  mask = np.concatenate([b["mask"] for b in batches])
+  return labels[mask]
+
+
+def _nus_tree(root):
+  """Official layout: 8 train (1 missing, 3 bad, 1 without labels) and 3 test images."""
+  train = [[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0], [0, 0, 1], [1, 0, 1], [0, 1, 0], [1, 1, 1]]
+  test = [[0, 1, 0], [0, 0, 0], [1, 1, 1]]
+  os.makedirs(os.path.join(root, "ImageList"))
+  os.makedirs(os.path.join(root, "Groundtruth", "TrainTestLabels"))
+  open(os.path.join(root, "Concepts81.txt"), "w").write("\n".join(CONCEPTS) + "\n")
+  bad = _bad_files(os.path.join(root, "Flickr", "animal"))
+  for split, rows in (("Train", train), ("Test", test)):
+    entries = [f"animal\\{split}_{i}.jpg" for i in range(len(rows))]
+    if split == "Train":
+      entries[5:] = [f"animal\\{name}" for name in bad]
+    with open(os.path.join(root, "ImageList", f"{split}Imagelist.txt"), "w", newline="") as f:
+      f.write("\r\n".join(entries) + "\r\n")  # the official lists have Windows line ends
+    for c, concept in enumerate(CONCEPTS):
+      path = os.path.join(root, "Groundtruth", "TrainTestLabels", f"Labels_{concept}_{split}.txt")
+      open(path, "w").write("\n".join(str(r[c]) for r in rows) + "\n")
+    for i, entry in enumerate(entries[:5] if split == "Train" else entries):
+      if not (split == "Train" and i == 4):  # Train_4 is missing from the user's copy
+        _jpeg(os.path.join(root, "Flickr", *entry.split("\\")), i)
+  return train, test
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_nus_wide_counts_missing_bad_and_unlabeled(tmp_path, keep):
+  train, test = _nus_tree(str(tmp_path / "nus"))
+  config = default_config()
+  config.dataset, config.image_size = "nus_wide", 16
+  config.data.manual_dir, config.data.data_dir = str(tmp_path / "nus"), str(tmp_path / "tfds")
+  config.data.keep_unlabeled, config.data.val_fraction = keep, 0.3
+  source = registry.get(config)
+  assert source.labels == CONCEPTS
+  assert source.notes["missing_images"] == {"train": 1, "test": 0}
+  assert source.notes["images_without_labels"] == {"train": 1, "test": 1}
+  assert sorted(os.path.basename(s["path"]) for s in source.skipped) == ["empty.jpg", "notes.jpg", "truncated.jpg"]
+  usable_train = 4 - (0 if keep else 1)  # Train_0..3 (Train_2 has no labels)
+  assert source.num_examples["train"] + source.num_examples["val"] == usable_train
+  assert source.num_examples["test"] == 3 - (0 if keep else 1)
+  got = _collect(source, "test", config)
+  expected = np.array([r for r in test if keep or any(r)], np.float32)
+  assert sorted(map(tuple, got)) == sorted(map(tuple, expected))
+  both = np.concatenate([_collect(source, "train", config), _collect(source, "val", config)])
+  expected = np.array([r for r in train[:4] if keep or any(r)], np.float32)
+  assert sorted(map(tuple, both)) == sorted(map(tuple, expected))
+
+
+def test_nus_wide_label_file_of_wrong_length_names_it(tmp_path):
+  _nus_tree(str(tmp_path / "nus"))
+  path = tmp_path / "nus" / "Groundtruth" / "TrainTestLabels" / "Labels_dog_Test.txt"
+  path.write_text("0\n1\n")
+  config = default_config()
+  config.dataset, config.data.manual_dir = "nus_wide", str(tmp_path / "nus")
+  config.data.data_dir = str(tmp_path / "tfds")
+  with pytest.raises(UserError, match="Labels_dog_Test.txt has 2 lines"):
+    registry.get(config)
+
+
+def _folder(tmp_path, rows, *, fmt="csv", labels_txt=None):
+  root = tmp_path / "images"
+  for i in range(6):
+    _jpeg(str(root / f"img{i}.jpg"), i)
+  _bad_files(str(root))
+  if labels_txt:
+    (root / "labels.txt").write_text("\n".join(labels_txt) + "\n")
+  if fmt == "csv":
+    lines = ["filename,labels,split"] + [f"{f},{'|'.join(l)},{s}" for f, l, s in rows]
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    manifest = root / "labels.csv"
+  else:
+    manifest = root / "labels.jsonl"
+    manifest.write_text("".join(json.dumps({"filename": f, "labels": l, "split": s}) + "\n" for f, l, s in rows))
+  config = default_config()
+  config.dataset, config.image_size = "folder", 16
+  config.data.manual_dir, config.data.data_dir = str(root), str(tmp_path / "tfds")
+  config.data.csv, config.data.label_separator = str(manifest), "|"
+  return config
+
+
+ROWS = [("img0.jpg", ["cat"], "train"), ("img1.jpg", ["cat", "dog"], "train"),
+        ("img2.jpg", ["bird"], "train"), ("empty.jpg", ["dog"], "train"),
+        ("img3.jpg", ["dog", "bird"], "val"), ("truncated.jpg", ["cat"], "val"),
+        ("img4.jpg", [], "test"), ("img5.jpg", ["bird", "cat"], "test"), ("notes.jpg", ["cat"], "test")]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_folder_skips_bad_files_and_builds_multi_hot(tmp_path, fmt):
+  config = _folder(tmp_path, ROWS, fmt=fmt)
+  source = registry.get(config)
+  assert source.labels == ["bird", "cat", "dog"]  # sorted labels of the file, no labels.txt
+  assert source.num_examples == {"train": 3, "val": 1, "test": 2}
+  assert sorted(os.path.basename(s["path"]) for s in source.skipped) == ["empty.jpg", "notes.jpg", "truncated.jpg"]
+  np.testing.assert_array_equal(_collect(source, "test", config), [[0, 0, 0], [1, 1, 0]])
+  np.testing.assert_array_equal(_collect(source, "val", config), [[1, 0, 1]])
+
+
+def test_folder_labels_txt_and_user_errors(tmp_path):
+  config = _folder(tmp_path, ROWS, labels_txt=["dog", "cat", "bird", "fish"])
+  source = registry.get(config)
+  assert source.labels == ["dog", "cat", "bird", "fish"]
+  np.testing.assert_array_equal(_collect(source, "val", config), [[1, 0, 1, 0]])
+  bad_label = ROWS[:2] + [("img2.jpg", ["horse"], "train")] + ROWS[4:]
+  with pytest.raises(UserError, match=r"labels.csv line 4: label 'horse' is not in .*labels.txt"):
+    registry.get(_folder(tmp_path / "a", bad_label, labels_txt=["dog", "cat", "bird"]))
+  missing = ROWS + [("gone.jpg", ["cat"], "train")]
+  with pytest.raises(UserError, match=r"labels.csv line 11: image .*gone.jpg does not exist"):
+    registry.get(_folder(tmp_path / "b", missing))
+  no_test = [r for r in ROWS if r[2] != "test"]
+  with pytest.raises(UserError, match="split 'test' of .*labels.csv is empty"):
+    registry.get(_folder(tmp_path / "c", no_test))
