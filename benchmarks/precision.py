@@ -1,0 +1,87 @@
+"""bf16 vs float32: the package's fine-tune step and inference forward, same model, batch and start.
+
+  .venv/bin/python benchmarks/precision.py [--batch 32] [--size 64] [--width 0.125] [--steps 4]
+                                           [--unfreeze all]
+
+config.dtype='bfloat16' runs convolutions and matmuls in bf16 with float32 parameters, optimizer
+state and loss (tests/test_bf16.py checks that). On accelerators with bf16 units (TPU, NVIDIA
+tensor cores) this is the fast path; XLA:CPU has no bf16 convolution kernels on most x86 CPUs and
+converts, so on a CPU expect a ratio near or below 1. The losses after the steps are printed side
+by side (the accuracy cost).
+"""
+import argparse
+import pathlib
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks import common  # noqa: E402
+
+
+def measure(args, dtype):
+  """(train images/s, inference images/s, loss after the steps) for one compute dtype."""
+  import jax
+  import numpy as np
+  from flax import nnx
+
+  from configs import default
+  from mlc_jax import losses, models, optim, sharding, steps
+  from mlc_jax.data import augment
+  c = default.get_config()
+  c.image_size, c.model.width, c.model.weights, c.dtype = args.size, args.width, "", dtype
+  model = models.build_model(c, 20, rngs=nnx.Rngs(0))
+  mesh = sharding.mesh()
+  graphdef, trainable, stats, frozen = nnx.split(
+      model, optim.trainable_filter(args.unfreeze, False), nnx.BatchStat, ...)
+  tx = optim.make(c.finetune, 100)
+  step = steps.make_finetune_step(mesh, graphdef, tx, losses.bce,
+                                  lambda x, k: augment.augment(x, k, c.augment))
+  predict = steps.make_predict_step(mesh, nnx.graphdef(model))
+  state = sharding.replicate(nnx.state(model), mesh)
+  trainable, stats, frozen = (sharding.replicate(s, mesh) for s in (trainable, stats, frozen))
+  opt_state = jax.jit(tx.init)(trainable)
+  sums, key = steps.zero_sums(), jax.random.PRNGKey(0)
+  rng = np.random.default_rng(0)
+  batch = sharding.shard_batch(
+      {"image": rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8),
+       "labels": (rng.random((args.batch, 20)) < 0.1).astype(np.float32),
+       "mask": np.ones(args.batch, bool)}, mesh)
+  jax.block_until_ready(predict(state, batch["image"]))
+  t_predict, _ = common.best_of(lambda: jax.block_until_ready(predict(state, batch["image"])),
+                                args.steps)
+  trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums, batch, key, 0)
+  jax.block_until_ready(sums)
+  start = time.perf_counter()
+  for i in range(1, args.steps + 1):
+    trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums, batch, key,
+                                             i)
+  jax.block_until_ready(sums)
+  t_step = (time.perf_counter() - start) / args.steps
+  return args.batch / t_step, args.batch / t_predict, float(sums["loss_sum"]) / (args.steps + 1)
+
+
+def main(argv=None):
+  """Prints the table and the JSON line."""
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--batch", type=int, default=32)
+  parser.add_argument("--size", type=int, default=64)
+  parser.add_argument("--width", type=float, default=0.125)
+  parser.add_argument("--steps", type=int, default=4)
+  parser.add_argument("--unfreeze", default="all")
+  args = parser.parse_args(argv)
+  import jax
+  f32 = measure(args, "float32")
+  bf16 = measure(args, "bfloat16")
+  platform = jax.devices()[0].platform
+  what = f"VGG16 width {args.width:g} {args.size}px batch {args.batch} ({platform})"
+  rows = [common.row(f"finetune step bf16, unfreeze {args.unfreeze}, {what}", bf16[0], f32[0],
+                     "float32"),
+          common.row(f"inference bf16, {what}", bf16[1], f32[1], "float32")]
+  common.print_table(f"bf16 vs float32; mean training loss over {args.steps + 1} steps: "
+                     f"bf16 {bf16[2]:.5f}, float32 {f32[2]:.5f}", rows)
+  common.emit("precision", rows, mean_loss={"bfloat16": bf16[2], "float32": f32[2]})
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,119 @@
+"""config.dtype='bfloat16': convolutions and matmuls in bf16; parameters, optimizer state and loss
+float32; a short run's validation metrics stay close to the float32 run's from the same start."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from mlc_jax import metrics, models, optim, sharding, steps, train
+from mlc_jax.data import augment, pipeline, registry
+
+STEPS = 6
+
+
+def _config(shapes_config, dtype):
+  """A VGG11 at 1/16 width with its fc1/fc2 top (the backbone's matmuls); every layer trains."""
+  c = ml_collections.ConfigDict(shapes_config.to_dict())
+  c.dtype = dtype
+  c.model.arch = "vgg11"
+  c.model.include_top = True
+  c.finetune.unfreeze_blocks = "all"
+  c.finetune.optimizer = "adam"
+  c.finetune.learning_rate = 1e-3
+  return c
+
+
+def _parts(config, num_classes):
+  model = models.build_model(config, num_classes, rngs=nnx.Rngs(0))
+  graphdef, trainable, stats, frozen = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
+  tx = optim.make(config.finetune, STEPS)
+  return model, graphdef, trainable, stats, frozen, tx
+
+
+def _equations(jaxpr):
+  """Every equation of a jaxpr and of the jaxprs nested in it (jit, custom_vjp, scan, ...)."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else (value,):
+        inner = getattr(sub, "jaxpr", sub)
+        if hasattr(inner, "eqns"):
+          yield from _equations(inner)
+
+
+@pytest.fixture(scope="module")
+def source(shapes_config):
+  return registry.get(shapes_config)
+
+
+def test_bf16_compute_float32_state(shapes_config, source):
+  config = _config(shapes_config, "bfloat16")
+  model, graphdef, trainable, stats, frozen, tx = _parts(config, len(source.labels))
+  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  assert params and all(p.dtype == jnp.float32 for p in params)
+
+  batch = next(iter(pipeline.batches(source, "train", batch_size=int(config.batch_size),
+                                     train=True, config=config)))
+  step = lambda *args: steps.finetune_step(
+      graphdef, tx, train.loss_fn(config), lambda x, k: augment.augment(x, k, config.augment),
+      *args)
+  args = (trainable, stats, frozen, tx.init(trainable), steps.zero_sums(), batch,
+          jax.random.PRNGKey(0), 0)
+  eqns = list(_equations(jax.make_jaxpr(step)(*args).jaxpr))
+  convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+  # Forward, input-gradient and weight-gradient convolutions: 8 convs of VGG11, ~3x in a step.
+  assert len(convs) >= 3 * 8 - 1
+  for e in convs:
+    assert [v.aval.dtype for v in e.invars] == [jnp.bfloat16] * 2, e
+    assert e.outvars[0].aval.dtype == jnp.bfloat16, e
+  dots = [e for e in eqns if e.primitive.name == "dot_general"]
+  big = [e for e in dots if min(v.aval.shape[-1] for v in e.invars) >= 64]
+  # fc1/fc2 (256 units at this width) forward and backward run in bf16.
+  assert len([e for e in big if all(v.aval.dtype == jnp.bfloat16 for v in e.invars)]) >= 2
+
+  # Output dtypes from the traced step (no second compile): float32 state and loss.
+  new_trainable, _, opt_state, sums = jax.eval_shape(step, *args)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_trainable))
+  floats = [x for x in jax.tree.leaves(opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  assert floats and all(x.dtype == jnp.float32 for x in floats)
+  assert sums["loss_sum"].dtype == jnp.float32
+
+
+def _short_run(config, source):
+  """STEPS finetune steps, then validation -> (train losses, val loss, val scores, val labels)."""
+  from mlc_jax import loop
+  model, graphdef, trainable, stats, frozen, tx = _parts(config, len(source.labels))
+  mesh = sharding.mesh()
+  loss_fn = train.loss_fn(config)
+  step = steps.make_finetune_step(mesh, graphdef, tx, loss_fn,
+                                  lambda x, k: augment.augment(x, k, config.augment))
+  opt_state, sums, key, losses = tx.init(trainable), steps.zero_sums(), jax.random.PRNGKey(0), []
+  batches = pipeline.batches(source, "train", batch_size=int(config.batch_size), train=True,
+                             config=config)
+  for i, batch in enumerate(batches):
+    before = float(sums["loss_sum"])
+    trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums,
+                                             sharding.shard_batch(batch, mesh), key, i)
+    losses.append(float(sums["loss_sum"]) - before)
+  val_fn = steps.make_loss_step(mesh, graphdef, loss_fn)
+  val = pipeline.batches(source, "val", batch_size=int(config.eval_batch_size), train=False,
+                         config=config)
+  val_loss, scores, labels = loop.validate(val_fn, (trainable, stats, frozen), val, mesh,
+                                           inputs="image", labels="labels")
+  return np.asarray(losses), val_loss, scores, labels
+
+
+def test_bf16_run_close_to_float32(shapes_config, source):
+  f32 = _short_run(_config(shapes_config, "float32"), source)
+  bf16 = _short_run(_config(shapes_config, "bfloat16"), source)
+  assert len(f32[0]) == STEPS
+  np.testing.assert_allclose(bf16[0], f32[0], rtol=0.03)  # training losses, step by step
+  assert abs(bf16[1] - f32[1]) <= 0.03 * f32[1]            # validation loss
+  np.testing.assert_array_equal(bf16[3], f32[3])
+  assert np.max(np.abs(bf16[2] - f32[2])) < 0.05            # validation scores
+  k = int(shapes_config.eval.k)
+  m32, m16 = metrics.compute(f32[2], f32[3], k=k), metrics.compute(bf16[2], f32[3], k=k)
+  for name in ("mAP", f"CF1_top{k}", f"OF1_top{k}"):
+    assert abs(m16[name] - m32[name]) <= 0.05, (name, m16[name], m32[name])

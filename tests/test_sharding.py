@@ -1,0 +1,125 @@
+"""Data parallelism: 4 (fake) devices give the 1-device numbers; 2 processes train and checkpoint.
+
+Both need a fresh JAX runtime, so they run tests/sharding_run.py in subprocesses: one with
+XLA_FLAGS=--xla_force_host_platform_device_count=4, and two jax.distributed processes on
+localhost (a local coordinator, one CPU device each) launched the way BUILD.md describes.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "tests" / "sharding_run.py")
+
+
+def _env(**extra):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
+  env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **extra})
+  return env
+
+
+def _tiny(shapes_config, **finetune):
+  """The session's tiny shapes set; a VGG11 at 1/16 width (the fastest to compile)."""
+  c = ml_collections.ConfigDict(shapes_config.to_dict())
+  c.model.arch = "vgg11"
+  c.stages = ("finetune",)
+  c.finetune.epochs = 1
+  c.finetune.update(finetune)
+  return c
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_four_devices_match_one(shapes_config, tmp_path):
+  # Batch norm on: its batch statistics must be those of the global batch, not of a shard.
+  config = _tiny(shapes_config, unfreeze_blocks="2", learning_rate=0.01)
+  config.model.batch_norm = True
+  out = tmp_path / "runs.npz"
+  proc = subprocess.run(
+      [sys.executable, WORKER, "devices", config.to_json(), str(out)], cwd=ROOT, timeout=600,
+      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
+      text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  runs = dict(np.load(out))
+  assert int(runs["n_devices"]) == 4
+  assert int(runs["one/batch_shards"]) == 1 and int(runs["all/batch_shards"]) == 4
+  np.testing.assert_allclose(runs["all/losses"], runs["one/losses"], rtol=1e-4)
+  names = [k[len("init/"):] for k in runs if k.startswith("init/")]
+  assert any("trainable/" in n for n in names) and any("stats/" in n for n in names)
+  moved = 0
+  for name in names:
+    start, one, many = runs["init/" + name], runs["one/" + name], runs["all/" + name]
+    # The 4 shards reduce in another order, and a 1-ulp change can flip a max-pool tie or a
+    # ReLU, so single elements may differ; the update as a whole must agree to float tolerance
+    # (a real sharding bug, per-shard batch statistics or an unaveraged gradient, is far larger).
+    update, gap = np.linalg.norm(one - start), np.linalg.norm(many - one)
+    assert gap <= 0.03 * update + 1e-7 * np.sqrt(one.size), (name, gap, update)
+    moved += update > 1e-6
+  assert moved >= len(names) // 2  # the steps really trained
+
+
+def _launch(config, workdir, processes=2, timeout=600):
+  """Starts the processes of one jax.distributed run on localhost; -> their (rc, stdout, stderr)."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, WORKER, "train", config.to_json(), str(workdir)], cwd=ROOT,
+      env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+               JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
+  results = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=timeout)
+      results.append((p.returncode, stdout, stderr))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return results
+
+
+def test_two_processes_train_and_checkpoint(shapes_config, tmp_path):
+  from flax import nnx
+
+  from mlc_jax import checkpoints, models, optim
+  config = _tiny(shapes_config, unfreeze_blocks="1")
+  workdir = tmp_path / "run"
+  results = _launch(config, workdir)
+  for i, (rc, _, stderr) in enumerate(results):
+    assert rc == 0, f"process {i}:\n{stderr[-3000:]}"
+  reports = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+  assert [(r["process"], r["processes"], r["devices"]) for r in reports] == [(0, 2, 2), (1, 2, 2)]
+  assert "test:" in results[0][1] and "test:" not in results[1][1]  # the summary: process 0 only
+
+  # Only process 0 wrote the log: one row for the one epoch, one TensorBoard event file.
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = shapes_config.data.shapes_train // shapes_config.batch_size
+  assert [(r["stage"], r["epoch"], r["step"]) for r in rows] == [("finetune", 1, steps)]
+  assert len(list((workdir / "tensorboard").glob("events.*"))) == 1
+  assert checkpoints.is_done(workdir, "finetune")
+
+  # The collective checkpoint restores in this single process (one CPU device).
+  restored_config, labels, model = checkpoints.restore_model(workdir, "latest")
+  assert labels == (workdir / "labels.txt").read_text().splitlines()
+  fresh = models.build_model(restored_config, len(labels), rngs=nnx.Rngs(int(config.seed)))
+  after, before = models.flat_params(model), models.flat_params(fresh)
+  assert after.keys() == before.keys()
+  keep = optim.trainable_filter("1")
+  trainable = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(fresh, keep))}
+  for name, value in after.items():
+    assert np.all(np.isfinite(value)), name
+    if name in trainable:
+      assert not np.array_equal(value, before[name]), f"{name} did not train"
+    else:
+      np.testing.assert_array_equal(value, before[name], err_msg=f"frozen {name} changed")
