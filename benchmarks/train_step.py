@@ -1,0 +1,143 @@
+"""Fine-tune step images/s: mlc_jax's jitted step beside Keras 3 (TensorFlow backend), same run.
+
+  python benchmarks/train_step.py [--sizes=224,112] [--batch=8] [--steps=3] [--unfreeze=1,all]
+                                  [--width=1.0] [--onednn]
+
+Both sides train the same model (VGG16 headless, average pooling, head fc1024-ReLU-dropout-fcC,
+C=20), the same freezing (conv blocks below the top `unfreeze` ones frozen) and the same optimizer
+(SGD lr 1e-4 momentum 0.9, BCE with logits) on the same random batch; neither augments. Keras
+runs `train_on_batch` compiled with jit_compile=False (TensorFlow's oneDNN kernels, its fastest
+CPU path); JAX runs mlc_jax.steps.finetune_step. --onednn reruns the JAX side in a child process
+with XLA_FLAGS=--xla_cpu_use_onednn=true and adds its column. Prints one row per setting with
+both rates and the ratio JAX / Keras (> 1 means JAX is faster).
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+NUM_CLASSES = 20
+
+
+def _batch(size, batch, seed=0):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+          (rng.random((batch, NUM_CLASSES)) < 0.1).astype(np.float32))
+
+
+def _rate(run_step, batch, steps):
+  run_step()  # compile / build
+  run_step()
+  start = time.perf_counter()
+  for _ in range(steps):
+    run_step()
+  return batch * steps / (time.perf_counter() - start)
+
+
+def jax_rate(size, batch, steps, unfreeze, width):
+  """Images/s of mlc_jax's finetune step."""
+  import jax
+  from flax import nnx
+
+  from configs import default
+  from mlc_jax import losses, models, optim, sharding, steps as steps_lib
+  c = default.get_config()
+  c.image_size, c.model.width, c.model.weights = size, width, ""
+  model = models.build_model(c, NUM_CLASSES)
+  mesh = sharding.mesh()
+  graphdef, trainable, stats, frozen = nnx.split(
+      model, optim.trainable_filter(unfreeze), nnx.BatchStat, ...)
+  tx = optim.make(c.finetune, 1)
+  fn = steps_lib.make_finetune_step(mesh, graphdef, tx, losses.bce, None)
+  images, labels = _batch(size, batch)
+  data = sharding.shard_batch({"image": images, "labels": labels, "mask": np.ones(batch, bool)},
+                              mesh)
+  state = sharding.replicate((trainable, stats, tx.init(trainable), steps_lib.zero_sums()), mesh)
+  frozen = sharding.replicate(frozen, mesh)
+  key = jax.random.PRNGKey(0)
+  box = {"state": state, "step": 0}
+
+  def run_step():
+    t, s, o, sums = box["state"]
+    t, s, o, sums = fn(t, s, frozen, o, sums, data, key, box["step"])
+    box["state"], box["step"] = (t, s, o, sums), box["step"] + 1
+    jax.block_until_ready(sums)
+
+  return _rate(run_step, batch, steps)
+
+
+def keras_rate(size, batch, steps, unfreeze, width):
+  """Images/s of the same model, freezing and optimizer in Keras 3 on TensorFlow."""
+  os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+  import keras
+  if width != 1.0:
+    raise SystemExit("the Keras side builds keras.applications.VGG16, width 1.0 only")
+  base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3),
+                                  pooling="avg")
+  top = 5 if unfreeze == "all" else 5 - int(unfreeze)
+  for layer in base.layers:
+    block = layer.name.split("_")[0]
+    if block.startswith("block"):
+      layer.trainable = int(block[5:]) > top
+  x = keras.layers.Dense(1024, activation="relu", name="fc1")(base.output)
+  x = keras.layers.Dropout(0.5)(x)
+  out = keras.layers.Dense(NUM_CLASSES, name="predictions")(x)
+  model = keras.Model(base.input, out)
+  model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
+  images, labels = _batch(size, batch)
+  images = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
+  return _rate(lambda: model.train_on_batch(images, labels), batch, steps)
+
+
+def _jax_child(args, size, unfreeze):
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_onednn=true"))
+  cmd = [sys.executable, __file__, "--child", f"--sizes={size}", f"--batch={args.batch}",
+         f"--steps={args.steps}", f"--unfreeze={unfreeze}", f"--width={args.width}"]
+  out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+  return json.loads(out.strip().splitlines()[-1])["jax"]
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--sizes", default="224,112")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=3)
+  p.add_argument("--unfreeze", default="1,all")
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--onednn", action="store_true")
+  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  args = p.parse_args()
+  sizes = [int(s) for s in args.sizes.split(",")]
+  unfreezes = args.unfreeze.split(",")
+  if args.child:
+    print(json.dumps({"jax": jax_rate(sizes[0], args.batch, args.steps, unfreezes[0], args.width)}))
+    return
+  import jax
+  flags = os.environ.get("XLA_FLAGS", "")
+  print(f"# {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
+        f"batch {args.batch}, {args.steps} timed steps, XLA_FLAGS={flags!r}")
+  head = "| size | unfreeze | JAX img/s | Keras img/s | JAX/Keras |"
+  if args.onednn:
+    head += " JAX+oneDNN img/s | oneDNN/Keras |"
+  print(head)
+  print("|" + "---|" * (head.count("|") - 1))
+  for size in sizes:
+    for unfreeze in unfreezes:
+      j = jax_rate(size, args.batch, args.steps, unfreeze, args.width)
+      k = keras_rate(size, args.batch, args.steps, unfreeze, args.width)
+      row = f"| {size} | {unfreeze} | {j:.2f} | {k:.2f} | {j / k:.2f}x |"
+      if args.onednn:
+        o = _jax_child(args, size, unfreeze)
+        row += f" {o:.2f} | {o / k:.2f}x |"
+      print(row, flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,23 @@
+"""NUS-WIDE (81 concepts), from the NUS-WIDE tree you downloaded (see BUILD.md for the layout).
+
+  python launch.py --config=configs/nus_wide.py --workdir=runs/nus_wide \
+      --config.data.manual_dir=/path/to/NUS-WIDE
+
+The proposal's recipe: VGG16 with ImageNet weights at 224 px, head on bottleneck features
+(RMSprop, BCE), then SGD lr 1e-4 momentum 0.9 on the top block, batch 64. Many images carry
+none of the 81 concepts; data.keep_unlabeled decides whether they stay (all-zero targets).
+"""
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.dataset = "nus_wide"
+  c.image_size = 224
+  c.model.weights = "imagenet"
+  c.head.epochs = 10
+  c.finetune.epochs = 8
+  c.finetune.unfreeze_blocks = "1"
+  c.data.val_fraction = 0.05
+  c.early_stopping_patience = 3
+  return c

@@ -1,0 +1,109 @@
+"""Device mesh and shardings: data parallelism over a 'data' axis of every device of every host.
+
+Parameters and optimizer state are replicated; batches are split along their first axis. Each
+process feeds its own slice of the global batch (the pipeline yields batch_size // process_count
+images) and `shard_batch` stitches the slices into one global array.
+"""
+import os
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mlc_jax.errors import UserError
+
+AXIS = "data"
+
+
+def initialize(config=None):
+  """Starts jax.distributed when config.distributed is set or the environment names a coordinator.
+
+  Must run before anything touches a device; a no-op for one process or when already started.
+  """
+  wanted = bool(config is not None and config.get("distributed", False))
+  env = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS"))
+  if not (wanted or env) or jax.distributed.is_initialized():
+    return
+  # jax reads only the address from the environment; a plain launch (no SLURM/MPI/k8s to
+  # auto-detect) gives the process count and index as JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+  kwargs = {"coordinator_address": (os.environ.get("JAX_COORDINATOR_ADDRESS")
+                                    or os.environ.get("COORDINATOR_ADDRESS") or None)}
+  for key, env_name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if os.environ.get(env_name):
+      kwargs[key] = int(os.environ[env_name])
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"jax.distributed.initialize failed ({e}); set JAX_COORDINATOR_ADDRESS="
+                    "host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process "
+                    "(see BUILD.md)") from e
+
+
+def mesh(devices=None):
+  """A 1-D Mesh named 'data' over all devices (of all processes)."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return Mesh(devices.reshape(-1), (AXIS,))
+
+
+def data_sharding(mesh_):
+  """Splits the leading (batch) axis over the 'data' axis."""
+  return NamedSharding(mesh_, P(AXIS))
+
+
+def replicated(mesh_):
+  """A full copy on every device (parameters, optimizer state, scalars)."""
+  return NamedSharding(mesh_, P())
+
+
+def check_batch_size(batch_size, mesh_, what="batch_size"):
+  """A global batch must split evenly over devices (UserError naming the fix otherwise)."""
+  n = mesh_.size
+  if batch_size % n:
+    raise UserError(f"{what}={batch_size} does not divide over {n} devices; "
+                    f"use a multiple of {n}")
+
+
+def shard_batch(batch, mesh_):
+  """A dict of this process's numpy arrays -> global jax arrays sharded over 'data'.
+
+  Asynchronous: returns at once, the transfer overlaps with the running step.
+  """
+  sharding = data_sharding(mesh_)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def to_host(x):
+  """A (possibly multi-process) global array -> the whole numpy array on this host."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _host_if_local(x):
+  # device_put of a process-local jax.Array onto a multi-process sharding builds an array whose
+  # shards Orbax cannot read (jax 0.12); the same values from numpy make a proper global array.
+  if isinstance(x, jax.Array) and x.is_fully_addressable and not jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key):
+    return np.asarray(x)
+  return x
+
+
+def replicate(tree, mesh_):
+  """Places a pytree (parameters, optimizer state) replicated on the mesh."""
+  if jax.process_count() > 1:
+    tree = jax.tree.map(_host_if_local, tree)
+  return jax.device_put(tree, replicated(mesh_))
+
+
+def prefetch(batches, mesh_, size=2):
+  """Yields device batches while the next `size - 1` are already being transferred."""
+  queue = []
+  for batch in batches:
+    queue.append(shard_batch(batch, mesh_))
+    if len(queue) >= size:
+      yield queue.pop(0)
+  while queue:
+    yield queue.pop(0)
