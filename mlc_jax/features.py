@@ -15,6 +15,7 @@ import shutil
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -60,6 +61,8 @@ def load(directory):
 
 
 def _write_split(directory, split, source, config, mesh, forward, state):
+  # Every process runs the (collective) forward and gathers; only process 0 writes the files.
+  write = jax.process_index() == 0
   n = source.num_examples[split]
   dim, classes = None, len(source.labels)
   feats = labels = None
@@ -70,19 +73,22 @@ def _write_split(directory, split, source, config, mesh, forward, state):
     out = sharding.to_host(forward(state, images))
     mask = sharding.to_host(sharding.shard_batch({"m": batch["mask"]}, mesh)["m"]).astype(bool)
     y = sharding.to_host(sharding.shard_batch({"y": batch["labels"]}, mesh)["y"])
+    k = int(mask.sum())
+    row += k
+    if not write:
+      continue
     if feats is None:
       dim = out.shape[-1]
       f_path, l_path = _paths(directory, split)
       feats = np.lib.format.open_memmap(f_path, "w+", np.float32, (n, dim))
       labels = np.lib.format.open_memmap(l_path, "w+", np.float32, (n, classes))
-    k = int(mask.sum())
-    feats[row:row + k] = out[mask]
-    labels[row:row + k] = y[mask]
-    row += k
+    feats[row - k:row] = out[mask]
+    labels[row - k:row] = y[mask]
   if row != n:
     raise RuntimeError(f"features of {split}: wrote {row} rows, expected {n}")
-  feats.flush()
-  labels.flush()
+  if write:
+    feats.flush()
+    labels.flush()
 
 
 def ensure(config, workdir, source, backbone, mesh):
@@ -93,11 +99,13 @@ def ensure(config, workdir, source, backbone, mesh):
   if (directory / "meta.json").exists():
     logging.info("features: reusing the cache %s", directory)
     return directory
-  root.mkdir(parents=True, exist_ok=True)
-  for old in root.iterdir():  # stale caches (another model/dataset) and half-written ones
-    shutil.rmtree(old, ignore_errors=True)
+  chief = jax.process_index() == 0
   tmp = root / f".{key}.tmp"
-  tmp.mkdir()
+  if chief:
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():  # stale caches (another model/dataset) and half-written ones
+      shutil.rmtree(old, ignore_errors=True)
+    tmp.mkdir()
   graphdef, state = nnx.split(backbone)
   state = sharding.replicate(state, mesh)
   forward = steps.make_features_step(mesh, graphdef)
@@ -106,6 +114,9 @@ def ensure(config, workdir, source, backbone, mesh):
     _write_split(tmp, split, source, config, mesh, forward, state)
     logging.info("features: %s done (%d images, %.0fs)", split, source.num_examples[split],
                  time.time() - start)
-  (tmp / "meta.json").write_text(json.dumps({"key": key, "splits": source.num_examples}))
-  os.replace(tmp, directory)  # atomic: a kill leaves no half cache under the real key
+  if chief:
+    (tmp / "meta.json").write_text(json.dumps({"key": key, "splits": source.num_examples}))
+    os.replace(tmp, directory)  # atomic: a kill leaves no half cache under the real key
+  if jax.process_count() > 1:  # the others read the cache only once process 0 has published it
+    multihost_utils.sync_global_devices("mlc_jax features cache")
   return directory

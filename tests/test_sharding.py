@@ -94,6 +94,8 @@ def test_two_processes_train_and_checkpoint(shapes_config, tmp_path):
 
   from mlc_jax import checkpoints, models, optim
   config = _tiny(shapes_config, unfreeze_blocks="1")
+  config.stages = ("features", "head", "finetune")  # the feature cache is written by process 0 only
+  config.head.epochs = 1
   workdir = tmp_path / "run"
   results = _launch(config, workdir)
   for i, (rc, _, stderr) in enumerate(results):
@@ -102,10 +104,12 @@ def test_two_processes_train_and_checkpoint(shapes_config, tmp_path):
   assert [(r["process"], r["processes"], r["devices"]) for r in reports] == [(0, 2, 2), (1, 2, 2)]
   assert "test:" in results[0][1] and "test:" not in results[1][1]  # the summary: process 0 only
 
-  # Only process 0 wrote the log: one row for the one epoch, one TensorBoard event file.
+  # Only process 0 wrote the log: one row per stage's one epoch, one TensorBoard event file.
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   steps = shapes_config.data.shapes_train // shapes_config.batch_size
-  assert [(r["stage"], r["epoch"], r["step"]) for r in rows] == [("finetune", 1, steps)]
+  assert [(r["stage"], r["epoch"]) for r in rows] == [("head", 1), ("finetune", 1)]
+  assert rows[-1]["step"] == steps
+  assert len(list((workdir / "features").glob("*/meta.json"))) == 1
   assert len(list((workdir / "tensorboard").glob("events.*"))) == 1
   assert checkpoints.is_done(workdir, "finetune")
 
