@@ -67,6 +67,20 @@ def test_train_shuffle_seeded_drop_remainder_and_resume(shapes_config):
   np.testing.assert_array_equal(tail["labels"], a["labels"][40:])
 
 
+def test_train_order_ignores_tensorflows_global_seed(shapes_config):
+  # A seed set by the user or a library (Keras does) must not change the order: resume would break.
+  import tensorflow as tf
+  from tensorflow.python.eager import context
+  source = registry.get(shapes_config)
+  kw = dict(batch_size=20, train=True, config=shapes_config, seed=1, epoch=3)
+  orders = []
+  for global_seed in (1, 2):
+    tf.random.set_seed(global_seed)
+    orders.append(_collect(pipeline.batches(source, "train", **kw))[0]["labels"])
+    assert context.global_seed() == global_seed  # the caller's seed is put back
+  np.testing.assert_array_equal(orders[0], orders[1])
+
+
 def test_each_process_reads_its_own_slice(shapes_config, monkeypatch):
   source = registry.get(shapes_config)
   whole, _ = _collect(pipeline.batches(source, "test", batch_size=8, train=False, config=shapes_config))

@@ -6,10 +6,12 @@ collectives on the device stay in step. Training shuffles with a seed made of (s
 drops the remainder; evaluation keeps the stored order and pads the last batch, with `mask` False
 on the padding, so every image counts exactly once.
 """
+import contextlib
 import math
 
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.eager import context as tf_context
 
 from mlc_jax.data import images
 from mlc_jax.errors import UserError
@@ -30,6 +32,22 @@ def _process():
 def epoch_seed(seed, epoch):
   """A 31-bit seed from (seed, epoch): each epoch its own order, reproducible for resume."""
   return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+@contextlib.contextmanager
+def _own_tf_seed():
+  """Pins TensorFlow's global seed while a pipeline is built, then puts the caller's back.
+
+  tf.data mixes an op's seed with the global one (tf.random.set_seed), so without this a seed set
+  by the user, or by any library in the process, would change the data order and a resumed run
+  would not see the batches an uninterrupted one saw.
+  """
+  previous = tf_context.global_seed()
+  tf.random.set_seed(87654321)  # TensorFlow's own default, what an unset global seed means
+  try:
+    yield
+  finally:
+    tf.random.set_seed(previous)
 
 
 def local_batch_size(batch_size):
@@ -66,6 +84,7 @@ def decode_and_resize(image_bytes, image_size, method):
   return images.resize(images.decode(image_bytes), image_size, method)
 
 
+@_own_tf_seed()
 def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_batch=0):
   """The batched tf.data.Dataset behind `batches` (elements: image, labels, mask)."""
   index, count = _process()
