@@ -9,12 +9,23 @@ import io
 import logging
 import os
 
+import numpy as np
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
 # Formats tf.io.decode_image reads; others that Pillow opens are re-encoded as PNG.
 TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 log = logging.getLogger(__name__)
+
+
+def labelled_image_features():
+  """The TFDS features of a builder over local files: the image, its file name, its label indices."""
+  import tensorflow_datasets as tfds
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Image(shape=(None, None, 3)),
+      "image/filename": tfds.features.Text(),
+      "labels": tfds.features.Sequence(tfds.features.Scalar(dtype=np.int64)),
+  })
 
 
 def read_image(path):

@@ -19,10 +19,9 @@ import hashlib
 import json
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-from mlc_jax.data.files import SkipLog, read_image
+from mlc_jax.data.files import SkipLog, labelled_image_features, read_image
 from mlc_jax.data.source import SPLITS, Source, prepare
 from mlc_jax.errors import UserError
 
@@ -127,12 +126,7 @@ class LabelledFolder(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "image/filename": tfds.features.Text(),
-            "labels": tfds.features.Sequence(tfds.features.Scalar(dtype=np.int64)),
-        }),
-        metadata=tfds.core.MetadataDict(), description=__doc__)
+        features=labelled_image_features(), metadata=tfds.core.MetadataDict(), description=__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the files are local

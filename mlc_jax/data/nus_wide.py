@@ -13,10 +13,9 @@ and the data report. Validation is carved from train (data.val_fraction).
 import dataclasses
 import os
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-from mlc_jax.data.files import SkipLog, read_image
+from mlc_jax.data.files import SkipLog, labelled_image_features, read_image
 from mlc_jax.data.source import Source, carve, prepare
 from mlc_jax.errors import UserError
 
@@ -70,12 +69,7 @@ class NusWide(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3)),
-            "image/filename": tfds.features.Text(),
-            "labels": tfds.features.Sequence(tfds.features.Scalar(dtype=np.int64)),
-        }),
-        metadata=tfds.core.MetadataDict(), description=__doc__)
+        features=labelled_image_features(), metadata=tfds.core.MetadataDict(), description=__doc__)
 
   def _split_generators(self, dl_manager):
     root = os.fspath(dl_manager.manual_dir)

@@ -1,5 +1,4 @@
 """The `shapes` Source: builds (once) and opens the synthetic dataset of mlc_jax.data.shapes."""
-import tensorflow_datasets as tfds
 
 from mlc_jax.data import shapes
 from mlc_jax.data.source import Source, prepare

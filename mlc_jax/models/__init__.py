@@ -1,5 +1,4 @@
 """The multi-label model (VGG backbone + head) built from the config, and its ImageNet weights."""
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
