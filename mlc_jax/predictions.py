@@ -156,7 +156,6 @@ def read(path, labels, filenames, *, synonyms=None, ignored=(), unknown_tags="er
 
 def split_examples(source, split):
   """(file names, multi-hot labels float32 (N, C)) of a split, in the pipeline's stored order."""
-  import tensorflow as tf
   import tensorflow_datasets as tfds
   features = source.builder.info.features
   if "image/filename" not in features:
@@ -164,16 +163,11 @@ def split_examples(source, split):
                     "cannot be matched to its images")
   ds = source.builder.as_dataset(split=source.splits[split], shuffle_files=False,
                                  decoders={"image": tfds.decode.SkipDecoding()})
-  c = len(source.labels)
-  label_fn = source.label_fn
-
   def convert(example):
-    ids = tf.cast(label_fn(example), tf.int32)
-    multi_hot = tf.minimum(tf.reduce_sum(tf.one_hot(ids, c), axis=0), 1.0)
-    return {"name": example["image/filename"], "labels": tf.reshape(multi_hot, [c])}
+    return {"name": example["image/filename"], "labels": source.multi_hot(example)}
 
   names, rows = [], []
   for ex in ds.map(convert).as_numpy_iterator():
     names.append(ex["name"].decode("utf-8"))
     rows.append(ex["labels"])
-  return names, (np.stack(rows) if rows else np.zeros((0, c), np.float32))
+  return names, (np.stack(rows) if rows else np.zeros((0, len(source.labels)), np.float32))

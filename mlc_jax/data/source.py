@@ -81,15 +81,17 @@ class Source:
     ds = self.builder.as_dataset(split=spec, shuffle_files=shuffle_seed is not None,
                                  read_config=read_config,
                                  decoders={"image": tfds.decode.SkipDecoding()})
-    num_classes = len(self.labels)
-    label_fn = self.label_fn
-
     def convert(example):
-      ids = tf.cast(label_fn(example), tf.int32)
-      multi_hot = tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes), axis=0), 1.0)
-      return {"image": example["image"], "labels": tf.reshape(multi_hot, [num_classes])}
+      return {"image": example["image"], "labels": self.multi_hot(example)}
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def multi_hot(self, example):
+    """float32 (C,) multi-hot target of one stored example (inside tf.data)."""
+    num_classes = len(self.labels)
+    ids = tf.cast(self.label_fn(example), tf.int32)
+    multi_hot = tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes), axis=0), 1.0)
+    return tf.reshape(multi_hot, [num_classes])
 
   def label_matrix(self, split):
     """float32 (N, C) numpy multi-hot labels of a split, in stored order (no image decoding)."""
