@@ -23,6 +23,8 @@ def get_config():
   c.data.resize = "plain"       # plain: resize to image_size (the proposal); crop: keep aspect, centre crop
   c.data.val_fraction = 0.1     # share of train carved out (deterministically) as validation where a dataset has none
   c.data.shuffle_buffer = 10_000
+  c.data.cache_mb = 2048.0      # splits whose decoded images fit (per process) are decoded once and
+                                # served from host memory; larger ones stream through tf.data; 0 = never
   c.data.include_difficult = True  # voc: count objects marked difficult as labels (TFDS `labels`) or not
   c.data.keep_unlabeled = True  # nus_wide/folder: keep images with none of the labels (all-zero target)
   c.data.csv = ""               # folder: the label file (CSV filename,labels or .jsonl); "" = manual_dir/labels.csv

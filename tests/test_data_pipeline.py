@@ -1,12 +1,25 @@
-"""The shapes dataset and the tf.data pipeline: determinism, padding, shuffling, resume, slicing."""
+"""The shapes dataset and the tf.data pipeline: determinism, padding, shuffling, resume, slicing.
+
+The batch contract is tested on both paths: splits streamed through tf.data every epoch
+(data.cache_mb=0) and splits decoded once and served from host memory (the default for small ones).
+"""
 import io
 
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
 from mlc_jax.data import pipeline, registry, shapes
+
+
+@pytest.fixture(params=["stream", "memory"])
+def path_config(request, shapes_config):
+  """shapes_config on one of the two input paths."""
+  c = ml_collections.ConfigDict(shapes_config.to_dict())
+  c.data.cache_mb = 0 if request.param == "stream" else 64
+  return c
 
 
 def _collect(it):
@@ -37,9 +50,23 @@ def test_shapes_labels_and_stored_bytes(shapes_config):
   assert min(counts) >= 1 and max(counts) <= 4 and len(set(counts)) > 1
 
 
-def test_eval_pads_and_counts_each_image_once(shapes_config):
-  source = registry.get(shapes_config)
-  got, steps = _collect(pipeline.batches(source, "val", batch_size=12, train=False, config=shapes_config))
+def test_shapes_drawn_in_worker_processes_are_the_rendered_ones(tmp_path):
+  # 600 images: enough for the builder to draw them in a pool of spawned processes.
+  builder = shapes.Shapes(config=shapes.shapes_config(16, 5, (600, 1, 1)), data_dir=str(tmp_path))
+  builder.download_and_prepare()
+  ds = builder.as_dataset(split="train", decoders={"image": tfds.decode.SkipDecoding()})
+  seen = 0
+  for ex in ds.as_numpy_iterator():
+    index = int(ex["image/filename"].decode().split("/")[1].split(".")[0])
+    array, labels = shapes.render(5, "train", index, 16)
+    assert ex["image"] == shapes.encode_png(array) and sorted(ex["labels"].tolist()) == labels
+    seen += 1
+  assert seen == 600
+
+
+def test_eval_pads_and_counts_each_image_once(path_config):
+  source = registry.get(path_config)
+  got, steps = _collect(pipeline.batches(source, "val", batch_size=12, train=False, config=path_config))
   assert steps == pipeline.steps_per_epoch(source, "val", 12, False) == 3
   assert got["mask"].sum() == 32 and not got["mask"][32:].any() and got["image"].shape[0] == 36
   # Reference: PIL decodes of the stored PNGs and hand-made multi-hot rows, in stored order.
@@ -52,9 +79,9 @@ def test_eval_pads_and_counts_each_image_once(shapes_config):
   assert not got["labels"][32:].any() and not got["image"][32:].any()
 
 
-def test_train_shuffle_seeded_drop_remainder_and_resume(shapes_config):
-  source = registry.get(shapes_config)
-  kw = dict(batch_size=20, train=True, config=shapes_config, seed=1)
+def test_train_shuffle_seeded_drop_remainder_and_resume(path_config):
+  source = registry.get(path_config)
+  kw = dict(batch_size=20, train=True, config=path_config, seed=1)
   a, steps = _collect(pipeline.batches(source, "train", epoch=0, **kw))
   b, _ = _collect(pipeline.batches(source, "train", epoch=0, **kw))
   c, _ = _collect(pipeline.batches(source, "train", epoch=1, **kw))
@@ -67,12 +94,12 @@ def test_train_shuffle_seeded_drop_remainder_and_resume(shapes_config):
   np.testing.assert_array_equal(tail["labels"], a["labels"][40:])
 
 
-def test_train_order_ignores_tensorflows_global_seed(shapes_config):
+def test_train_order_ignores_tensorflows_global_seed(path_config):
   # A seed set by the user or a library (Keras does) must not change the order: resume would break.
   import tensorflow as tf
   from tensorflow.python.eager import context
-  source = registry.get(shapes_config)
-  kw = dict(batch_size=20, train=True, config=shapes_config, seed=1, epoch=3)
+  source = registry.get(path_config)
+  kw = dict(batch_size=20, train=True, config=path_config, seed=1, epoch=3)
   orders = []
   for global_seed in (1, 2):
     tf.random.set_seed(global_seed)
@@ -81,13 +108,13 @@ def test_train_order_ignores_tensorflows_global_seed(shapes_config):
   np.testing.assert_array_equal(orders[0], orders[1])
 
 
-def test_each_process_reads_its_own_slice(shapes_config, monkeypatch):
-  source = registry.get(shapes_config)
-  whole, _ = _collect(pipeline.batches(source, "test", batch_size=8, train=False, config=shapes_config))
+def test_each_process_reads_its_own_slice(path_config, monkeypatch):
+  source = registry.get(path_config)
+  whole, _ = _collect(pipeline.batches(source, "test", batch_size=8, train=False, config=path_config))
   parts = []
   for index in range(3):
     monkeypatch.setattr(pipeline, "_process", lambda index=index: (index, 3))
-    part, steps = _collect(pipeline.batches(source, "test", batch_size=12, train=False, config=shapes_config))
+    part, steps = _collect(pipeline.batches(source, "test", batch_size=12, train=False, config=path_config))
     assert steps == 3 and part["image"].shape[0] == 12  # same number of batches in every process
     parts.append(part["image"][part["mask"]])
   joined = np.concatenate(parts)
@@ -96,18 +123,18 @@ def test_each_process_reads_its_own_slice(shapes_config, monkeypatch):
   assert key(joined) == key(whole["image"][whole["mask"]])
 
 
-def test_bad_batch_and_start_are_user_errors(shapes_config):
+def test_bad_batch_and_start_are_user_errors(path_config):
   from mlc_jax.errors import UserError
-  source = registry.get(shapes_config)
+  source = registry.get(path_config)
   with pytest.raises(UserError, match="fewer than one training batch"):
     pipeline.steps_per_epoch(source, "val", 64, True)
   with pytest.raises(UserError, match="start_batch"):
-    next(pipeline.batches(source, "val", batch_size=8, train=False, config=shapes_config, start_batch=9))
+    next(pipeline.batches(source, "val", batch_size=8, train=False, config=path_config, start_batch=9))
 
 
-def test_crop_resize_matches_images_load(shapes_config):
+def test_crop_resize_matches_images_load(path_config):
   from mlc_jax.data import images
-  config = shapes_config.copy_and_resolve_references()
+  config = path_config.copy_and_resolve_references()
   config.image_size, config.data.resize = 24, "crop"
   source = registry.get(config)
   batch = next(pipeline.batches(source, "test", batch_size=4, train=False, config=config))
@@ -116,3 +143,34 @@ def test_crop_resize_matches_images_load(shapes_config):
   first = next(ds.as_numpy_iterator())["image"]
   pil = Image.open(io.BytesIO(first)).convert("RGB")  # the prediction path: a PIL image in
   np.testing.assert_array_equal(batch["image"][0], images.load(pil, 24, "crop"))
+
+
+def test_memory_path_serves_the_streamed_pixels_and_decodes_once(shapes_config, monkeypatch):
+  stream = ml_collections.ConfigDict(shapes_config.to_dict())
+  stream.data.cache_mb = 0
+  memory = ml_collections.ConfigDict(shapes_config.to_dict())
+  memory.data.cache_mb = 64
+  reference, _ = _collect(pipeline.batches(registry.get(stream), "train", batch_size=16,
+                                           train=False, config=stream))
+  source = registry.get(memory)
+  built = []
+  real = pipeline.dataset
+  monkeypatch.setattr(pipeline, "dataset", lambda *a, **k: built.append(a[1]) or real(*a, **k))
+  stored, _ = _collect(pipeline.batches(source, "train", batch_size=16, train=False, config=memory))
+  for k in ("image", "labels", "mask"):  # stored order: the very arrays tf.data decodes
+    np.testing.assert_array_equal(stored[k], reference[k])
+  by_pixels = {bytes(img): lab for img, lab in zip(reference["image"], reference["labels"])}
+  orders = []
+  for epoch in (0, 1):
+    got, steps = _collect(pipeline.batches(source, "train", batch_size=20, train=True,
+                                           config=memory, seed=1, epoch=epoch))
+    assert steps == 4 and got["mask"].all()
+    assert len({bytes(img) for img in got["image"]}) == 80  # no image twice in an epoch
+    for img, lab in zip(got["image"], got["labels"]):  # each image keeps its own labels
+      np.testing.assert_array_equal(lab, by_pixels[bytes(img)])
+    orders.append(got["labels"])
+  assert not np.array_equal(orders[0], orders[1])
+  assert built == ["train"]  # decoded once for every pass above
+  big = ml_collections.ConfigDict(memory.to_dict())
+  big.data.cache_mb = 96 * 32 * 32 * 3 / 2 ** 20 * 0.99  # just under the split's decoded size
+  assert pipeline.decoded_split(registry.get(big), "train", big) is None

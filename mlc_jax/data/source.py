@@ -47,6 +47,7 @@ class Source:
     self.skipped = list(skipped)
     self.notes = dict(notes or {})
     self.options = dict(options or {})
+    self.decoded = {}  # the pipeline's in-memory copies of decoded splits (data.cache_mb)
     self.num_examples = {}
     for split, spec in self.splits.items():
       n = builder.info.splits[spec].num_examples
