@@ -81,3 +81,16 @@ def test_warp_matches_scipy_bilinear_with_nearest_edges():
   expected = np.stack([ndimage.affine_transform(image[..., ch], matrix, offset, order=1, mode="nearest")
                        for ch in range(3)], -1)
   np.testing.assert_allclose(got, expected, atol=1e-3)
+
+
+def test_separable_warp_matches_scipy_and_the_general_warp():
+  # Zoom without rotation takes the separable path; it must give the general warp's pixels.
+  from scipy import ndimage
+  image = _images(1, 20)[0].astype(np.float32)
+  scale, offset = np.array([0.8, 0.7], np.float32), np.array([3.5, -2.25], np.float32)
+  got = np.asarray(jax.jit(augment._warp_axes)(image, scale, offset))
+  matrix = np.diag(scale)
+  expected = np.stack([ndimage.affine_transform(image[..., ch], matrix, offset, order=1, mode="nearest")
+                       for ch in range(3)], -1)
+  np.testing.assert_allclose(got, expected, atol=1e-3)
+  np.testing.assert_allclose(got, np.asarray(jax.jit(augment._warp)(image, matrix, offset)), atol=1e-3)

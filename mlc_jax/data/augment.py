@@ -2,7 +2,8 @@
 
 `augment(images, key, cfg)` takes a uint8 or float (B, H, W, 3) batch in 0-255 and returns float32
 in 0-255. Each example gets its own key (jax.random.split) and, under vmap: a horizontal flip (dm-pix),
-one bilinear resampling for zoom (random scale crop) and rotation together, colour jitter
+one bilinear resampling for zoom (random scale crop) and rotation together (without rotation, a
+separable one: two small matmuls), colour jitter
 (dm-pix) and Gaussian noise. Strengths come from config.augment; a zero strength removes the op from the
 graph, so all-zero strengths are exactly the identity. Never called at evaluation.
 """
@@ -38,6 +39,25 @@ def _warp(image, matrix, offset):
   return top * (1 - wy) + bottom * wy
 
 
+def _interpolation_matrix(size, scale, offset):
+  """(size, size) bilinear resampling along one axis: row i reads scale * i + offset, clamped."""
+  source = jnp.clip(scale * jnp.arange(size, dtype=jnp.float32) + offset, 0.0, size - 1.0)
+  lower = jnp.floor(source)
+  weight = (source - lower)[:, None]
+  lower = lower.astype(jnp.int32)
+  upper = jnp.minimum(lower + 1, size - 1)
+  return (1 - weight) * jax.nn.one_hot(lower, size) + weight * jax.nn.one_hot(upper, size)
+
+
+def _warp_axes(image, scale, offset):
+  """_warp for a diagonal matrix (no rotation): out[y, x] reads (scale[0] y + offset[0],
+  scale[1] x + offset[1]). Separable, so two small matmuls instead of per-pixel gathers."""
+  h, w, _ = image.shape
+  rows = _interpolation_matrix(h, scale[0], offset[0])
+  cols = _interpolation_matrix(w, scale[1], offset[1])
+  return jnp.einsum("yh,hwc,xw->yxc", rows, image, cols, precision=jax.lax.Precision.HIGHEST)
+
+
 def _affine(key, image, zoom, rotation):
   """Random scale crop (side fraction in [1 - zoom, 1]) and rotation, one bilinear resampling."""
   k_scale, k_angle, k_shift = jax.random.split(key, 3)
@@ -48,10 +68,11 @@ def _affine(key, image, zoom, rotation):
   shift = jax.random.uniform(k_shift, (2,), minval=-1.0, maxval=1.0) * (1.0 - scale) / 2
   cy, cx = (h - 1) / 2, (w - 1) / 2
   cos, sin = scale * jnp.cos(angle), scale * jnp.sin(angle)
-  matrix = jnp.array([[cos, -sin], [sin, cos]])
   offset = jnp.array([cy + shift[0] * h - (cos * cy - sin * cx),
                       cx + shift[1] * w - (sin * cy + cos * cx)])
-  return _warp(image, matrix, offset)
+  if rotation == 0:  # known at trace time: the map is diagonal
+    return _warp_axes(image, jnp.stack([cos, cos]), offset)
+  return _warp(image, jnp.array([[cos, -sin], [sin, cos]]), offset)
 
 
 def _color(key, image, strength):
