@@ -1,13 +1,18 @@
-"""Data parallelism: the package's fine-tune step on 1 vs 4 (fake) host devices, same batch.
+"""Data parallelism: the package's fine-tune step on 1 vs 4 (fake) host devices, same batch;
+then the same 4 devices with param_sharding='fsdp' against replicated parameters.
 
   .venv/bin/python benchmarks/devices.py [--devices 4] [--batch 32] [--size 64] [--width 0.125]
-                                         [--steps 4] [--unfreeze all]
+                                         [--steps 4] [--unfreeze all] [--fsdp_min_size 4096]
 
 Each side is a fresh process (XLA_FLAGS=--xla_force_host_platform_device_count=N): the same
 model, initial state and batches go through mlc_jax.steps.make_finetune_step on a mesh over its N
-devices (the global batch split N ways). On one CPU the N fake devices share the same cores, so
-this measures what sharding costs (partitioning, collectives, smaller per-device kernels), not a
-speed-up; on N real accelerators the same code divides the batch. The losses are compared too.
+devices (the global batch split N ways), with parameters and optimizer state laid out by
+mlc_jax.train.state_layout. On one CPU the N fake devices share the same cores, so this measures
+what sharding costs (partitioning, collectives, smaller per-device kernels), not a speed-up; on N
+real accelerators the same code divides the batch. The losses are compared too. Memory: the bytes
+of parameters + optimizer state one device holds between steps, read off the placed arrays'
+shards, for this model and (abstractly, from its shapes) for the full VGG16 with its top under
+Adam; and the compiled step's per-device temporaries (XLA's memory analysis).
 """
 import argparse
 import json
@@ -31,23 +36,33 @@ def worker(args):
   from configs import default
   from mlc_jax import models, optim, sharding, steps, losses
   from mlc_jax.data import augment
+  from mlc_jax import train
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights, c.model.batch_norm = args.size, args.width, "", True
+  c.param_sharding, c.fsdp_min_size = args.param_sharding, args.fsdp_min_size
   model = models.build_model(c, 20, rngs=nnx.Rngs(0))
   graphdef, trainable, stats, frozen = nnx.split(
       model, optim.trainable_filter(args.unfreeze, False), nnx.BatchStat, ...)
   mesh = sharding.mesh()
   tx = optim.make(c.finetune, 100)
+  layout = train.state_layout(c, mesh, tx, trainable, stats=stats, frozen=frozen)
   step = steps.make_finetune_step(mesh, graphdef, tx, losses.bce,
-                                  lambda x, k: augment.augment(x, k, c.augment))
-  trainable, stats, frozen = (sharding.replicate(s, mesh) for s in (trainable, stats, frozen))
-  opt_state = jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(trainable)
+                                  lambda x, k: augment.augment(x, k, c.augment),
+                                  tuple(layout[k] for k in ("trainable", "stats", "frozen", "opt_state")))
+  trainable, stats, frozen = (sharding.place(s, layout[k]) for s, k in
+                              ((trainable, "trainable"), (stats, "stats"), (frozen, "frozen")))
+  opt_state = jax.jit(tx.init, out_shardings=layout["opt_state"])(trainable)
+  held = sum(x.addressable_shards[0].data.nbytes
+             for x in jax.tree.leaves((trainable, stats, frozen, opt_state)))
   sums, key = sharding.replicate(steps.zero_sums(), mesh), jax.random.PRNGKey(0)
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8),
            "labels": (rng.random((args.batch, 20)) < 0.1).astype(np.float32),
            "mask": np.ones(args.batch, bool)}
   device_batch = sharding.shard_batch(batch, mesh)
+  memory = step.lower(trainable, stats, frozen, opt_state, sums, device_batch, key,
+                      0).compile().memory_analysis()
+  temp = getattr(memory, "temp_size_in_bytes", float("nan"))
   start = time.perf_counter()
   trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums, device_batch,
                                            key, 0)
@@ -61,15 +76,39 @@ def worker(args):
   seconds = time.perf_counter() - start
   print(json.dumps({"devices": jax.device_count(),
                     "images_per_s": args.batch * args.steps / seconds,
-                    "compile_s": compile_s, "loss_sum": float(sums["loss_sum"])}))
+                    "compile_s": compile_s, "loss_sum": float(sums["loss_sum"]),
+                    "state_bytes_per_device": held, "temp_bytes_per_device": temp,
+                    "vgg16_state_bytes_per_device": full_vgg16_state_bytes(c, mesh)}))
 
 
-def side(args, devices):
+def full_vgg16_state_bytes(config, mesh):
+  """Bytes of parameters + Adam state one device holds for VGG16 with its top (224 px, 1000
+  classes, every block trainable) under config.param_sharding, from shapes alone."""
+  import jax
+  from flax import nnx
+
+  from mlc_jax import models, optim, sharding
+  c = config.copy_and_resolve_references()
+  c.image_size, c.model.width, c.model.include_top, c.model.batch_norm = 224, 1.0, True, False
+  c.fsdp_min_size = sharding.FSDP_MIN_SIZE
+  c.finetune.optimizer = "adam"
+  model = nnx.eval_shape(lambda: models.build_model(c, 1000, rngs=nnx.Rngs(0)))
+  params = nnx.state(model, nnx.Param)
+  opt = jax.eval_shape(optim.make(c.finetune, 1).init, params)
+  total = 0
+  for tree in (params, opt):
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sharding.state_shardings(tree, mesh, c))):
+      total += int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
+  return total
+
+
+def side(args, devices, param_sharding="replicated"):
   """Runs the worker in a fresh process with `devices` fake host devices -> its JSON."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   cmd = [sys.executable, __file__, "--worker", "--batch", str(args.batch), "--size", str(args.size),
-         "--width", str(args.width), "--steps", str(args.steps), "--unfreeze", args.unfreeze]
+         "--width", str(args.width), "--steps", str(args.steps), "--unfreeze", args.unfreeze,
+         "--param_sharding", param_sharding, "--fsdp_min_size", str(args.fsdp_min_size)]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
   if out.returncode:
     raise SystemExit(f"{devices}-device worker failed:\n{out.stderr[-2000:]}")
@@ -85,20 +124,37 @@ def main(argv=None):
   parser.add_argument("--width", type=float, default=0.125)
   parser.add_argument("--steps", type=int, default=4)
   parser.add_argument("--unfreeze", default="all")
+  parser.add_argument("--fsdp_min_size", type=int, default=4096,
+                      help="fsdp: smallest array split (the 1/8-width model's kernels are small)")
+  parser.add_argument("--param_sharding", default="replicated", help=argparse.SUPPRESS)
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.worker:
     return worker(args)
-  one, many = side(args, 1), side(args, args.devices)
+  one, many, fsdp = side(args, 1), side(args, args.devices), side(args, args.devices, "fsdp")
   what = (f"finetune step VGG16 width {args.width:g} {args.size}px batch {args.batch} "
           f"unfreeze {args.unfreeze}")
-  rows = [common.row(f"{what}, {args.devices} fake devices", many["images_per_s"],
-                     one["images_per_s"], "1 device")]
-  common.print_table(f"{args.devices} vs 1 host devices (same cores), {args.steps} steps; compile "
-                     f"{many['compile_s']:.1f}s vs {one['compile_s']:.1f}s; loss after the steps "
-                     f"{many['loss_sum']:.6f} vs {one['loss_sum']:.6f}", rows)
-  common.emit("devices", rows, loss_sums=[one["loss_sum"], many["loss_sum"]],
-              compile_s=[one["compile_s"], many["compile_s"]])
+  n = args.devices
+  mb = 2 ** 20
+  rows = [common.row(f"{what}, {n} fake devices", many["images_per_s"], one["images_per_s"],
+                     "1 device"),
+          common.row(f"{what}, {n} fake devices, param_sharding=fsdp", fsdp["images_per_s"],
+                     many["images_per_s"], "replicated"),
+          common.row(f"parameters + optimizer state per device, this model, fsdp over {n} "
+                     "(lower is better)", fsdp["state_bytes_per_device"] / mb,
+                     many["state_bytes_per_device"] / mb, "replicated", unit="MiB"),
+          common.row(f"parameters + Adam state per device, VGG16 with top (138M params), fsdp over "
+                     f"{n} (lower is better)", fsdp["vgg16_state_bytes_per_device"] / mb,
+                     many["vgg16_state_bytes_per_device"] / mb, "replicated", unit="MiB"),
+          common.row(f"compiled step's temporaries per device, this model, fsdp over {n} "
+                     "(lower is better)", fsdp["temp_bytes_per_device"] / mb,
+                     many["temp_bytes_per_device"] / mb, "replicated", unit="MiB")]
+  common.print_table(f"{n} vs 1 host devices (same cores), {args.steps} steps; compile "
+                     f"{many['compile_s']:.1f}s vs {one['compile_s']:.1f}s (fsdp "
+                     f"{fsdp['compile_s']:.1f}s); loss after the steps {one['loss_sum']:.6f} (1), "
+                     f"{many['loss_sum']:.6f} ({n}), {fsdp['loss_sum']:.6f} ({n}, fsdp)", rows)
+  common.emit("devices", rows, loss_sums=[one["loss_sum"], many["loss_sum"], fsdp["loss_sum"]],
+              compile_s=[one["compile_s"], many["compile_s"], fsdp["compile_s"]])
 
 
 if __name__ == "__main__":

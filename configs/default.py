@@ -15,6 +15,9 @@ def get_config():
   c.eval_batch_size = 128       # global batch for features, validation and evaluation
   c.stages = ("features", "head", "finetune", "evaluate")
   c.distributed = False         # call jax.distributed.initialize() (multi-host); also on when the env says so
+  c.param_sharding = "replicated"  # parameters + optimizer state: replicated on every device, or
+                                   # fsdp: split over the 'data' axis (1/N per device; gathered per step)
+  c.fsdp_min_size = 2 ** 18     # fsdp: arrays with fewer elements stay replicated
 
   # Input pipeline (mlc_jax/data).
   c.data = ml_collections.ConfigDict()

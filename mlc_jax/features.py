@@ -31,7 +31,8 @@ def params_digest(module):
   h = hashlib.sha256()
   flat = nnx.to_flat_state(nnx.state(module, nnx.Any(nnx.Param, nnx.BatchStat)))
   for path, var in sorted(flat, key=lambda kv: tuple(map(str, kv[0]))):
-    value = np.asarray(jax.device_get(var.get_value() if hasattr(var, "get_value") else var.value))
+    # to_host: with param_sharding='fsdp' over several processes no process holds the whole array.
+    value = sharding.to_host(var.get_value() if hasattr(var, "get_value") else var.value)
     h.update("/".join(map(str, path)).encode() + str(value.shape).encode())
     h.update(np.ascontiguousarray(value).tobytes())
   return h.hexdigest()[:16]

@@ -65,6 +65,7 @@ class Hooks:
   steps_per_epoch: int
   images_per_step: int
   initial: dict
+  opt_shardings: Any = None  # sharding tree of the optimizer state; None: replicated
 
 
 def metrics_path(workdir):
@@ -156,7 +157,8 @@ def fit(run, stage, stage_config, hooks):
   spe, epochs = hooks.steps_per_epoch, int(stage_config.epochs)
   repl = sharding.replicated(mesh)
   state = dict(hooks.initial)
-  state["opt_state"] = jax.jit(hooks.tx.init, out_shardings=repl)(state["trainable"])
+  state["opt_state"] = jax.jit(hooks.tx.init, out_shardings=hooks.opt_shardings or repl)(
+      state["trainable"])
   c = dict(epoch=0, batch=0, loss_sum=0.0, loss_steps=0,
            best=math.inf if mode == "min" else -math.inf, bad_epochs=0, stopped=0)
   latest = mngr.latest_step()

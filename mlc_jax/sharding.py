@@ -1,8 +1,12 @@
 """Device mesh and shardings: data parallelism over a 'data' axis of every device of every host.
 
-Parameters and optimizer state are replicated; batches are split along their first axis. Each
-process feeds its own slice of the global batch (the pipeline yields batch_size // process_count
-images) and `shard_batch` stitches the slices into one global array.
+Batches are split along their first axis. Each process feeds its own slice of the global batch
+(the pipeline yields batch_size // process_count images) and `shard_batch` stitches the slices
+into one global array. Parameters and optimizer state are replicated (`param_sharding=
+'replicated'`, the default) or, with 'fsdp', each array of at least `fsdp_min_size` elements is
+split over 'data' along its largest evenly divisible axis (ZeRO-3 / FSDP): a step gathers the
+parameters it computes with, and the gradient comes back reduce-scattered to the shards, so each
+device holds 1/N of the parameters, gradients and optimizer state between steps.
 """
 import os
 
@@ -13,6 +17,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from mlc_jax.errors import UserError
 
 AXIS = "data"
+PARAM_SHARDINGS = ("replicated", "fsdp")
+FSDP_MIN_SIZE = 2 ** 18  # elements; smaller arrays (biases, BatchNorm, small kernels) stay whole
 
 
 def initialize(config=None):
@@ -55,6 +61,49 @@ def replicated(mesh_):
   return NamedSharding(mesh_, P())
 
 
+def check_param_sharding(config):
+  """Validates config.param_sharding / fsdp_min_size (UserError naming the fix otherwise)."""
+  mode = config.get("param_sharding", "replicated")
+  if mode not in PARAM_SHARDINGS:
+    raise UserError(f"param_sharding={mode!r} is not one of {PARAM_SHARDINGS}")
+  if int(config.get("fsdp_min_size", FSDP_MIN_SIZE)) < 1:
+    raise UserError(f"fsdp_min_size={config.fsdp_min_size} must be >= 1 (elements)")
+  return mode
+
+
+def array_sharding(shape, mesh_, mode="replicated", min_size=FSDP_MIN_SIZE):
+  """The NamedSharding of one parameter-like array: replicated, or split for 'fsdp'.
+
+  fsdp splits the largest axis that the number of devices divides (the first such on ties);
+  arrays under min_size elements, and those with no such axis, stay replicated.
+  """
+  n = mesh_.shape[AXIS]
+  if mode != "fsdp" or n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return replicated(mesh_)
+  for axis in sorted(range(len(shape)), key=lambda i: -shape[i]):
+    if shape[axis] % n == 0:
+      spec = [None] * len(shape)
+      spec[axis] = AXIS
+      return NamedSharding(mesh_, P(*spec))
+  return replicated(mesh_)
+
+
+def state_shardings(tree, mesh_, config=None):
+  """Per-leaf shardings of parameters or optimizer state (arrays or ShapeDtypeStructs).
+
+  The rule depends on shapes alone, so an optimizer's moments land where their parameters do.
+  config: reads param_sharding and fsdp_min_size; None means replicated.
+  """
+  mode = "replicated" if config is None else check_param_sharding(config)
+  min_size = FSDP_MIN_SIZE if config is None else int(config.get("fsdp_min_size", FSDP_MIN_SIZE))
+  return jax.tree.map(lambda x: array_sharding(np.shape(x), mesh_, mode, min_size), tree)
+
+
+def gathered(tree, mesh_):
+  """Inside a jitted step: the whole (replicated) arrays of a possibly fsdp-split tree."""
+  return jax.lax.with_sharding_constraint(tree, replicated(mesh_))
+
+
 def check_batch_size(batch_size, mesh_, what="batch_size"):
   """A global batch must split evenly over devices (UserError naming the fix otherwise)."""
   n = mesh_.size
@@ -93,9 +142,19 @@ def _host_if_local(x):
 
 def replicate(tree, mesh_):
   """Places a pytree (parameters, optimizer state) replicated on the mesh."""
+  return place(tree, replicated(mesh_))
+
+
+def place(tree, shardings):
+  """Places a pytree on the mesh under `shardings` (one sharding, or a tree of them)."""
   if jax.process_count() > 1:
     tree = jax.tree.map(_host_if_local, tree)
-  return jax.device_put(tree, replicated(mesh_))
+  return jax.device_put(tree, shardings)
+
+
+def place_state(tree, mesh_, config=None):
+  """Places parameters or optimizer state as config.param_sharding says (see state_shardings)."""
+  return place(tree, state_shardings(tree, mesh_, config))
 
 
 def prefetch(batches, mesh_, size=2):

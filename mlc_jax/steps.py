@@ -1,7 +1,9 @@
 """Pure training and inference steps (functional NNX: split state in, new state out).
 
 `make_*` wrap each step in one jax.jit with donated state and explicit shardings over the
-mesh's 'data' axis: parameters and optimizer state replicated, batches split. A finetune step
+mesh's 'data' axis: batches split; parameters and optimizer state replicated, or split as
+`shardings` says (sharding.state_shardings, param_sharding='fsdp'), in which case the step
+computes with gathered parameters and XLA reduce-scatters the gradient to the shards. A finetune step
 differentiates only the trainable group of nnx.split(model, trainable_filter, BatchStat, ...),
 so frozen blocks cost no backward pass and gradient clipping sees only trainable gradients.
 """
@@ -29,8 +31,8 @@ def zero_sums():
   return {"loss_sum": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.int32)}
 
 
-def finetune_step(graphdef, tx, loss_fn, augment_fn, trainable, stats, frozen, opt_state, sums,
-                  batch, base_key, step):
+def finetune_step(mesh, graphdef, tx, loss_fn, augment_fn, trainable, stats, frozen, opt_state,
+                  sums, batch, base_key, step):
   """One SGD step on an image batch: augment on device, forward, grad w.r.t. trainable only."""
   key = jax.random.fold_in(base_key, step)
   augment_key, dropout_key = jax.random.split(key)
@@ -39,7 +41,8 @@ def finetune_step(graphdef, tx, loss_fn, augment_fn, trainable, stats, frozen, o
 
   def loss_of(trainable, stats):
     # stats enter as an argument so BatchNorm updates them at this trace level.
-    model = nnx.merge(graphdef, trainable, stats, frozen, copy=True)
+    whole, fixed = sharding.gathered((trainable, frozen), mesh)  # a no-op unless fsdp split them
+    model = nnx.merge(graphdef, whole, stats, fixed, copy=True)
     logits = model(images, train=True, rngs=nnx.Rngs(dropout=dropout_key))
     loss = loss_fn(logits, batch["labels"], batch["mask"])
     return loss, nnx.state(model, nnx.BatchStat)
@@ -50,23 +53,28 @@ def finetune_step(graphdef, tx, loss_fn, augment_fn, trainable, stats, frozen, o
   return trainable, stats, opt_state, _accumulate(sums, loss)
 
 
-def make_finetune_step(mesh, graphdef, tx, loss_fn, augment_fn):
-  """jit(finetune_step) donating trainable, stats, opt_state and sums."""
+def make_finetune_step(mesh, graphdef, tx, loss_fn, augment_fn, shardings=None):
+  """jit(finetune_step) donating trainable, stats, opt_state and sums.
+
+  shardings: (trainable, stats, frozen, opt_state) sharding trees, each may be one sharding;
+  None replicates all four.
+  """
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  fn = functools.partial(finetune_step, graphdef, tx, loss_fn, augment_fn)
+  t, s, f, o = shardings or (repl,) * 4
+  fn = functools.partial(finetune_step, mesh, graphdef, tx, loss_fn, augment_fn)
   return jax.jit(fn, donate_argnums=(0, 1, 3, 4),
-                 in_shardings=(repl, repl, repl, repl, repl, data, repl, repl),
-                 out_shardings=(repl, repl, repl, repl))
+                 in_shardings=(t, s, f, o, repl, data, repl, repl),
+                 out_shardings=(t, s, o, repl))
 
 
-def head_step(graphdef, tx, loss_fn, params, rest, opt_state, sums, features, labels, index,
+def head_step(mesh, graphdef, tx, loss_fn, params, rest, opt_state, sums, features, labels, index,
               base_key, step):
   """One step of the head on cached bottleneck features gathered on device by index."""
   dropout_key = jax.random.fold_in(base_key, step)
   x, y = features[index], labels[index]
 
   def loss_of(params):
-    head = nnx.merge(graphdef, params, rest)
+    head = nnx.merge(graphdef, sharding.gathered(params, mesh), rest)
     logits = head(x, train=True, rngs=nnx.Rngs(dropout=dropout_key))
     return loss_fn(logits, y)
 
@@ -75,13 +83,17 @@ def head_step(graphdef, tx, loss_fn, params, rest, opt_state, sums, features, la
   return optax.apply_updates(params, updates), opt_state, _accumulate(sums, loss)
 
 
-def make_head_step(mesh, graphdef, tx, loss_fn):
-  """jit(head_step) donating params, opt_state and sums; features stay replicated on device."""
+def make_head_step(mesh, graphdef, tx, loss_fn, shardings=None):
+  """jit(head_step) donating params, opt_state and sums; features stay replicated on device.
+
+  shardings: (params, opt_state) sharding trees; None replicates both.
+  """
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  fn = functools.partial(head_step, graphdef, tx, loss_fn)
+  p, o = shardings or (repl, repl)
+  fn = functools.partial(head_step, mesh, graphdef, tx, loss_fn)
   return jax.jit(fn, donate_argnums=(0, 2, 3),
-                 in_shardings=(repl, repl, repl, repl, repl, repl, data, repl, repl),
-                 out_shardings=(repl, repl, repl))
+                 in_shardings=(p, repl, o, repl, repl, repl, data, repl, repl),
+                 out_shardings=(p, o, repl))
 
 
 def predict_step(graphdef, state, images, activation_name):
@@ -109,16 +121,17 @@ def make_features_step(mesh, graphdef):
                  out_shardings=data)
 
 
-def loss_step(graphdef, states, inputs, labels, mask, loss_fn, activation_name):
+def loss_step(mesh, graphdef, states, inputs, labels, mask, loss_fn, activation_name):
   """(scores, loss sum over valid images) for validation; states: the split model's groups."""
-  model = nnx.merge(graphdef, *states)
+  model = nnx.merge(graphdef, *sharding.gathered(states, mesh))
   logits = model(inputs, train=False)
   n = jnp.sum(mask.astype(jnp.float32))
   return activation(logits, activation_name), loss_fn(logits, labels, mask) * n
 
 
 def make_loss_step(mesh, graphdef, loss_fn, activation_name="sigmoid"):
-  """jit(loss_step) for validation batches."""
+  """jit(loss_step) for validation batches; the states keep the training step's layout."""
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  fn = functools.partial(loss_step, graphdef, loss_fn=loss_fn, activation_name=activation_name)
-  return jax.jit(fn, in_shardings=(repl, data, data, data), out_shardings=(data, repl))
+  fn = functools.partial(loss_step, mesh, graphdef, loss_fn=loss_fn,
+                         activation_name=activation_name)
+  return jax.jit(fn, in_shardings=(None, data, data, data), out_shardings=(data, repl))

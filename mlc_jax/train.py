@@ -59,6 +59,7 @@ def validate(config):
     raise UserError(f"head.activation={config.head.activation!r} is not one of {ACTIVATIONS}")
   if config.dtype not in ("float32", "bfloat16"):
     raise UserError(f"dtype={config.dtype!r} is not float32 or bfloat16")
+  sharding.check_param_sharding(config)
   for name in ("batch_size", "eval_batch_size"):
     if int(config[name]) < 1:
       raise UserError(f"{name}={config[name]} must be >= 1")
@@ -89,7 +90,8 @@ def _new_model(config, num_classes):
   model = models.build_model(config, num_classes, rngs=nnx.Rngs(int(config.seed)))
   models.load_backbone_weights(model.backbone, config)
   # Every saved array on the global mesh: Orbax cannot save host-local arrays across processes.
-  nnx.update(model, sharding.replicate(nnx.state(model, checkpoints.SAVED), sharding.mesh()))
+  nnx.update(model, sharding.place_state(nnx.state(model, checkpoints.SAVED), sharding.mesh(),
+                                         config))
   return model
 
 
@@ -100,6 +102,12 @@ def _restore_into(model, workdir, stage, config, which="best"):
   checkpoints.load_model_state(model, restored["model"])
   mngr.close()
   return step
+
+
+def state_layout(config, mesh, tx, trainable, **others):
+  """Sharding trees (config.param_sharding) of the trainable group, its optimizer state, others."""
+  trees = dict(others, trainable=trainable, opt_state=jax.eval_shape(tx.init, trainable))
+  return {name: sharding.state_shardings(tree, mesh, config) for name, tree in trees.items()}
 
 
 def _chunks(x, y, size):
@@ -137,8 +145,9 @@ def run_head(run):
   train_y = sharding.replicate(np.asarray(cache["train"][1]), mesh)
   graphdef, params, rest = nnx.split(model.head, nnx.Param, ...)
   tx = optim.make(config.head, spe)
+  layout = state_layout(config, mesh, tx, params)
   fn = loss_fn(config)
-  step_fn = steps.make_head_step(mesh, graphdef, tx, fn)
+  step_fn = steps.make_head_step(mesh, graphdef, tx, fn, (layout["trainable"], layout["opt_state"]))
   val_fn = steps.make_loss_step(mesh, nnx.graphdef(model.head), fn, config.head.activation)
   val_x, val_y = cache["val"]
 
@@ -163,12 +172,12 @@ def run_head(run):
 
   def load(pure):
     checkpoints.load_model_state(model, pure)
-    return {"trainable": sharding.replicate(nnx.state(model.head, nnx.Param), mesh)}
+    return {"trainable": sharding.place(nnx.state(model.head, nnx.Param), layout["trainable"])}
 
   hooks = loop_lib.Hooks(do_step=do_step, batches=batches, validate=validate_fn,
                          model_state=model_state, load=load, tx=tx, steps_per_epoch=spe,
-                         images_per_step=batch_size,
-                         initial={"trainable": sharding.replicate(params, mesh)})
+                         images_per_step=batch_size, opt_shardings=layout["opt_state"],
+                         initial={"trainable": sharding.place(params, layout["trainable"])})
   return loop_lib.fit(run, "head", config.head, hooks)
 
 
@@ -186,12 +195,15 @@ def run_finetune(run):
   trainable_filter = optim.trainable_filter(config.finetune.unfreeze_blocks,
                                             config.model.include_top)
   graphdef, trainable, stats, frozen = nnx.split(model, trainable_filter, nnx.BatchStat, ...)
-  frozen = sharding.replicate(frozen, mesh)
   tx = optim.make(config.finetune, spe)
+  layout = state_layout(config, mesh, tx, trainable, stats=stats, frozen=frozen)
+  frozen = sharding.place(frozen, layout["frozen"])
   fn = loss_fn(config)
   aug = config.augment
   augment_fn = lambda images, key: augment.augment(images, key, aug)
-  step_fn = steps.make_finetune_step(mesh, graphdef, tx, fn, augment_fn)
+  step_fn = steps.make_finetune_step(
+      mesh, graphdef, tx, fn, augment_fn,
+      tuple(layout[k] for k in ("trainable", "stats", "frozen", "opt_state")))
   val_fn = steps.make_loss_step(mesh, nnx.graphdef(model), fn, config.head.activation)
 
   def do_step(state, sums, batch, key, step):
@@ -216,13 +228,14 @@ def run_finetune(run):
   def load(pure):
     checkpoints.load_model_state(model, pure)
     _, t, s, _ = nnx.split(model, trainable_filter, nnx.BatchStat, ...)
-    return {"trainable": sharding.replicate(t, mesh), "stats": sharding.replicate(s, mesh)}
+    return {"trainable": sharding.place(t, layout["trainable"]),
+            "stats": sharding.place(s, layout["stats"])}
 
   hooks = loop_lib.Hooks(do_step=do_step, batches=batches, validate=validate_fn,
                          model_state=model_state, load=load, tx=tx, steps_per_epoch=spe,
-                         images_per_step=batch_size,
-                         initial={"trainable": sharding.replicate(trainable, mesh),
-                                  "stats": sharding.replicate(stats, mesh)})
+                         images_per_step=batch_size, opt_shardings=layout["opt_state"],
+                         initial={"trainable": sharding.place(trainable, layout["trainable"]),
+                                  "stats": sharding.place(stats, layout["stats"])})
   return loop_lib.fit(run, "finetune", config.finetune, hooks)
 
 

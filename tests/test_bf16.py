@@ -57,7 +57,7 @@ def test_bf16_compute_float32_state(shapes_config, source):
   batch = next(iter(pipeline.batches(source, "train", batch_size=int(config.batch_size),
                                      train=True, config=config)))
   step = lambda *args: steps.finetune_step(
-      graphdef, tx, train.loss_fn(config), lambda x, k: augment.augment(x, k, config.augment),
+      sharding.mesh(), graphdef, tx, train.loss_fn(config), lambda x, k: augment.augment(x, k, config.augment),
       *args)
   args = (trainable, stats, frozen, tx.init(trainable), steps.zero_sums(), batch,
           jax.random.PRNGKey(0), 0)

@@ -13,6 +13,7 @@ import sys
 
 import ml_collections
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "sharding_run.py")
@@ -45,6 +46,7 @@ def test_four_devices_match_one(shapes_config, tmp_path):
   # Batch norm on: its batch statistics must be those of the global batch, not of a shard.
   config = _tiny(shapes_config, unfreeze_blocks="2", learning_rate=0.01)
   config.model.batch_norm = True
+  config.fsdp_min_size = 512  # the tiny model's kernels are small; fsdp splits all but biases/BN
   out = tmp_path / "runs.npz"
   proc = subprocess.run(
       [sys.executable, WORKER, "devices", config.to_json(), str(out)], cwd=ROOT, timeout=600,
@@ -54,19 +56,28 @@ def test_four_devices_match_one(shapes_config, tmp_path):
   runs = dict(np.load(out))
   assert int(runs["n_devices"]) == 4
   assert int(runs["one/batch_shards"]) == 1 and int(runs["all/batch_shards"]) == 4
-  np.testing.assert_allclose(runs["all/losses"], runs["one/losses"], rtol=1e-4)
+  assert int(runs["fsdp/batch_shards"]) == 4
+  # Replicated: every device holds everything. fsdp: the large arrays are split 4 ways, the
+  # optimizer's moments with their parameters (SGD momentum: one moment per parameter).
+  for name in ("trainable", "frozen", "opt_state"):
+    assert int(runs[f"all/split_leaves/{name}"]) == 0 and runs[f"all/held_share/{name}"] == 1.0
+    assert int(runs[f"fsdp/split_leaves/{name}"]) >= 2, name
+    assert runs[f"fsdp/held_share/{name}"] < 0.5, (name, runs[f"fsdp/held_share/{name}"])
+  assert int(runs["fsdp/split_leaves/opt_state"]) == int(runs["fsdp/split_leaves/trainable"])
   names = [k[len("init/"):] for k in runs if k.startswith("init/")]
   assert any("trainable/" in n for n in names) and any("stats/" in n for n in names)
-  moved = 0
-  for name in names:
-    start, one, many = runs["init/" + name], runs["one/" + name], runs["all/" + name]
-    # The 4 shards reduce in another order, and a 1-ulp change can flip a max-pool tie or a
-    # ReLU, so single elements may differ; the update as a whole must agree to float tolerance
-    # (a real sharding bug, per-shard batch statistics or an unaveraged gradient, is far larger).
-    update, gap = np.linalg.norm(one - start), np.linalg.norm(many - one)
-    assert gap <= 0.03 * update + 1e-7 * np.sqrt(one.size), (name, gap, update)
-    moved += update > 1e-6
-  assert moved >= len(names) // 2  # the steps really trained
+  for layout in ("all", "fsdp"):
+    np.testing.assert_allclose(runs[f"{layout}/losses"], runs["one/losses"], rtol=1e-4)
+    moved = 0
+    for name in names:
+      start, one, many = runs["init/" + name], runs["one/" + name], runs[f"{layout}/" + name]
+      # The 4 shards reduce in another order, and a 1-ulp change can flip a max-pool tie or a
+      # ReLU, so single elements may differ; the update as a whole must agree to float tolerance
+      # (a real sharding bug, per-shard batch statistics or an unaveraged gradient, is far larger).
+      update, gap = np.linalg.norm(one - start), np.linalg.norm(many - one)
+      assert gap <= 0.03 * update + 1e-7 * np.sqrt(one.size), (layout, name, gap, update)
+      moved += update > 1e-6
+    assert moved >= len(names) // 2  # the steps really trained
 
 
 def _launch(config, workdir, processes=2, timeout=600):
@@ -89,13 +100,17 @@ def _launch(config, workdir, processes=2, timeout=600):
   return results
 
 
-def test_two_processes_train_and_checkpoint(shapes_config, tmp_path):
+@pytest.mark.parametrize("param_sharding", ["replicated", "fsdp"])
+def test_two_processes_train_and_checkpoint(shapes_config, tmp_path, param_sharding):
   from flax import nnx
 
   from mlc_jax import checkpoints, models, optim
   config = _tiny(shapes_config, unfreeze_blocks="1")
   config.stages = ("features", "head", "finetune")  # the feature cache is written by process 0 only
   config.head.epochs = 1
+  # fsdp: each process holds half of every array of >= 512 elements; the checkpoint is written
+  # from the halves and must restore whole in one process.
+  config.param_sharding, config.fsdp_min_size = param_sharding, 512
   workdir = tmp_path / "run"
   results = _launch(config, workdir)
   for i, (rc, _, stderr) in enumerate(results):
