@@ -197,7 +197,8 @@ def main(argv=None):
       "# Benchmarks",
       "",
       "Every row is a ratio against a peer measured in the same run, on the same machine. "
-      "Ratio = ours / peer for rates: above 1 means mlc_jax is faster. Written by "
+      "Ratio = ours / peer: for rates above 1 means mlc_jax is faster; for the rows marked "
+      "'lower is better' (memory) below 1 means it needs less. Written by "
       "`benchmarks/run_all.py`; rerun it to refresh (timings on a shared machine are noisy, the "
       "ratios of one run are what to compare).",
       "",

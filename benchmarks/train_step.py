@@ -8,8 +8,17 @@ C=20), the same freezing (conv blocks below the top `unfreeze` ones frozen) and 
 (SGD lr 1e-4 momentum 0.9, BCE with logits) on the same random batch; neither augments. Keras
 runs `train_on_batch` compiled with jit_compile=False (TensorFlow's oneDNN kernels, its fastest
 CPU path); JAX runs mlc_jax.steps.finetune_step. --onednn reruns the JAX side in a child process
-with XLA_FLAGS=--xla_cpu_use_onednn=true and adds its column. Prints one row per setting with
-both rates and the ratio JAX / Keras (> 1 means JAX is faster).
+with XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true (XLA's oneDNN convolutions) and adds
+its column. Prints one row per setting with both rates and the ratio JAX / Keras (> 1 means JAX
+is faster).
+
+Where the gap is (2 Zen 4 cores, batch 4, 224 px, measured per convolution): XLA:CPU's own
+convolutions run at 150-210 GFLOP/s from 64 channels up (the 3-channel first layer at ~25);
+its weight-gradient convolutions of the 224 and 112 px layers at 100-140. With the oneDNN custom
+call, forward and input-gradient convolutions gain 10-20% but weight gradients lose ~40%, so the
+`1` step gains ~6% and the `all` step loses ~11%; weight gradients written as matmuls (im2col, or
+nine shifted products) were 2x slower than XLA's. Keras (TensorFlow's oneDNN kernels) keeps its
+lead on this CPU; on a GPU the comparison is a different one (benchmarks/gpu.sh).
 """
 import argparse
 import json
@@ -80,7 +89,7 @@ def keras_rate(size, batch, steps, unfreeze, width):
     raise SystemExit("the Keras side builds keras.applications.VGG16, width 1.0 only")
   base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3),
                                   pooling="avg")
-  top = 5 if unfreeze == "all" else 5 - int(unfreeze)
+  top = 0 if unfreeze == "all" else 5 - int(unfreeze)  # blocks above `top` train
   for layer in base.layers:
     block = layer.name.split("_")[0]
     if block.startswith("block"):
@@ -97,7 +106,8 @@ def keras_rate(size, batch, steps, unfreeze, width):
 
 
 def _jax_child(args, size, unfreeze):
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_onednn=true"))
+  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
+                                    + " --xla_cpu_experimental_onednn_custom_call=true"))
   cmd = [sys.executable, __file__, "--child", f"--sizes={size}", f"--batch={args.batch}",
          f"--steps={args.steps}", f"--unfreeze={unfreeze}", f"--width={args.width}"]
   out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
