@@ -51,11 +51,11 @@ def make_jpegs(count, size=(500, 375)):
 def host_rate(jpegs, threads, repeat=3):
   """Images/s of decode + resize(224) over tf.data with `threads` threads (None: one per core).
 
-  Autotuning off, as mlc_jax.data.pipeline runs it (AUTOTUNE then means min(16, cores)).
+  Autotuning off and one decode per core, as mlc_jax.data.pipeline runs it.
   """
   ds = tf.data.Dataset.from_tensor_slices(jpegs).repeat(repeat)
   ds = ds.map(lambda b: pipeline.decode_and_resize(b, 224, "plain"),
-              num_parallel_calls=threads or tf.data.AUTOTUNE)
+              num_parallel_calls=threads or pipeline.DECODE_THREADS)
   options = tf.data.Options()
   options.autotune.enabled = False
   if threads:

@@ -13,6 +13,7 @@ epoch (tearing one down with autotuning on can stall the caller for seconds).
 """
 import contextlib
 import math
+import os
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +30,9 @@ except RuntimeError:  # TensorFlow was initialised before this import; it is the
 
 
 PREFETCH_BATCHES = 4  # host batches decoded ahead of the step
+# Parallel decodes: one per core this process may use (tf.data's AUTOTUNE without autotuning
+# would stop at 16, too few to feed a GPU from a large host).
+DECODE_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _process():
@@ -123,7 +127,7 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
     return {"image": decode_and_resize(example["image"], image_size, method),
             "labels": example["labels"], "mask": tf.constant(True)}
 
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.map(prepare, num_parallel_calls=DECODE_THREADS, deterministic=True)
   if not train:
     real = max(0, n_local - start_batch * local)
     pad = (steps - start_batch) * local - real
@@ -131,12 +135,12 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
       blank = {"image": tf.zeros([image_size, image_size, 3], tf.uint8),
                "labels": tf.zeros([len(source.labels)], tf.float32), "mask": tf.constant(False)}
       ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
-  ds = ds.batch(local, drop_remainder=True, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local, drop_remainder=True, num_parallel_calls=DECODE_THREADS)
   options = tf.data.Options()
   options.deterministic = True
   # Autotuning off: with it on, tearing down an exhausted iterator (every epoch, every
   # evaluation pass) blocked the training loop for ~20 s in about half the epochs (TF 2.21,
-  # measured in the demo). AUTOTUNE parallelism then stays at min(16, host cores).
+  # measured in the demo). Parallelism is set above instead.
   options.autotune.enabled = False
   return ds.with_options(options).prefetch(PREFETCH_BATCHES)
 
@@ -147,7 +151,7 @@ def decoded_split(source, split, config):
   index, count = _process()
   size, method = int(config.image_size), config.data.resize
   n = _local_count(source, split, index, count)
-  if n * size * size * 3 > float(config.data.get("cache_mb", 0)) * 2 ** 20:
+  if n == 0 or n * size * size * 3 > float(config.data.get("cache_mb", 0)) * 2 ** 20:
     return None
   key = (split, size, method, index, count)
   if key not in source.decoded:
