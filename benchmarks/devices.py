@@ -34,9 +34,8 @@ def worker(args):
   from flax import nnx
 
   from configs import default
-  from mlc_jax import models, optim, sharding, steps, losses
+  from mlc_jax import losses, models, optim, sharding, steps, train
   from mlc_jax.data import augment
-  from mlc_jax import train
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights, c.model.batch_norm = args.size, args.width, "", True
   c.param_sharding, c.fsdp_min_size = args.param_sharding, args.fsdp_min_size
@@ -47,8 +46,7 @@ def worker(args):
   tx = optim.make(c.finetune, 100)
   layout = train.state_layout(c, mesh, tx, trainable, stats=stats, frozen=frozen)
   step = steps.make_finetune_step(mesh, graphdef, tx, losses.bce,
-                                  lambda x, k: augment.augment(x, k, c.augment),
-                                  tuple(layout[k] for k in ("trainable", "stats", "frozen", "opt_state")))
+                                  lambda x, k: augment.augment(x, k, c.augment), layout)
   trainable, stats, frozen = (sharding.place(s, layout[k]) for s, k in
                               ((trainable, "trainable"), (stats, "stats"), (frozen, "frozen")))
   opt_state = jax.jit(tx.init, out_shardings=layout["opt_state"])(trainable)

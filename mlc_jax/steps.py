@@ -2,7 +2,7 @@
 
 `make_*` wrap each step in one jax.jit with donated state and explicit shardings over the
 mesh's 'data' axis: batches split; parameters and optimizer state replicated, or split as
-`shardings` says (sharding.state_shardings, param_sharding='fsdp'), in which case the step
+`layout` says (train.state_layout; param_sharding='fsdp'), in which case the step
 computes with gathered parameters and XLA reduce-scatters the gradient to the shards. A finetune step
 differentiates only the trainable group of nnx.split(model, trainable_filter, BatchStat, ...),
 so frozen blocks cost no backward pass and gradient clipping sees only trainable gradients.
@@ -53,14 +53,15 @@ def finetune_step(mesh, graphdef, tx, loss_fn, augment_fn, trainable, stats, fro
   return trainable, stats, opt_state, _accumulate(sums, loss)
 
 
-def make_finetune_step(mesh, graphdef, tx, loss_fn, augment_fn, shardings=None):
+def make_finetune_step(mesh, graphdef, tx, loss_fn, augment_fn, layout=None):
   """jit(finetune_step) donating trainable, stats, opt_state and sums.
 
-  shardings: (trainable, stats, frozen, opt_state) sharding trees, each may be one sharding;
+  layout: {'trainable', 'stats', 'frozen', 'opt_state'} -> sharding trees (train.state_layout);
   None replicates all four.
   """
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  t, s, f, o = shardings or (repl,) * 4
+  layout = layout or {}
+  t, s, f, o = (layout.get(k, repl) for k in ("trainable", "stats", "frozen", "opt_state"))
   fn = functools.partial(finetune_step, mesh, graphdef, tx, loss_fn, augment_fn)
   return jax.jit(fn, donate_argnums=(0, 1, 3, 4),
                  in_shardings=(t, s, f, o, repl, data, repl, repl),
@@ -83,13 +84,14 @@ def head_step(mesh, graphdef, tx, loss_fn, params, rest, opt_state, sums, featur
   return optax.apply_updates(params, updates), opt_state, _accumulate(sums, loss)
 
 
-def make_head_step(mesh, graphdef, tx, loss_fn, shardings=None):
+def make_head_step(mesh, graphdef, tx, loss_fn, layout=None):
   """jit(head_step) donating params, opt_state and sums; features stay replicated on device.
 
-  shardings: (params, opt_state) sharding trees; None replicates both.
+  layout: {'trainable', 'opt_state'} -> sharding trees (train.state_layout); None replicates.
   """
   repl, data = sharding.replicated(mesh), sharding.data_sharding(mesh)
-  p, o = shardings or (repl, repl)
+  layout = layout or {}
+  p, o = (layout.get(k, repl) for k in ("trainable", "opt_state"))
   fn = functools.partial(head_step, mesh, graphdef, tx, loss_fn)
   return jax.jit(fn, donate_argnums=(0, 2, 3),
                  in_shardings=(p, repl, o, repl, repl, repl, data, repl, repl),

@@ -147,7 +147,7 @@ def run_head(run):
   tx = optim.make(config.head, spe)
   layout = state_layout(config, mesh, tx, params)
   fn = loss_fn(config)
-  step_fn = steps.make_head_step(mesh, graphdef, tx, fn, (layout["trainable"], layout["opt_state"]))
+  step_fn = steps.make_head_step(mesh, graphdef, tx, fn, layout)
   val_fn = steps.make_loss_step(mesh, nnx.graphdef(model.head), fn, config.head.activation)
   val_x, val_y = cache["val"]
 
@@ -201,9 +201,7 @@ def run_finetune(run):
   fn = loss_fn(config)
   aug = config.augment
   augment_fn = lambda images, key: augment.augment(images, key, aug)
-  step_fn = steps.make_finetune_step(
-      mesh, graphdef, tx, fn, augment_fn,
-      tuple(layout[k] for k in ("trainable", "stats", "frozen", "opt_state")))
+  step_fn = steps.make_finetune_step(mesh, graphdef, tx, fn, augment_fn, layout)
   val_fn = steps.make_loss_step(mesh, nnx.graphdef(model), fn, config.head.activation)
 
   def do_step(state, sums, batch, key, step):

@@ -50,8 +50,7 @@ def run_steps(config, mesh, graphdef, state, batches):
                               ((trainable, "trainable"), (stats, "stats"), (frozen, "frozen")))
   step_fn = steps.make_finetune_step(
       mesh, graphdef, tx, train.loss_fn(config),
-      lambda images, key: augment.augment(images, key, config.augment),
-      tuple(layout[k] for k in ("trainable", "stats", "frozen", "opt_state")))
+      lambda images, key: augment.augment(images, key, config.augment), layout)
   opt_state = jax.jit(tx.init, out_shardings=layout["opt_state"])(trainable)
   sums, key, losses = sharding.replicate(steps.zero_sums(), mesh), jax.random.PRNGKey(0), []
   for i, batch in enumerate(batches):

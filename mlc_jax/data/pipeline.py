@@ -29,10 +29,15 @@ except RuntimeError:  # TensorFlow was initialised before this import; it is the
   pass
 
 
+def host_cores():
+  """The CPU cores this process may use."""
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 PREFETCH_BATCHES = 4  # host batches decoded ahead of the step
-# Parallel decodes: one per core this process may use (tf.data's AUTOTUNE without autotuning
-# would stop at 16, too few to feed a GPU from a large host).
-DECODE_THREADS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+# Parallel decodes: one per core (tf.data's AUTOTUNE without autotuning would stop at 16, too
+# few to feed a GPU from a large host).
+DECODE_THREADS = host_cores()
 
 
 def _process():

@@ -9,10 +9,10 @@ generated once into data_dir as a TFDS dataset and reused.
 import concurrent.futures
 import dataclasses
 import multiprocessing
-import os
 
 import tensorflow_datasets as tfds
 
+from mlc_jax.data import pipeline
 from mlc_jax.data.shapes_draw import CLASSES, SPLITS, encode_png, render, render_example
 
 __all__ = ["CLASSES", "SPLITS", "Shapes", "encode_png", "render", "shapes_config"]
@@ -57,8 +57,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split, count):
     cfg = self.builder_config
     jobs = [(cfg.seed, split, index, cfg.image_size) for index in range(count)]
-    workers = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                  else os.cpu_count() or 1, max(1, count // 256))
+    workers = min(pipeline.host_cores(), max(1, count // 256))
     if workers < 2:
       yield from map(render_example, jobs)
       return
