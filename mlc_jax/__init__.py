@@ -17,11 +17,11 @@ __all__ = ["Classifier", "load", "load_imagenet", "__version__"]
 
 
 def __getattr__(name):
-  # Imported lazily: `import mlc_jax` stays cheap and does not start TensorFlow or JAX.
+  # Lazy: `import mlc_jax` then costs no JAX or TensorFlow start (seconds); the API loads on use.
   if name in ("Classifier", "load_imagenet"):
-    from mlc_jax import classifier
+    from mlc_jax.inference import classifier
     return getattr(classifier, name)
   if name == "load":
-    from mlc_jax import predict
-    return predict.load
+    from mlc_jax.inference import restore
+    return restore.load
   raise AttributeError(f"module 'mlc_jax' has no attribute {name!r}")

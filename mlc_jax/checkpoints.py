@@ -1,46 +1,61 @@
-"""Orbax checkpoints: one CheckpointManager per stage under WORKDIR/checkpoints/STAGE.
+"""Checkpoints: the Orbax format below training and inference, and the one path that restores a model.
 
-Each step holds two items: 'model', the pure dict of the FULL MultiLabelModel state (backbone +
-head, parameters and batch statistics), and 'train' (optimizer state, step, epoch, rng, running
-sums). Orbax writes a step into a temporary directory and renames it when complete, so a process
-killed mid-save leaves the previous step intact. A stage is done only when its DONE file exists,
-written after its last save has finished.
+One CheckpointManager per stage under WORKDIR/checkpoints/STAGE. Each step holds two items:
+'model', the pure dict of the FULL MultiLabelModel state (backbone + head, parameters and batch
+statistics), and 'train' (optimizer state and the loop's counters). Orbax writes a step into a
+temporary directory and renames it when complete, so a process killed mid-save leaves the previous
+steps intact; the two latest steps and the best one are kept, so a damaged latest step (a disk
+fault) falls back to the one before it. A stage is done only when its DONE file exists, written
+after its last save has finished.
+
+`restore_model` is the one way a trained model comes back: evaluation, `mlc_jax.load`, prediction,
+export and fine-tuning from the head stage all call it.
 """
+import dataclasses
 import json
 import os
-import pathlib
+import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 from flax import nnx
 from orbax.checkpoint import checkpoint_managers as ocm
 
+from mlc_jax import models, parallel, workdir as workdir_lib
+from mlc_jax.config import BEST_METRICS, TRAINED_STAGES
 from mlc_jax.errors import UserError
 
-STAGES = ("head", "finetune")    # the stages that write checkpoints, in training order
-BEST_METRICS = {"val_loss": "min", "val_mAP": "max"}
-# What a checkpoint keeps of the model: parameters and BatchNorm statistics, not RNG streams.
-SAVED = nnx.Any(nnx.Param, nnx.BatchStat)
-
-
-def stage_dir(workdir, stage):
-  """WORKDIR/checkpoints/STAGE."""
-  return pathlib.Path(workdir).resolve() / "checkpoints" / stage
+SAVED = models.SAVED
 
 
 def is_done(workdir, stage):
   """True when the stage finished (its final checkpoint is committed)."""
-  return (stage_dir(workdir, stage) / "DONE").exists()
+  return (workdir_lib.checkpoint_dir(workdir, stage) / "DONE").exists()
 
 
 def mark_done(workdir, stage, info=None):
-  """Marks a stage finished; call only after Manager.wait() returned."""
-  path = stage_dir(workdir, stage) / "DONE"
-  tmp = path.with_suffix(f".tmp{jax.process_index()}")  # own name per process: no rename race
-  tmp.write_text(json.dumps(info or {}))
-  os.replace(tmp, path)  # atomic: a kill leaves either no DONE or a whole one
+  """Marks a stage finished; call only after Manager.wait() returned (process 0 writes)."""
+  if workdir_lib.is_chief():
+    workdir_lib.write_text(workdir_lib.checkpoint_dir(workdir, stage) / "DONE",
+                           json.dumps(info or {}))
+
+
+def steps_on_disk(workdir, stage):
+  """The committed step numbers of a stage, ascending."""
+  d = workdir_lib.checkpoint_dir(workdir, stage)
+  return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+
+
+def final_stage(workdir):
+  """The last trained stage that has a checkpoint (finetune, else head)."""
+  for stage in reversed(TRAINED_STAGES):
+    if steps_on_disk(workdir, stage):
+      return stage
+  raise UserError(f"no checkpoints in {workdir_lib.path(workdir, 'checkpoints')}: "
+                  "train first with --mode=train (or pass the right --workdir)")
 
 
 def _detach(x):
@@ -48,29 +63,33 @@ def _detach(x):
 
 
 class Manager:
-  """A thin CheckpointManager wrapper: keep the latest (resume) and the best (by best_metric)."""
+  """A thin CheckpointManager: keeps the two latest steps (resume) and the best (by best_metric)."""
 
   def __init__(self, workdir, stage, best_metric="val_loss", *, read_only=False):
     if best_metric not in BEST_METRICS:
       raise UserError(f"checkpoint.best_metric={best_metric!r} is not one of {tuple(BEST_METRICS)}")
-    mode = BEST_METRICS[best_metric]
+    self.mode = BEST_METRICS[best_metric]
     self.best_metric = best_metric
-    self.directory = stage_dir(workdir, stage)
+    self.directory = workdir_lib.checkpoint_dir(workdir, stage)
     best_fn = lambda metrics: metrics[best_metric]
     policy = ocm.AnyPreservationPolicy([
-        ocm.LatestN(n=1),
+        ocm.LatestN(n=2),
         # BestN keeps the highest best_fn values; reverse=True keeps the lowest (a loss).
-        ocm.BestN(get_metric_fn=best_fn, reverse=(mode == "min"), n=1,
+        ocm.BestN(get_metric_fn=best_fn, reverse=(self.mode == "min"), n=1,
                   keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
-        best_fn=best_fn, best_mode=mode, preservation_policy=policy, read_only=read_only,
+        best_fn=best_fn, best_mode=self.mode, preservation_policy=policy, read_only=read_only,
         create=not read_only, enable_async_checkpointing=not read_only)
     try:
       self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("model", "train"))
-    except Exception as e:  # a damaged directory: say which one
+    except Exception as e:  # an unreadable directory: say which one
       raise UserError(f"cannot read checkpoints in {self.directory}: {e}") from e
+
+  def all_steps(self):
+    """Committed steps, ascending."""
+    return sorted(self._mngr.all_steps())
 
   def latest_step(self):
     """The newest committed step, or None."""
@@ -81,9 +100,11 @@ class Manager:
     return self._mngr.best_step()
 
   def step_for(self, which):
-    """'best' or 'latest' -> a step number (or None)."""
+    """'best', 'latest' or a step number -> a committed step (or None)."""
+    if isinstance(which, int) and not isinstance(which, bool):
+      return which if which in self.all_steps() else None
     if which not in ("best", "latest"):
-      raise UserError(f"which={which!r} must be 'best' or 'latest'")
+      raise UserError(f"which={which!r} must be 'best', 'latest' or a step number")
     return self.best_step() if which == "best" else self.latest_step()
 
   def save(self, step, model_state, train_state, metrics=None):
@@ -95,7 +116,10 @@ class Manager:
     self._mngr.save(step, args=args, metrics=metrics, force=True)
 
   def restore(self, step, abstract_model=None, abstract_train=None):
-    """Restores the named items of step against abstract targets -> dict item -> pytree."""
+    """Restores the named items of step against abstract targets -> dict item -> pytree.
+
+    Raises CheckpointError when the step cannot be read or does not fit the targets.
+    """
     items = {}
     if abstract_model is not None:
       items["model"] = ocp.args.StandardRestore(abstract_model)
@@ -103,10 +127,30 @@ class Manager:
       items["train"] = ocp.args.StandardRestore(abstract_train)
     try:
       return self._mngr.restore(step, args=ocp.args.Composite(**items))
-    except Exception as e:  # truncated files, a wrong model shape: one clear message
-      raise UserError(
-          f"checkpoint {self.directory / str(step)} is damaged or does not fit the model of "
-          f"config.json ({type(e).__name__}: {str(e)[:300]}); delete it or retrain") from e
+    except Exception as e:  # truncated files, a wrong model shape
+      reason = " ".join(str(e).split()).split(" See full TensorStore details")[0][:200]
+      raise CheckpointError(self.directory / str(step), f"{type(e).__name__}: {reason}") from e
+
+  def restore_latest_intact(self, abstract_model, abstract_train):
+    """(step, restored) of the newest step that restores; (None, None) when there is none.
+
+    A step that fails is renamed STEP.damaged-TIME (kept for inspection, out of Orbax's sight)
+    with a warning naming it, and the one before it is tried.
+    """
+    for step in reversed(self.all_steps()):
+      try:
+        return step, self.restore(step, abstract_model, abstract_train)
+      except CheckpointError as e:
+        if workdir_lib.is_chief():
+          kept = self.directory / f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
+          os.replace(self.directory / str(step), kept)
+          logging.warning("checkpoint %s cannot be restored (%s); kept it as %s and fall back to "
+                          "the step before it", e.path, e.reason, kept)
+        if jax.process_count() > 1:
+          from jax.experimental import multihost_utils
+          multihost_utils.sync_global_devices(f"mlc_jax damaged checkpoint {step}")
+        self._mngr.reload()
+    return None, None
 
   def wait(self):
     """Blocks until every started save is committed."""
@@ -117,24 +161,24 @@ class Manager:
     self._mngr.close()
 
 
-def abstract_state(model, sharding=None):
-  """The ShapeDtypeStruct pure dict of what a checkpoint keeps of model.
+class CheckpointError(UserError):
+  """A checkpoint step that cannot be read, or does not fit the model of config.json."""
 
-  Each leaf restores with `sharding`, else with the sharding of model's own array (replicated
-  over the mesh in training), else onto the first local device.
-  """
+  def __init__(self, path, reason):
+    self.path, self.reason = path, reason
+    super().__init__(f"checkpoint {path} is damaged or does not fit the model config.json "
+                     f"describes ({reason}); pass another checkpoint (--which=latest, or the folder of "
+                     "another step) or rerun --mode=train, which resumes from the newest intact step")
+
+
+def abstract_of(tree, sharding=None):
+  """Restore target for a pytree: arrays -> ShapeDtypeStruct with `sharding` (else their own)."""
   default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  def leaf(x):
-    s = sharding or getattr(x, "sharding", None) or default
-    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-  return jax.tree.map(leaf, model_state(model))
 
-
-def abstract_of(tree):
-  """Restore target for a pytree: jax arrays -> ShapeDtypeStruct with their sharding; numpy kept."""
   def leaf(x):
-    if isinstance(x, jax.Array):
-      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    if isinstance(x, (jax.Array, jax.ShapeDtypeStruct)):
+      s = sharding or getattr(x, "sharding", None) or default
+      return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
     return x
   return jax.tree.map(leaf, tree)
 
@@ -151,54 +195,59 @@ def load_model_state(model, pure):
   nnx.update(model, state)
 
 
-def read_config(workdir):
-  """WORKDIR/config.json -> ConfigDict (UserError when missing)."""
-  path = pathlib.Path(workdir) / "config.json"
-  if not path.exists():
-    raise UserError(f"{path} not found: {workdir} is not a training workdir "
-                    "(run --mode=train first, or pass the right --workdir)")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+@dataclasses.dataclass
+class Restored:
+  """A model restored from a workdir, with what describes it."""
+  workdir: Any
+  config: Any       # config.json
+  labels: list      # labels.txt
+  model: Any        # MultiLabelModel with the checkpoint's values
+  stage: str
+  step: int
+  thresholds: Any   # float32 (C,) tuned for this very checkpoint, or None
 
 
-def read_labels(workdir):
-  """WORKDIR/labels.txt -> list of label names."""
-  path = pathlib.Path(workdir) / "labels.txt"
-  if not path.exists():
-    raise UserError(f"{path} not found: the workdir is incomplete; rerun --mode=train")
-  return path.read_text().splitlines()
+def _default_placement():
+  # One process: this machine's first device. Several: replicated over all of them (each
+  # process then holds a whole copy; Orbax restores collectively).
+  if jax.process_count() == 1:
+    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return parallel.replicated(parallel.mesh())
 
 
-def has_checkpoints(workdir, stage):
-  """True when stage has at least one committed checkpoint step."""
-  d = stage_dir(workdir, stage)
-  return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
+def restore_model(workdir, stage=None, which="best", *, model=None, device=None):
+  """The trained model of a workdir: stage (None = the last with checkpoints), which step.
 
-
-def final_stage_dir(workdir):
-  """The checkpoint directory of the last stage that has a checkpoint (finetune, else head)."""
-  for stage in reversed(STAGES):
-    if has_checkpoints(workdir, stage):
-      return stage_dir(workdir, stage)
-  raise UserError(f"no checkpoints in {pathlib.Path(workdir) / 'checkpoints'}: "
-                  "train first with --mode=train (or pass the right --workdir)")
-
-
-def restore_model(workdir, which="best"):
-  """Rebuilds the trained model of a workdir -> (config, labels, model).
-
-  The model comes from config.json through models.build_model; its 'model' item is restored
-  from the last stage with checkpoints (finetune, else head), the best or the latest step.
+  which: 'best' (by the run's checkpoint.best_metric), 'latest' or a step number. model: restore
+  into this model's arrays, keeping their shardings (training); otherwise a model is built from
+  config.json and every array lands on `device` (default: this machine's first device; with
+  several processes, replicated over all devices).
   """
-  from mlc_jax import models
-  config = read_config(workdir)
-  labels = read_labels(workdir)
-  directory = final_stage_dir(workdir)
-  best = config.get("checkpoint", {}).get("best_metric", "val_loss")
-  mngr = Manager(workdir, directory.name, best, read_only=True)
-  step = mngr.step_for(which)
-  if step is None:
-    raise UserError(f"no complete checkpoint in {directory}; train again with --mode=train")
-  model = models.build_model(config, len(labels), rngs=nnx.Rngs(0))
-  restored = mngr.restore(step, abstract_model=abstract_state(model))
+  config = workdir_lib.read_config(workdir)
+  labels = workdir_lib.read_labels(workdir)
+  stage = stage or final_stage(workdir)
+  if stage not in TRAINED_STAGES:
+    raise UserError(f"stage {stage!r} has no checkpoints; choose one of {TRAINED_STAGES}")
+  directory = workdir_lib.checkpoint_dir(workdir, stage)
+  mngr = Manager(workdir, stage, config.checkpoint.get("best_metric", "val_loss"), read_only=True)
+  try:
+    step = mngr.step_for(which)
+    if step is None:
+      where = directory if not isinstance(which, int) else directory / str(which)
+      raise UserError(f"no complete checkpoint in {where}; train with --mode=train or pass "
+                      "another checkpoint folder")
+    build = lambda: models.build_model(config, len(labels), rngs=nnx.Rngs(0))
+    if model is None:
+      # Shapes only: random initialisation of a full VGG16 would cost seconds and be overwritten.
+      model = nnx.eval_shape(build)
+      target = abstract_of(model_state(model), device or _default_placement())
+    else:
+      target = abstract_of(model_state(model))
+    restored = mngr.restore(step, abstract_model=target)
+  finally:
+    mngr.close()
+  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model, nnx.Not(SAVED)))):
+    model = build()  # state the checkpoint does not keep (RNG streams) needs real values
   load_model_state(model, restored["model"])
-  return config, labels, model
+  thresholds = workdir_lib.read_thresholds(workdir, stage, step, labels)
+  return Restored(workdir_lib.path(workdir), config, labels, model, stage, int(step), thresholds)

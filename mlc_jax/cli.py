@@ -1,9 +1,14 @@
-"""Maps launch.py's --mode onto library functions; turns UserError into one clear line."""
+"""Maps launch.py's --mode onto library functions; a user's error becomes one clear line.
+
+UserError -> `error: ...` on stderr, exit 1; errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
+was saved) -> its one line, exit 128 + the signal; Ctrl-C elsewhere -> one line, exit 130.
+"""
+import signal
 import sys
 
 from absl import logging
 
-from mlc_jax.errors import UserError
+from mlc_jax.errors import Stopped, UserError
 
 
 def _need_config(config, mode):
@@ -12,39 +17,52 @@ def _need_config(config, mode):
   return config
 
 
-def _dispatch(mode, config, workdir, flags):
+def _dispatch(mode, config, workdir, flags, overrides):
   if mode == "train":
-    from mlc_jax import train
-    return train.train_and_evaluate(_need_config(config, mode), workdir)
+    from mlc_jax import runner
+    return runner.train_and_evaluate(_need_config(config, mode), workdir,
+                                     accept_config_change=flags.accept_config_change)
   if mode == "evaluate":
-    from mlc_jax import evaluate
-    return evaluate.evaluate(workdir, split=flags.split, which=flags.which,
-                             predictions=flags.predictions, config=config)
+    from mlc_jax.eval import evaluate
+    return evaluate.evaluate(workdir, split=flags.split, which=flags.which, stage=flags.stage,
+                             predictions=flags.predictions, given=config, explicit=overrides)
   if mode == "baseline":
-    from mlc_jax import evaluate
-    return evaluate.baseline(_need_config(config, mode), workdir, split=flags.split)
+    from mlc_jax.eval import baselines
+    return baselines.baseline(_need_config(config, mode), workdir, split=flags.split)
   if mode == "predict":
-    from mlc_jax import predict
+    from mlc_jax.inference import predict
     if not flags.images:
       raise UserError("--mode=predict needs --images=PATH_OR_GLOB")
-    return predict.predict_cli(workdir, flags.images, top_k=flags.top_k,
-                                  output=flags.output, which=flags.which)
+    return predict.predict_cli(workdir, flags.images, top_k=flags.top_k, output=flags.output,
+                               which=flags.which, stage=flags.stage)
   if mode == "export":
-    from mlc_jax import export
+    from mlc_jax.inference import export
     if not flags.output:
       raise UserError("--mode=export needs --output=DIR")
-    return export.export(workdir, flags.output, which=flags.which)
+    return export.export(workdir, flags.output, which=flags.which, stage=flags.stage)
   if mode == "data_report":
     from mlc_jax.data import report
     return report.data_report(_need_config(config, mode), workdir)
   raise UserError(f"unknown --mode={mode!r}")
 
 
-def run(mode, config, workdir, flags):
-  """Runs one mode; a UserError becomes a single message on stderr and exit status 1."""
+def run(mode, config, workdir, flags, overrides=None):
+  """Runs one mode; see the module doc for how it ends on an error.
+
+  Modules are imported per mode: `--help` and a bad flag answer without starting JAX or TensorFlow.
+  """
   try:
-    return _dispatch(mode, config, workdir, flags)
+    return _dispatch(mode, config, workdir, flags, overrides or {})
   except UserError as e:
     logging.flush()
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
+  except Stopped as e:
+    logging.flush()
+    print(str(e), file=sys.stderr)
+    sys.exit(128 + int(e.signum or 0))
+  except KeyboardInterrupt:
+    logging.flush()
+    print("interrupted (Ctrl-C); what was saved is kept: run the same command to continue",
+          file=sys.stderr)
+    sys.exit(128 + signal.SIGINT)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from mlc_jax import metrics, models, optim, sharding, steps, train
-from mlc_jax.data import augment, pipeline, registry
+from mlc_jax import metrics, models, parallel
+from mlc_jax.data import pipeline, registry
+from mlc_jax.train import loop, optim, stages, state as state_lib, steps
 
 STEPS = 6
 
@@ -25,11 +26,16 @@ def _config(shapes_config, dtype):
   return c
 
 
-def _parts(config, num_classes):
+def _stage(config, num_classes, source=None):
+  """The finetune stage of the package, every parameter trained, on a fresh model."""
   model = models.build_model(config, num_classes, rngs=nnx.Rngs(0))
-  graphdef, trainable, stats, frozen = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-  tx = optim.make(config.finetune, STEPS)
-  return model, graphdef, trainable, stats, frozen, tx
+  feed = lambda split, train: None if source is None else pipeline.Feed(
+      source, split, batch_size=int(config.batch_size), train=train, config=config)
+  return loop.Stage(name="finetune", config=config.finetune, model=model, trainable=nnx.Param,
+                    stats=nnx.BatchStat, inputs="image", loss_fn=stages.loss_fn(config),
+                    tx=optim.make(config.finetune, STEPS),
+                    schedule=optim.schedule(config.finetune, STEPS), train=feed("train", True),
+                    val=feed("val", False), augment=config.augment)
 
 
 def _equations(jaxpr):
@@ -50,17 +56,18 @@ def source(shapes_config):
 
 def test_bf16_compute_float32_state(shapes_config, source):
   config = _config(shapes_config, "bfloat16")
-  model, graphdef, trainable, stats, frozen, tx = _parts(config, len(source.labels))
-  params = jax.tree.leaves(nnx.state(model, nnx.Param))
+  stage = _stage(config, len(source.labels))
+  params = jax.tree.leaves(nnx.state(stage.model, nnx.Param))
   assert params and all(p.dtype == jnp.float32 for p in params)
 
   batch = next(iter(pipeline.batches(source, "train", batch_size=int(config.batch_size),
                                      train=True, config=config)))
-  step = lambda *args: steps.finetune_step(
-      sharding.mesh(), graphdef, tx, train.loss_fn(config), lambda x, k: augment.augment(x, k, config.augment),
-      *args)
-  args = (trainable, stats, frozen, tx.init(trainable), steps.zero_sums(), batch,
-          jax.random.PRNGKey(0), 0)
+  graphdef, trainable, stats, frozen = nnx.split(stage.model, nnx.Param, nnx.BatchStat, ...)
+  spec = steps.StepSpec(graphdef=graphdef, tx=stage.tx, loss_fn=stage.loss_fn,
+                        mesh=parallel.mesh(), inputs="image", stats_filter=nnx.BatchStat,
+                        augment=config.augment)
+  step = lambda *args: steps.train_step(spec, *args)
+  args = (state_lib.create(trainable, stats, stage.tx), frozen, batch, jax.random.PRNGKey(0), 0)
   eqns = list(_equations(jax.make_jaxpr(step)(*args).jaxpr))
   convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
   # Forward, input-gradient and weight-gradient convolutions: 8 convs of VGG11, ~3x in a step.
@@ -74,34 +81,24 @@ def test_bf16_compute_float32_state(shapes_config, source):
   assert len([e for e in big if all(v.aval.dtype == jnp.bfloat16 for v in e.invars)]) >= 2
 
   # Output dtypes from the traced step (no second compile): float32 state and loss.
-  new_trainable, _, opt_state, sums = jax.eval_shape(step, *args)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new_trainable))
-  floats = [x for x in jax.tree.leaves(opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+  new = jax.eval_shape(step, *args)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(new.trainable))
+  floats = [x for x in jax.tree.leaves(new.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
   assert floats and all(x.dtype == jnp.float32 for x in floats)
-  assert sums["loss_sum"].dtype == jnp.float32
+  assert new.loss_sum.dtype == jnp.float32
 
 
 def _short_run(config, source):
   """STEPS finetune steps, then validation -> (train losses, val loss, val scores, val labels)."""
-  from mlc_jax import loop
-  model, graphdef, trainable, stats, frozen, tx = _parts(config, len(source.labels))
-  mesh = sharding.mesh()
-  loss_fn = train.loss_fn(config)
-  step = steps.make_finetune_step(mesh, graphdef, tx, loss_fn,
-                                  lambda x, k: augment.augment(x, k, config.augment))
-  opt_state, sums, key, losses = tx.init(trainable), steps.zero_sums(), jax.random.PRNGKey(0), []
-  batches = pipeline.batches(source, "train", batch_size=int(config.batch_size), train=True,
-                             config=config)
-  for i, batch in enumerate(batches):
-    before = float(sums["loss_sum"])
-    trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums,
-                                             sharding.shard_batch(batch, mesh), key, i)
-    losses.append(float(sums["loss_sum"]) - before)
-  val_fn = steps.make_loss_step(mesh, graphdef, loss_fn)
-  val = pipeline.batches(source, "val", batch_size=int(config.eval_batch_size), train=False,
-                         config=config)
-  val_loss, scores, labels = loop.validate(val_fn, (trainable, stats, frozen), val, mesh,
-                                           inputs="image", labels="labels")
+  stage = _stage(config, len(source.labels), source)
+  mesh = parallel.mesh()
+  p = loop.prepare(stage, config, mesh)
+  state, key, losses = p.state, jax.random.PRNGKey(0), []
+  for i, batch in enumerate(stage.train.epoch()):
+    before = float(state.loss_sum)
+    state = p.train_step(state, p.frozen, parallel.shard_batch(batch, mesh), key, i)
+    losses.append(float(state.loss_sum) - before)
+  val_loss, scores, labels = loop.validate(p.eval_step, state, p.frozen, stage.val, mesh)
   return np.asarray(losses), val_loss, scores, labels
 
 

@@ -11,7 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mlc_jax.data import pipeline, registry, shapes
+from mlc_jax.data import pipeline, registry
+from mlc_jax.data.datasets import shapes
 
 
 @pytest.fixture(params=["stream", "memory"])

@@ -4,7 +4,8 @@ import json
 import numpy as np
 from PIL import Image
 
-from mlc_jax.data import report, shapes
+from mlc_jax.data import report
+from mlc_jax.data.datasets import shapes
 
 
 def test_data_report_counts_match_the_generator(shapes_config, tmp_path, capsys):

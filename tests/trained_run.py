@@ -1,4 +1,4 @@
-"""One tiny trained run per test session, shared by test_predict.py and test_export.py.
+"""One tiny trained run per test session, shared by the inference tests (predict, export).
 
 It trains in a subprocess on 2 (forced) host devices, so every test that restores it also checks
 that a run trained on several devices loads on this process's single CPU device.
@@ -15,9 +15,9 @@ _RUNS = {}
 TRAIN = """
 import json, sys
 import ml_collections
-from mlc_jax import train
+from mlc_jax import runner
 config = ml_collections.ConfigDict(json.loads(sys.argv[1]))
-train.train_and_evaluate(config, sys.argv[2])
+runner.train_and_evaluate(config, sys.argv[2])
 """
 
 

@@ -96,6 +96,11 @@ def _local_count(source, split, index, count):
   return int(source.builder.info.splits[spec].num_examples)
 
 
+def _local_offset(source, split, index, count):
+  """Position in the split's stored order of this process's first example (shares are contiguous)."""
+  return sum(_local_count(source, split, i, count) for i in range(index))
+
+
 def decode_and_resize(image_bytes, image_size, method):
   """Encoded bytes -> uint8 (image_size, image_size, 3), exactly as images.load does it."""
   return images.resize(images.decode(image_bytes), image_size, method)
@@ -115,7 +120,7 @@ def _check(source, split, batch_size, train, config, start_batch):
 
 @_own_tf_seed()
 def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_batch=0):
-  """The batched tf.data.Dataset behind `batches` (elements: image, labels, mask)."""
+  """The batched tf.data.Dataset behind `batches` (elements: image, labels, mask[, index])."""
   index, count = _process()
   local, steps, image_size, method = _check(source, split, batch_size, train, config, start_batch)
   n_local = _local_count(source, split, index, count)
@@ -125,12 +130,18 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
     buffer = max(1, min(int(config.data.shuffle_buffer), n_local))
     ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     ds = ds.take(steps * local)
+  else:  # each example's position in the split's stored order, whatever the process count
+    offset = _local_offset(source, split, index, count)
+    ds = ds.enumerate(offset).map(lambda i, ex: dict(ex, index=tf.cast(i, tf.int32)))
   # Skipping before decoding makes a resume cheap: skipped images are never decoded.
   ds = ds.skip(start_batch * local)
 
   def prepare(example):
-    return {"image": decode_and_resize(example["image"], image_size, method),
-            "labels": example["labels"], "mask": tf.constant(True)}
+    out = {"image": decode_and_resize(example["image"], image_size, method),
+           "labels": example["labels"], "mask": tf.constant(True)}
+    if not train:
+      out["index"] = example["index"]
+    return out
 
   ds = ds.map(prepare, num_parallel_calls=DECODE_THREADS, deterministic=True)
   if not train:
@@ -138,7 +149,8 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
     pad = (steps - start_batch) * local - real
     if pad > 0:
       blank = {"image": tf.zeros([image_size, image_size, 3], tf.uint8),
-               "labels": tf.zeros([len(source.labels)], tf.float32), "mask": tf.constant(False)}
+               "labels": tf.zeros([len(source.labels)], tf.float32), "mask": tf.constant(False),
+               "index": tf.constant(-1, tf.int32)}
       ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
   ds = ds.batch(local, drop_remainder=True, num_parallel_calls=DECODE_THREADS)
   options = tf.data.Options()
@@ -166,7 +178,7 @@ def decoded_split(source, split, config):
   return source.decoded[key]
 
 
-def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch):
+def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch, offset=0):
   """The batches of one epoch gathered from a decoded split (same contract as tf.data's)."""
   images_, labels = decoded
   n = len(images_)
@@ -179,21 +191,42 @@ def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch):
     mask = index < n
     image, label = images_[np.minimum(index, n - 1)], labels[np.minimum(index, n - 1)]
     image[~mask], label[~mask] = 0, 0  # padding: blank images, no labels
-    yield {"image": image, "labels": label, "mask": mask}
+    batch = {"image": image, "labels": label, "mask": mask}
+    if not train:
+      batch["index"] = np.where(mask, index + offset, -1).astype(np.int32)
+    yield batch
 
 
 def batches(source, split, *, batch_size, train, config, seed=0, epoch=0, start_batch=0):
   """Iterator of numpy dicts {'image': uint8 (B, H, W, 3), 'labels': float32 (B, C), 'mask': bool (B,)}.
 
   B = batch_size // jax.process_count(). train: shuffled by (seed, epoch), remainder dropped;
-  otherwise stored order with the last batch padded (mask False). start_batch: skip that many
-  batches of this epoch (exact resume). Splits within data.cache_mb come from host memory.
+  otherwise stored order with the last batch padded (mask False) and 'index': int32 (B,), each
+  image's position in the split's stored order (-1 on padding), so results gathered from several
+  processes can be put back in that order. start_batch: skip that many batches of this epoch
+  (exact resume). Splits within data.cache_mb come from host memory.
   """
   local, steps, _, _ = _check(source, split, batch_size, train, config, start_batch)
   decoded = decoded_split(source, split, config)
   if decoded is not None:
+    index, count = _process()
     return _from_memory(decoded, local=local, steps=steps, train=train, seed=seed, epoch=epoch,
-                        start_batch=start_batch)
+                        start_batch=start_batch,
+                        offset=_local_offset(source, split, index, count))
   ds = dataset(source, split, batch_size=batch_size, train=train, config=config, seed=seed,
                epoch=epoch, start_batch=start_batch)
   return ds.as_numpy_iterator()
+
+
+class Feed:
+  """One split of a Source as a training loop consumes it: `steps_per_epoch`, `epoch(e, start)`."""
+
+  def __init__(self, source, split, *, batch_size, train, config, seed=0):
+    self.source, self.split, self.config = source, split, config
+    self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
+    self.steps_per_epoch = steps_per_epoch(source, split, self.batch_size, self.train)
+
+  def epoch(self, epoch=0, start_batch=0):
+    """This process's numpy batches of one epoch (see `batches`), from batch start_batch on."""
+    return batches(self.source, self.split, batch_size=self.batch_size, train=self.train,
+                   config=self.config, seed=self.seed, epoch=epoch, start_batch=start_batch)

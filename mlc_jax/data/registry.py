@@ -8,13 +8,13 @@ import importlib
 from mlc_jax.errors import UserError
 
 DATASETS = {
-    "shapes": ("mlc_jax.data.shapes_source", "source"),
-    "coco/2014": ("mlc_jax.data.coco", "source"),
-    "coco/2017": ("mlc_jax.data.coco", "source"),
-    "voc/2007": ("mlc_jax.data.voc", "source"),
-    "voc/2012": ("mlc_jax.data.voc", "source"),
-    "nus_wide": ("mlc_jax.data.nus_wide", "source"),
-    "folder": ("mlc_jax.data.folder", "source"),
+    "shapes": ("mlc_jax.data.datasets.shapes", "source"),
+    "coco/2014": ("mlc_jax.data.datasets.coco", "source"),
+    "coco/2017": ("mlc_jax.data.datasets.coco", "source"),
+    "voc/2007": ("mlc_jax.data.datasets.voc", "source"),
+    "voc/2012": ("mlc_jax.data.datasets.voc", "source"),
+    "nus_wide": ("mlc_jax.data.datasets.nus_wide", "source"),
+    "folder": ("mlc_jax.data.datasets.folder", "source"),
 }
 
 

@@ -9,8 +9,10 @@ import hashlib
 import json
 import logging
 
+import jax
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from mlc_jax.errors import UserError
 
@@ -101,10 +103,32 @@ class Source:
     return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
 
 
-def prepare(builder, *, name, manual_dir=None, hint=""):
-  """download_and_prepare the builder once (later calls reuse the files in data_dir)."""
+def tfds_builder(config, hint):
+  """tfds.builder(config.dataset, data_dir=config.data.data_dir) for a dataset TFDS ships."""
   try:
-    config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+    return tfds.builder(config.dataset, data_dir=config.data.data_dir or None)
+  except Exception as e:  # TFDS raises several types for an unknown or unreadable builder
+    raise UserError(f"TFDS dataset {config.dataset} cannot be opened: {e}. {hint}") from None
+
+
+def prepare(builder, *, name, manual_dir=None, hint=""):
+  """download_and_prepare the builder once (later calls reuse the files in data_dir).
+
+  With several processes, process 0 prepares and the others wait for it, then read what it built.
+  """
+  config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
+  if jax.process_count() == 1:
+    return _prepare(builder, config, name, hint)
+  if jax.process_index() == 0:
+    _prepare(builder, config, name, hint)
+  multihost_utils.sync_global_devices(f"mlc_jax prepare {name}")
+  if jax.process_index() != 0:
+    builder.info.read_from_directory(builder.data_dir)  # built after this builder was made
+  return builder
+
+
+def _prepare(builder, config, name, hint):
+  try:
     builder.download_and_prepare(download_config=config)
   except UserError:
     raise

@@ -1,0 +1,156 @@
+"""`folder`: the user's own images plus a label file, built once into a TFDS dataset.
+
+Label file (data.csv; default MANUAL_DIR/labels.csv):
+  CSV with a header `filename,labels[,split]`; labels joined by data.label_separator (default " "),
+  filename relative to data.manual_dir; split (optional) is train, val or test.
+  or JSON lines (.jsonl/.json): {"filename": "a.jpg", "labels": ["cat", "dog"], "split": "train"}.
+Label names: data.labels_file, else MANUAL_DIR/labels.txt, else every label the file uses (sorted).
+Without a split column, test (data.test_fraction) and val (data.val_fraction) are chosen by a
+hash of the filename: deterministic and stable when rows are added or reordered.
+
+Why a TFDS dataset and not a tf.data source over the files: the one Source/pipeline serves every
+dataset, each image is checked once at build time (bad files are skipped and recorded in the
+dataset's metadata, so the pipeline never meets one), and reads are sequential TFRecords that
+tfds.even_splits shares out between hosts. The cost is one copy of the images in data_dir.
+"""
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+
+import tensorflow_datasets as tfds
+
+from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
+from mlc_jax.data.source import SPLITS, Source, prepare
+from mlc_jax.errors import UserError
+
+
+def _rows(path, separator):
+  """[(line number, filename, [label, ...], split or None)] from a CSV or JSON-lines file."""
+  if not os.path.isfile(path):
+    raise UserError(f"folder: label file {path} does not exist; set data.csv (see BUILD.md)")
+  rows = []
+  with open(path, encoding="utf-8", newline="") as f:
+    if path.endswith((".jsonl", ".json")):
+      for line, text in enumerate(f, 1):
+        if not text.strip():
+          continue
+        try:
+          item = json.loads(text)
+          labels = item.get("labels", [])
+          labels = labels.split(separator) if isinstance(labels, str) else list(labels)
+          rows.append((line, str(item["filename"]), labels, item.get("split")))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+          raise UserError(f"{path} line {line}: expected a JSON object with filename and labels ({e})") from None
+      return rows
+    reader = csv.DictReader(f)
+    if not reader.fieldnames or not {"filename", "labels"} <= set(reader.fieldnames):
+      raise UserError(f"{path} line 1: the header must name the columns filename,labels[,split]; "
+                      f"got {reader.fieldnames}")
+    for item in reader:
+      labels = (item["labels"] or "").strip()
+      rows.append((reader.line_num, (item["filename"] or "").strip(),
+                   [x.strip() for x in labels.split(separator) if x.strip()] if labels else [],
+                   (item.get("split") or "").strip() or None))
+  return rows
+
+
+def _fraction(filename):
+  """A stable number in [0, 1) from the filename."""
+  return int(hashlib.sha1(filename.encode()).hexdigest()[:12], 16) / 16 ** 12
+
+
+def read_manifest(config):
+  """(labels, {split: [(filename, label ids)]}) after checking every row; UserError names file and line."""
+  d = config.data
+  root = d.manual_dir
+  if not root or not os.path.isdir(root):
+    raise UserError(f"dataset=folder needs data.manual_dir=DIR, the image folder; got {root!r}")
+  path = d.csv or os.path.join(root, "labels.csv")
+  rows = _rows(path, d.label_separator)
+  if not rows:
+    raise UserError(f"{path} lists no images")
+  labels_file = d.labels_file or os.path.join(root, "labels.txt")
+  if d.labels_file and not os.path.isfile(d.labels_file):
+    raise UserError(f"data.labels_file={d.labels_file} does not exist")
+  if os.path.isfile(labels_file):
+    with open(labels_file, encoding="utf-8") as f:
+      names = [x.strip() for x in f if x.strip()]
+    where = labels_file
+  else:
+    names, where = sorted({x for _, _, labels, _ in rows for x in labels}), None
+  index = {n: i for i, n in enumerate(names)}
+  has_split = any(split for *_, split in rows)
+  splits = {s: [] for s in SPLITS}
+  for line, filename, labels, split in rows:
+    if not filename:
+      raise UserError(f"{path} line {line}: empty filename")
+    for label in labels:
+      if label not in index:
+        raise UserError(f"{path} line {line}: label {label!r} is not in {where}; add it there or fix the row")
+    if not os.path.exists(os.path.join(root, filename)):
+      raise UserError(f"{path} line {line}: image {os.path.join(root, filename)} does not exist")
+    if not labels and not d.keep_unlabeled:
+      continue
+    if has_split:
+      if split not in SPLITS:
+        raise UserError(f"{path} line {line}: split {split!r} must be one of {SPLITS}")
+    else:
+      u = _fraction(filename)
+      split = "test" if u < d.test_fraction else "val" if u < d.test_fraction + d.val_fraction else "train"
+    splits[split].append((filename, sorted({index[x] for x in labels})))
+  if has_split and not splits["val"]:  # carve val from train by the same stable hash
+    train = splits["train"]
+    splits["val"] = [r for r in train if _fraction(r[0]) < d.val_fraction]
+    splits["train"] = [r for r in train if _fraction(r[0]) >= d.val_fraction]
+  for split, items in splits.items():
+    if not items:
+      fix = "add rows with that split" if has_split else "set data.test_fraction/val_fraction above 0"
+      raise UserError(f"folder: split {split!r} of {path} is empty; {fix}")
+  return names, splits
+
+
+@dataclasses.dataclass
+class FolderConfig(tfds.core.BuilderConfig):
+  """One manifest: its label names and rows per split (the name is a hash of them)."""
+  root: str = ""
+  names: tuple = ()
+  splits: dict = dataclasses.field(default_factory=dict)
+
+
+class LabelledFolder(tfds.core.GeneratorBasedBuilder):
+  """The user's image folder with multi-label annotations."""
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First version."}
+
+  def _info(self):
+    return self.dataset_info_from_configs(
+        features=labelled_image_features(), metadata=tfds.core.MetadataDict(), description=__doc__)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # the files are local
+    self.info.metadata.update(labels=list(self.builder_config.names), skipped=[])
+    return {s: self._generate_examples(items) for s, items in self.builder_config.splits.items()}
+
+  def _generate_examples(self, items):
+    skipped = SkipLog()
+    for filename, ids in items:
+      data, reason = read_image(os.path.join(self.builder_config.root, filename))
+      if data is None:
+        skipped.add(os.path.join(self.builder_config.root, filename), reason)
+        continue
+      yield filename, {"image": data, "image/filename": filename, "labels": ids}
+    self.info.metadata["skipped"] = self.info.metadata["skipped"] + skipped.items
+
+
+def source(config):
+  """Source for the user's folder (built into data_dir on first use, rebuilt when the manifest changes)."""
+  names, splits = read_manifest(config)
+  root = os.path.abspath(config.data.manual_dir)
+  key = json.dumps([root, names, splits], sort_keys=True)
+  cfg = FolderConfig(name="m" + hashlib.sha256(key.encode()).hexdigest()[:16], root=root,
+                     names=tuple(names), splits=splits)
+  b = prepare(LabelledFolder(config=cfg, data_dir=config.data.data_dir or None), name="folder")
+  return Source("folder", b, {s: s for s in SPLITS}, lambda ex: ex["labels"], names,
+                skipped=b.info.metadata["skipped"], options={"manifest": cfg.name})

@@ -1,0 +1,128 @@
+"""Baseline 1 of the proposal: ImageNet VGG16 without fine-tuning, its 1000 classes mapped onto the labels.
+
+A mapping file (resources/imagenet_to_{voc,coco,nus_wide}.json, or eval.mapping) lists per label
+the ImageNet classes that depict it; a label's score is the max (or the sum) of their softmax
+probabilities. Labels without ImageNet counterpart are reported and left out of the means.
+"""
+import importlib.resources
+import json
+import pathlib
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from mlc_jax import config as config_lib, models, parallel, workdir as workdir_lib
+from mlc_jax.data import registry
+from mlc_jax.errors import UserError
+from mlc_jax.eval import report, results, scoring
+from mlc_jax.models.imagenet import IMAGENET_WNIDS
+
+REDUCE = config_lib.CHOICES["eval.baseline_reduce"]
+
+
+def mapping_path(config):
+  """eval.mapping, or the packaged file for config.dataset's family (voc, coco, nus_wide)."""
+  if config.eval.get("mapping", ""):
+    return pathlib.Path(config.eval.mapping)
+  family = config.dataset.split("/")[0]
+  resource = importlib.resources.files("mlc_jax").joinpath(f"resources/imagenet_to_{family}.json")
+  if not resource.is_file():
+    raise UserError(f"no ImageNet mapping file ships for dataset {config.dataset!r} (only voc, coco "
+                    "and nus_wide); write one like resources/imagenet_to_voc.json and set "
+                    "eval.mapping=FILE")
+  return pathlib.Path(str(resource))
+
+
+def load_mapping(path, labels):
+  """({label index: [ImageNet indices]}, unmapped label names) of mapping file `path` for `labels`.
+
+  Raises UserError for a missing or malformed file, labels the dataset lacks, and ImageNet classes
+  that do not exist (index out of range or wnid not at that index).
+  """
+  path = pathlib.Path(path)
+  try:
+    doc = json.loads(path.read_text())
+    entries = doc["labels"]
+  except FileNotFoundError:
+    raise UserError(f"mapping file {path} not found; set eval.mapping to an existing file") from None
+  except (ValueError, KeyError, TypeError):
+    raise UserError(f"mapping file {path} is not a JSON object with 'labels': "
+                    "{label: [[index, wnid, name], ...]}") from None
+  unknown_labels = sorted(set(entries) - set(labels))
+  if unknown_labels:
+    raise UserError(f"mapping file {path} names labels the dataset lacks: {unknown_labels[:5]}; "
+                    f"the dataset's labels are {labels[:8]}...: fix the file or pick its dataset")
+  groups, bad = {}, []
+  for label, classes in entries.items():
+    indices = []
+    for entry in classes:
+      index, wnid = (entry[0], entry[1]) if isinstance(entry, (list, tuple)) else (entry, None)
+      if not isinstance(index, int) or not 0 <= index < len(IMAGENET_WNIDS) or (
+          wnid is not None and IMAGENET_WNIDS[index] != wnid):
+        bad.append(f"{label}: {entry}")
+      else:
+        indices.append(index)
+    if indices:
+      groups[labels.index(label)] = indices
+  if bad:
+    raise UserError(f"mapping file {path} names {len(bad)} unknown ImageNet classes ({'; '.join(bad[:3])}); "
+                    "entries are [index, wnid, name] with index 0-999 in Keras order "
+                    "(resources/imagenet_classes.tsv)")
+  unmapped = [name for i, name in enumerate(labels) if i not in groups]
+  return groups, unmapped
+
+
+def map_scores(probabilities, groups, num_labels, reduce="max"):
+  """ImageNet probabilities (N, 1000) -> label scores (N, num_labels); unmapped columns stay 0."""
+  if reduce not in REDUCE:
+    raise UserError(f"eval.baseline_reduce={reduce!r} is not one of {REDUCE}")
+  out = np.zeros((len(probabilities), num_labels), np.float32)
+  for column, indices in groups.items():
+    part = probabilities[:, indices]
+    out[:, column] = part.max(axis=1) if reduce == "max" else np.minimum(part.sum(axis=1), 1.0)
+  return out
+
+
+def imagenet_model(config):
+  """(VGG with its ImageNet top, weights path): eval.baseline_weights or model.weights
+  ('imagenet' fetches Keras's VGG16); arch, width and batch norm come from the file."""
+  spec = config.eval.get("baseline_weights", "") or config.model.weights
+  if not spec:
+    raise UserError("the ImageNet baseline needs ImageNet weights: set eval.baseline_weights (or "
+                    "model.weights) to 'imagenet' or a Keras .h5 / safetensors file with the top")
+  return models.imagenet_vgg(spec, cache_dir=config.model.cache_dir or None, dtype=config.dtype)
+
+
+def baseline(config, workdir, split="test"):
+  """Scores `split` with ImageNet VGG16 mapped onto the labels; writes WORKDIR/eval/SPLIT/baseline
+  (metrics.json, scores.npz, plots) and the report; returns the metrics dict."""
+  config_lib.validate(config)
+  path = mapping_path(config)  # cheap checks first: before the dataset is opened
+  if not (config.eval.get("baseline_weights", "") or config.model.weights):
+    imagenet_model(config)  # raises the missing-weights error
+  source = registry.get(config)
+  groups, unmapped = load_mapping(path, source.labels)
+  if not groups:
+    raise UserError(f"mapping file {path} maps none of the labels of {config.dataset}")
+  model, weights = imagenet_model(config)
+  # The ImageNet top takes 224 px images: the pipeline resizes to that, whatever the config says.
+  cfg = ml_collections.ConfigDict(config.to_dict())
+  cfg.image_size = 224
+  score = scoring.scorer(model, cfg, parallel.mesh(), "softmax")
+  probabilities, labels, images = score(source, split, keep_images=int(config.eval.examples))
+  scores = map_scores(probabilities, groups, len(source.labels), config.eval.baseline_reduce)
+  mapped = sorted(groups)
+  meta = {"kind": "baseline", "dataset": config.dataset, "split": split, "weights": weights,
+          "mapping": path.name if path.parent.name == "resources" else str(path),
+          "reduce": config.eval.baseline_reduce,
+          "mapped": [source.labels[i] for i in mapped], "unmapped": unmapped}
+  out = workdir_lib.eval_dir(workdir, split)
+  with workdir_lib.staged(out / "baseline") as staging:
+    m = results.save(staging, scores, labels, source.labels, meta, config, columns=mapped,
+                     images=images)
+  logging.info("baseline on %s %s: mAP %.4f over %d mapped labels (%d unmapped)", config.dataset,
+               split, m["mAP"], len(mapped), len(unmapped))
+  if workdir_lib.is_chief():
+    report.write(out)
+  return m

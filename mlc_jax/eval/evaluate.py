@@ -1,0 +1,162 @@
+"""--mode=evaluate: a checkpoint (or a predictions file) on a split -> WORKDIR/eval/SPLIT.
+
+evaluate(workdir): a checkpoint of a stage (the best of the last stage by default) on the split,
+at threshold 0.5 and at per-class thresholds tuned on the validation split (reported apart and
+stored with that very checkpoint, for prediction); evaluate(workdir, predictions=FILE): a tagging
+service's predictions file, same metrics. Each publishes its outputs all together and rewrites
+report.md, which sets every result found side by side (the baseline: mlc_jax.eval.baselines).
+
+The evaluation runs under the workdir's config.json. Keys that do not change the model may come
+from the given config (EVAL_KEYS: a moved dataset, a smaller evaluation batch, eval.*); an
+explicit command-line override of any other key is refused, since it would misdescribe the model.
+"""
+import hashlib
+import json
+import pathlib
+
+import ml_collections
+from absl import logging
+
+from mlc_jax import checkpoints, config as config_lib, metrics, parallel, workdir as workdir_lib
+from mlc_jax.data import registry
+from mlc_jax.errors import UserError
+from mlc_jax.eval import plots, prediction_files, report, results, scoring
+
+SPLITS = ("train", "val", "test")
+# Keys an evaluation may take from the given config: they cannot change the model's numbers.
+EVAL_KEYS = ("eval_batch_size", "data.data_dir", "data.manual_dir", "data.cache_mb",
+             "log_every_steps", "eval.*")
+
+
+def _eval_key(key):
+  return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in EVAL_KEYS)
+
+
+def evaluation_config(saved, given=None, explicit=None):
+  """config.json with the EVAL_KEYS of `given`; `explicit` ({key: value}, the command line's
+  overrides) may name only EVAL_KEYS (UserError otherwise)."""
+  bad = sorted(k for k in (explicit or {}) if not _eval_key(k))
+  if bad:
+    raise UserError(f"--mode=evaluate runs the model as trained (config.json); overriding "
+                    f"{', '.join(bad)} would change it. Overridable here: {', '.join(EVAL_KEYS)}")
+  config = ml_collections.ConfigDict(saved.to_dict())
+  if given is None:
+    return config
+  ignored = []
+  for key, value in config_lib.flatten(given).items():
+    old = config_lib.get(config, key)
+    if _eval_key(key):
+      section, _, field = key.rpartition(".")
+      (config[section] if section else config)[field] = value
+    elif old is not None and json.dumps(old, default=str) != json.dumps(value, default=str):
+      ignored.append(key)
+  if ignored:
+    logging.info("evaluate: the run's config.json holds the trained values of %s; the config "
+                 "file's differ and are not used", ", ".join(ignored[:8]))
+  return config_lib.resolve_paths(config)
+
+
+def _check_split(split):
+  if split not in SPLITS:
+    raise UserError(f"--split={split!r} is not one of {SPLITS}")
+
+
+def _digest(config, stage, step, split):
+  """What makes an evaluation: the checkpoint, the split and the config (less free keys)."""
+  flat = {k: v for k, v in config_lib.flatten(json.loads(config.to_json())).items()
+          if not workdir_lib.is_free(k) or k.startswith("eval.")}
+  key = json.dumps([stage, int(step), split, flat], sort_keys=True, default=str)
+  return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def is_current(workdir, split, config, stage=None, which="best"):
+  """True when eval/SPLIT already holds the evaluation this call would make (nothing to redo)."""
+  path = workdir_lib.eval_dir(workdir, split) / "metrics.json"
+  if not path.is_file():
+    return False
+  try:
+    meta = json.loads(path.read_text()).get("meta", {})
+    stage = stage or checkpoints.final_stage(workdir)
+    mngr = checkpoints.Manager(workdir, stage, config.checkpoint.best_metric, read_only=True)
+    step = mngr.step_for(which)
+    mngr.close()
+  except (ValueError, UserError):
+    return False
+  return step is not None and meta.get("digest") == _digest(config, stage, step, split)
+
+
+def evaluate(workdir, split="test", which="best", stage=None, *, predictions=None, given=None,
+             explicit=None, source=None, mesh=None):
+  """Evaluates a checkpoint of workdir (or a predictions file) on `split`; returns the metrics.
+
+  Writes WORKDIR/eval/SPLIT/{metrics.json, scores.npz, report.md, *.png}. stage: 'head' or
+  'finetune' (default: the last with checkpoints); which: 'best', 'latest' or a step number.
+  given / explicit: see evaluation_config (for a predictions file, `given` names the dataset;
+  default config.json). source: the dataset, when the caller has it open.
+  """
+  _check_split(split)
+  if predictions:  # a service's predictions: the given config names the dataset
+    return evaluate_predictions(workdir, predictions, split=split, config=given)
+  config = evaluation_config(workdir_lib.read_config(workdir), given, explicit)
+  mesh = mesh or parallel.mesh()
+  restored = checkpoints.restore_model(workdir, stage, which)
+  source = source or registry.get(config)
+  if list(source.labels) != list(restored.labels):
+    raise UserError(f"{workdir}/labels.txt ({len(restored.labels)} labels) does not match dataset "
+                    f"{config.dataset} ({len(source.labels)} labels); evaluate on the dataset it "
+                    "was trained on")
+  activation = config.head.get("activation", "sigmoid")
+  score = scoring.scorer(restored.model, config, mesh, activation)
+  scores, y, images = score(source, split, keep_images=int(config.eval.get("examples", 16)))
+  tuned = None
+  if config.eval.tune_thresholds and split != "val":
+    val_scores, val_y, _ = score(source, "val", keep_images=0)
+    tuned = {"thresholds": metrics.tune_thresholds(val_scores, val_y), "tuned_on": "val"}
+  meta = {"kind": "model", "dataset": config.dataset, "split": split, "activation": activation,
+          "checkpoint": f"step {restored.step} of the {restored.stage} stage ({which})",
+          "stage": restored.stage, "step": restored.step,
+          "digest": _digest(config, restored.stage, restored.step, split)}
+  out = workdir_lib.eval_dir(workdir, split)
+  with workdir_lib.staged(out) as staging:
+    m = results.save(staging, scores, y, restored.labels, meta, config, images=images,
+                     tuned=tuned)
+    if workdir_lib.is_chief():
+      plots.training_curves(workdir_lib.read_metrics(workdir), staging / "training_curves.png")
+  if not workdir_lib.is_chief():
+    return m
+  if tuned is not None:
+    workdir_lib.write_thresholds(workdir, restored.stage, restored.step, restored.labels,
+                                 tuned["thresholds"], "val")
+  path = report.write(out)
+  logging.info("evaluate %s: mAP %.4f, CF1 %.4f, OF1 %.4f; report %s", split, m["mAP"], m["CF1"],
+               m["OF1"], path)
+  return m
+
+
+def evaluate_predictions(workdir, path, split="test", config=None):
+  """Scores a predictions file (CSV or JSON lines) against `split` of the config's dataset.
+
+  The dataset comes from `config`, else from WORKDIR/config.json. Writes
+  WORKDIR/eval/SPLIT/predictions_NAME and the report; returns the metrics dict.
+  """
+  _check_split(split)
+  if config is None:
+    config = workdir_lib.read_config(workdir)
+  source = registry.get(config)
+  names, y = prediction_files.split_examples(source, split)
+  synonyms_file = config.eval.get("synonyms", "")
+  synonyms, ignored = prediction_files.read_synonyms(synonyms_file)
+  stats = {}
+  scores = prediction_files.read(path, source.labels, names, synonyms=synonyms, ignored=ignored,
+                                 unknown_tags=config.eval.get("unknown_tags", "error"),
+                                 stats=stats)
+  meta = {"kind": "predictions", "dataset": config.dataset, "split": split,
+          "file": pathlib.Path(path).name, "synonyms": synonyms_file or "tag_synonyms.json",
+          "unknown_tags": config.eval.get("unknown_tags", "error"),
+          "unknown_tag_count": stats.get("unknown_tags", 0)}
+  out = workdir_lib.eval_dir(workdir, split)
+  with workdir_lib.staged(out / f"predictions_{pathlib.Path(path).stem}") as staging:
+    m = results.save(staging, scores, y, source.labels, meta, config)
+  if workdir_lib.is_chief():
+    report.write(out)
+  return m

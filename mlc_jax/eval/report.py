@@ -1,0 +1,173 @@
+"""report.md of WORKDIR/eval/SPLIT from the saved results there (metrics.json + scores.npz each).
+
+Results: the fine-tuned model in eval/SPLIT itself, the ImageNet baseline in eval/SPLIT/baseline,
+external predictions files in eval/SPLIT/predictions_NAME. Whatever exists is reported, so
+evaluate, baseline and a predictions run each rewrite one report that sets them side by side.
+"""
+import json
+import pathlib
+
+import numpy as np
+
+from mlc_jax import metrics, workdir as workdir_lib
+from mlc_jax.eval import literature
+
+# (key, label, percent?) rows of the summary table
+SUMMARY = [("mAP", "mAP", True)] + [(m, m, True) for m in ("CP", "CR", "CF1", "OP", "OR", "OF1")] + [
+    ("f1_macro", "F1 macro", True), ("f1_micro", "F1 micro", True), ("f1_samples", "F1 samples", True),
+    ("jaccard_samples", "Jaccard samples", True), ("subset_accuracy", "subset accuracy", True),
+    ("hamming_loss", "Hamming loss", False), ("lrap", "LRAP", True),
+    ("ranking_loss", "ranking loss", False), ("coverage", "coverage", False),
+    ("one_error", "one-error", True)]
+TOPK_KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+
+
+def read_result(directory):
+  """(metrics.json dict, scores.npz dict of arrays) of a saved result, or None when absent."""
+  directory = pathlib.Path(directory)
+  if not (directory / "metrics.json").is_file():
+    return None
+  doc = json.loads((directory / "metrics.json").read_text())
+  with np.load(directory / "scores.npz") as z:
+    arrays = {k: z[k] for k in z.files}
+  return doc, arrays
+
+
+def fmt(value, percent):
+  """A metric cell: percentages with 2 decimals, other values with 4."""
+  if value is None:
+    return ""
+  return f"{100 * value:.2f}" if percent else f"{value:.4f}"
+
+
+def _table(header, rows):
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+  return "\n".join(lines) + "\n"
+
+
+def _columns(model, k):
+  """[(column name, metrics dict)] for the summary: threshold 0.5, then tuned thresholds if any."""
+  doc = model[0]
+  cols = [(f"threshold {doc['meta']['threshold']}", doc["metrics"])]
+  if doc.get("tuned"):
+    cols.append((f"per-class thresholds tuned on {doc['tuned']['tuned_on']}", doc["tuned"]["metrics"]))
+  return cols
+
+
+def summary_table(columns, k):
+  """Markdown table: one row per metric (percent where it is a rate), one column per result."""
+  rows = [[label] + [fmt(m.get(key), pct) for _, m in columns] for key, label, pct in SUMMARY]
+  rows += [[f"{key} top-{k}"] + [fmt(m.get(f"{key}_top{k}"), True) for _, m in columns]
+           for key in TOPK_KEYS]
+  return _table(["metric"] + [name for name, _ in columns], rows)
+
+
+def per_class_section(per_class, thresholds=None):
+  """Per-class table sorted by AP (best first)."""
+  order = sorted(range(len(per_class)), key=lambda i: -per_class[i]["AP"])
+  header = ["class", "AP", "precision", "recall", "F1", "support"]
+  if thresholds is not None:
+    header.append("tuned threshold")
+  rows = []
+  for i in order:
+    r = per_class[i]
+    row = [r["name"], fmt(r["AP"], True), fmt(r["precision"], True), fmt(r["recall"], True),
+           fmt(r["F1"], True), r["support"]]
+    if thresholds is not None:
+      row.append(f"{thresholds[i]:.3f}")
+    rows.append(row)
+  return _table(header, rows)
+
+
+def _subset_metrics(result, columns, meta):
+  """metrics.compute of a saved result restricted to `columns` (indices)."""
+  scores, labels = result[1]["scores"][:, columns], result[1]["labels"][:, columns]
+  return metrics.compute(scores, labels, k=min(meta["k"], len(columns)), threshold=meta["threshold"],
+                         topk_min_score=meta["topk_min_score"])
+
+
+def _baseline_section(base, model, base_dir):
+  doc = base[0]
+  meta = doc["meta"]
+  names = list(base[1]["names"])
+  mapped = [names.index(n) for n in meta["mapped"]]
+  cols = [("ImageNet VGG16, no fine-tuning", doc["metrics"])]
+  if model is not None and list(model[1]["names"]) == names:
+    cols.append((f"fine-tuned, same {len(mapped)} classes", _subset_metrics(model, mapped, meta)))
+    cols.append((f"fine-tuned, all {len(names)} classes", model[0]["metrics"]))
+  text = ["## Baseline: ImageNet VGG16 without fine-tuning\n",
+          f"ImageNet probabilities mapped onto the labels by `{meta['mapping']}` "
+          f"(a label's score is the {meta['reduce']} of its ImageNet classes' probabilities); "
+          f"weights `{meta['weights']}`.",
+          f"Labels without an ImageNet counterpart, left out of the means: "
+          f"{', '.join(meta['unmapped']) or 'none'}.\n", summary_table(cols, meta["k"]),
+          "![AP per class, baseline](baseline/ap_per_class.png)\n",
+          "![precision-recall, baseline](baseline/pr_curves.png)\n"]
+  if (base_dir / "examples.png").is_file():
+    text.append("![test images with the baseline's labels](baseline/examples.png)\n")
+  return "\n".join(text)
+
+
+def _predictions_section(pred, model):
+  doc = pred[0]
+  meta = doc["meta"]
+  cols = [(f"predictions `{meta['file']}`", doc["metrics"])]
+  if model is not None:
+    cols.append(("fine-tuned", model[0]["metrics"]))
+  return "\n".join([f"## External predictions: {meta['file']}\n",
+                    f"Free-text tags mapped onto the labels through `{meta['synonyms']}`; tags "
+                    f"naming no label: {meta['unknown_tags']} ({meta.get('unknown_tag_count', 0)} "
+                    "dropped).\n", summary_table(cols, meta["k"])])
+
+
+def write(eval_dir):
+  """Writes eval_dir/report.md from the results found there; returns its path."""
+  eval_dir = pathlib.Path(eval_dir)
+  model = read_result(eval_dir)
+  base = read_result(eval_dir / "baseline")
+  preds = [(d, read_result(d)) for d in sorted(eval_dir.glob("predictions_*"))]
+  preds = [(d, r) for d, r in preds if r is not None]
+  first = model or base or (preds[0][1] if preds else None)
+  if first is None:
+    raise FileNotFoundError(f"no evaluation results in {eval_dir}")
+  meta = first[0]["meta"]
+  k = meta["k"]
+  variant = (f"the top {k} labels with probability >= {meta['threshold']}" if meta["topk_min_score"]
+             else f"exactly the top {k} labels of every image")
+  out = [f"# Evaluation: {meta['dataset']}, split {meta['split']}\n",
+         f"{meta['num_images']} images, {len(first[1]['names'])} classes. Rates in percent. "
+         f"Threshold {meta['threshold']}; top-{k} metrics use {variant}.\n"]
+  if model is not None:
+    mmeta = model[0]["meta"]
+    out += ["## Fine-tuned model\n",
+            f"Checkpoint: {mmeta.get('checkpoint', '')}.\n",
+            summary_table(_columns(model, k), k),
+            "Rank metrics (mAP, LRAP, ranking loss, coverage, one-error, top-k) do not depend on "
+            "thresholds: the tuned column leaves them out.\n" if model[0].get("tuned") else "",
+            "### Per class (sorted by AP)\n",
+            per_class_section(model[0]["per_class"],
+                              model[0]["tuned"]["thresholds"] if model[0].get("tuned") else None),
+            "### Plots\n",
+            "![AP per class](ap_per_class.png)\n", "![precision-recall](pr_curves.png)\n"]
+    if (eval_dir / "training_curves.png").is_file():
+      out.append("![training curves](training_curves.png)\n")
+    if (eval_dir / "examples.png").is_file():
+      out.append("![test images with predicted and true labels](examples.png)\n")
+  ours = []
+  if model is not None:
+    ours.append(("ours, fine-tuned VGG16", model[0]["metrics"]))
+  if base is not None:
+    ours.append(("ours, ImageNet VGG16 baseline", base[0]["metrics"]))
+  table = literature.table(meta["dataset"], ours, k=k, topk_min_score=meta["topk_min_score"])
+  if table:
+    out += ["## Published results\n",
+            "Other backbones and image sizes (see sources); the baseline row covers only its mapped "
+            "classes.\n", table]
+  if base is not None:
+    out.append(_baseline_section(base, model, eval_dir / "baseline"))
+  for _, pred in preds:
+    out.append(_predictions_section(pred, model))
+  path = eval_dir / "report.md"
+  workdir_lib.write_text(path, "\n".join(out))
+  return path

@@ -1,0 +1,109 @@
+"""Classifier: a trained model plus its labels, predicting from paths, PIL images or uint8 arrays.
+
+`load_imagenet(path)` wraps an ImageNet VGG file as a 1000-class softmax Classifier;
+`mlc_jax.load(workdir)` (mlc_jax.inference.restore) a trained run.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mlc_jax import models
+from mlc_jax.config import CHOICES
+from mlc_jax.errors import UserError
+from mlc_jax.models import imagenet
+
+ACTIVATIONS = CHOICES["head.activation"]
+
+
+_probabilities = jax.jit(models.probabilities, static_argnums=(0, 3))
+
+
+def _is_single(images):
+  return (isinstance(images, (str, bytes, os.PathLike)) or hasattr(images, "convert")
+          or (isinstance(images, np.ndarray) and images.ndim in (2, 3)))
+
+
+class Classifier:
+  """Model + labels. `predict` returns float32 (N, C) probabilities; the model maps uint8 -> logits.
+
+  Images are decoded and resized with mlc_jax.data.images, as in training, unless they already
+  are a uint8 (N, image_size, image_size, 3) array.
+  """
+
+  def __init__(self, model, labels, *, image_size, resize="plain", activation="sigmoid",
+               thresholds=None, checkpoint=None):
+    if activation not in ACTIVATIONS:
+      raise UserError(f"activation={activation!r} is not one of {ACTIVATIONS}")
+    if resize not in CHOICES["data.resize"]:
+      raise UserError(f"resize={resize!r} is not one of {CHOICES['data.resize']}")
+    self.model = model
+    self.labels = [str(label) for label in labels]
+    self.image_size = int(image_size)
+    self.resize = resize
+    self.activation = activation
+    self.checkpoint = checkpoint  # 'STAGE/STEP' of a restored run (what `thresholds` were tuned for)
+    self.thresholds = None
+    if thresholds is not None:
+      self.thresholds = np.broadcast_to(np.asarray(thresholds, np.float32), (len(self.labels),))
+
+  @property
+  def params(self):
+    """Flat dict of numpy arrays keyed 'backbone/block1_conv1/kernel', 'head/fc1/kernel', ..."""
+    return models.flat_params(self.model)
+
+  def images_array(self, images):
+    """Paths, PIL images or arrays (one or a list, or a (N, H, W, 3) array) -> uint8 (N, S, S, 3)."""
+    if _is_single(images):
+      images = [images]
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+      if images.dtype == np.uint8 and images.shape[1:] == (self.image_size, self.image_size, 3):
+        return images
+    items = list(images)
+    if not items:
+      return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
+    # Lazy: the image reader imports TensorFlow (~2 s); uint8 arrays of the right size skip it.
+    from mlc_jax.data import images as images_lib
+    return np.stack([images_lib.load(item, self.image_size, self.resize) for item in items])
+
+  def predict(self, images, batch_size=32):
+    """float32 (N, C) probabilities (sigmoid per label, or softmax) for the images."""
+    array = self.images_array(images)
+    graphdef, state = nnx.split(self.model)
+    n, out = len(array), []
+    size = min(int(batch_size), n) or 1
+    for start in range(0, n, size):
+      batch = array[start:start + size]
+      if len(batch) < size:  # pad the last batch so every call reuses one compiled shape
+        batch = np.concatenate([batch, np.zeros((size - len(batch),) + batch.shape[1:], np.uint8)])
+      out.append(np.asarray(_probabilities(graphdef, state, jnp.asarray(batch), self.activation)))
+    if not out:
+      return np.zeros((0, len(self.labels)), np.float32)
+    return np.concatenate(out)[:n].astype(np.float32)
+
+  def top_k(self, images, k=3):
+    """Per image, the k most probable (label, probability) pairs, most probable first."""
+    probs = self.predict(images)
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+    return [[(self.labels[j], float(p[j])) for j in row] for p, row in zip(probs, order)]
+
+  def predict_labels(self, images, threshold=None):
+    """Per image, the labels whose probability reaches the threshold (given, tuned, else 0.5)."""
+    probs = self.predict(images)
+    if threshold is None:
+      threshold = self.thresholds if self.thresholds is not None else 0.5
+    hits = probs >= np.asarray(threshold, np.float32)
+    return [[self.labels[j] for j in np.flatnonzero(row)] for row in hits]
+
+
+def load_imagenet(path="imagenet", *, cache_dir=None, dtype="float32"):
+  """Classifier over the 1000 ImageNet classes (softmax, 224 px) from a VGG weights file with its top.
+
+  `path`: a Keras .h5 file, a torchvision/timm .safetensors file, or 'imagenet' (the official Keras
+  VGG16 file, fetched into `cache_dir`). Architecture, batch norm and width come from the file.
+  """
+  model, _ = models.imagenet_vgg(path, cache_dir=cache_dir, dtype=dtype)
+  return Classifier(model, imagenet.IMAGENET_CLASSES, image_size=224, resize="plain",
+                    activation="softmax")

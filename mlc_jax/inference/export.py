@@ -1,0 +1,134 @@
+"""--mode=export: a trained run as a serialized StableHLO function that runs with jax alone.
+
+The export folder holds:
+  inference.jax       jax.export serialization of f(params, images) -> probabilities, where images
+                      is uint8 (N, S, S, 3) RGB 0-255 with a symbolic batch N and probabilities
+                      float32 (N, C); ImageNet normalisation and the activation happen inside
+  params.npz          the weights {'backbone/block1_conv1/kernel': array, ...}: f's params
+  labels.txt          the C labels, in output order
+  preprocessing.json  what to do to a picture before the function: decode to RGB, resize to S x S
+  serve.py            a loader and CLI using only jax, numpy and PIL
+  README.md           how to call it
+Weights travel beside the function rather than inside it as constants: the StableHLO stays small
+whatever the model's size, and the weights can be read (or swapped) without jax.
+"""
+import importlib.resources
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mlc_jax import models
+from mlc_jax.errors import UserError
+from mlc_jax.inference import restore
+
+PLATFORMS = ("cpu", "cuda", "tpu")
+FUNCTION_FILE = "inference.jax"
+
+README = """# Exported mlc_jax model
+
+Runs with `jax`, `numpy` and `pillow` only (no mlc_jax, no flax). Exported from `{workdir}`
+(checkpoint {checkpoint}, '{which}') with jax {jax_version} for platforms {platforms}.
+
+    python serve.py --k=3 photo.jpg other.png
+
+    import serve                      # from inside this folder
+    model = serve.load(".")
+    model.predict(["photo.jpg"])      # float32 (N, {num_classes}) probabilities, labels.txt order
+    model.top_k(["photo.jpg"], k=3)   # [[(label, probability), ...], ...]
+
+Or without serve.py:
+
+    import jax, numpy as np
+    f = jax.export.deserialize(bytearray(open("inference.jax", "rb").read()))
+    params = dict(np.load("params.npz"))
+    probabilities = f.call(params, images)  # images: uint8 (N, {size}, {size}, 3) RGB
+
+`images` must already be {size} x {size} RGB uint8 (see preprocessing.json: resize '{resize}',
+bilinear with antialiasing); normalisation and the {activation} happen inside the function.
+"""
+
+
+def inference_function(model, activation):
+  """nnx model -> (f(params, images) -> probabilities, params {name: np.ndarray}).
+
+  params holds what a checkpoint keeps (parameters, batch statistics), keyed by '/'-joined
+  Keras-style paths; everything else in the model (RNG streams) is fixed at its current value.
+  """
+  graphdef, saved, rest = nnx.split(model, models.SAVED, ...)
+  pure = nnx.to_pure_dict(saved)
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(pure)
+  names = [jax.tree_util.keystr(path, simple=True, separator="/") for path, _ in leaves]
+  params = {name: np.asarray(leaf) for name, (_, leaf) in zip(names, leaves)}
+
+  def f(params, images):
+    state = nnx.state(nnx.merge(graphdef, saved, rest), models.SAVED)
+    pure = jax.tree_util.tree_unflatten(treedef, [params[n] for n in names])
+    nnx.replace_by_pure_dict(state, pure)
+    logits = nnx.merge(graphdef, state, rest)(images, train=False).astype(jnp.float32)
+    return jax.nn.softmax(logits) if activation == "softmax" else jax.nn.sigmoid(logits)
+
+  return f, params
+
+
+def export_function(f, params, image_size, platforms=PLATFORMS):
+  """Traces f for uint8 (b, S, S, 3) images with a symbolic batch b -> jax.export.Exported."""
+  (batch,) = jax.export.symbolic_shape("b")
+  args = ({k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in params.items()},
+          jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.uint8))
+  try:
+    return jax.export.export(jax.jit(f), platforms=platforms)(*args)
+  except Exception:  # an op with no lowering for some platform: this machine's alone then
+    return jax.export.export(jax.jit(f))(*args)
+
+
+def preprocessing_spec(config, thresholds):
+  """What a picture needs before the exported function, and what comes out of it."""
+  convention = models.preprocessing_of(config)
+  return {
+      "image_size": int(config.image_size),
+      "resize": config.data.resize,
+      "interpolation": "bilinear, antialiased (tf.image.resize antialias=True), rounded to uint8",
+      "input": {"dtype": "uint8", "layout": "NHWC", "channels": "RGB", "range": [0, 255]},
+      "normalization": f"{convention} (inside the function: do not normalise)",
+      "activation": config.head.activation,
+      "output": "float32 (N, C) probabilities in labels.txt order",
+      "thresholds": None if thresholds is None else [float(t) for t in thresholds],
+  }
+
+
+def export(workdir, output_dir, which="best", stage=None):
+  """--mode=export: writes the run's inference function, weights, labels and spec to output_dir.
+
+  The thresholds written are those tuned for the exported checkpoint. Returns the output folder.
+  """
+  r = restore.restore(workdir, which, stage)
+  workdir, config, labels, model = r.workdir, r.config, r.labels, r.model
+  out = pathlib.Path(output_dir).expanduser()
+  if out.exists() and not out.is_dir():
+    raise UserError(f"--output={out} is a file; pass a folder for the export")
+  if out.resolve() == pathlib.Path(workdir).resolve():
+    raise UserError(f"--output={out} is the workdir; pass a new folder for the export")
+  out.mkdir(parents=True, exist_ok=True)
+  f, params = inference_function(model, config.head.activation)
+  exported = export_function(f, params, int(config.image_size))
+  (out / FUNCTION_FILE).write_bytes(exported.serialize())
+  np.savez(out / "params.npz", **params)
+  (out / "labels.txt").write_text("\n".join(labels) + "\n")
+  spec = preprocessing_spec(config, r.thresholds)
+  spec.update(platforms=list(exported.platforms), jax_version=jax.__version__,
+              checkpoint=f"{r.stage}/{r.step}")
+  (out / "preprocessing.json").write_text(json.dumps(spec, indent=2) + "\n")
+  serve = importlib.resources.files("mlc_jax").joinpath("resources/serve.py").read_text()
+  (out / "serve.py").write_text(serve)
+  (out / "README.md").write_text(README.format(
+      workdir=workdir, which=which, checkpoint=f"{r.stage}/{r.step}", jax_version=jax.__version__,
+      platforms=", ".join(exported.platforms),
+      num_classes=len(labels), size=int(config.image_size), resize=config.data.resize,
+      activation=config.head.activation))
+  print(f"exported {workdir} ({r.stage} step {r.step}, {which}) to {out}: {len(labels)} labels, "
+        f"{int(config.image_size)} px, platforms {', '.join(exported.platforms)}")
+  return out

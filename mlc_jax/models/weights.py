@@ -1,0 +1,280 @@
+"""VGG weight files: read Keras HDF5 and torchvision/timm safetensors files, fetch the Keras files.
+
+Readers return {keras_layer_name: {param: float32 numpy array in our layout}}: conv kernels HWIO,
+dense kernels (in, out) with fc1's rows in H, W, C flatten order, batch norm scale/bias/mean/var.
+Neither Keras nor torch is needed at run time.
+"""
+import hashlib
+import os
+import pathlib
+import re
+import tempfile
+import urllib.error
+import urllib.request
+
+import h5py
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from mlc_jax.errors import UserError
+from mlc_jax.models import vgg as vgg_lib
+
+KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/{arch}/{name}"
+# md5 of each official file, as keras.applications publishes them (file_hash=...).
+KERAS_MD5 = {
+    "vgg16_weights_tf_dim_ordering_tf_kernels.h5": "64373286793e3c8b2b4e3219cbf3544b",
+    "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5": "6d6bbae143d832006294945121d1f1fc",
+    "vgg19_weights_tf_dim_ordering_tf_kernels.h5": "cbe5617147190e668d6c5d5026f83318",
+    "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5": "253f8cb515780f3b799900260a226db6",
+}
+DEFAULT_CACHE = "~/.cache/mlc_jax"
+CONV_PARAMS = ("kernel", "bias")
+BN_PARAMS = ("scale", "bias", "mean", "var")  # Keras order: gamma, beta, moving mean, moving variance
+
+
+def keras_file_name(arch, include_top):
+  """File name of the official Keras ImageNet weights for `arch` with or without the top."""
+  if arch not in ("vgg16", "vgg19"):
+    raise UserError(f"Keras publishes ImageNet weights for vgg16 and vgg19 only, not {arch}; "
+                    "set model.weights to a torchvision safetensors file (see BUILD.md)")
+  return f"{arch}_weights_tf_dim_ordering_tf_kernels{'' if include_top else '_notop'}.h5"
+
+
+def convention_for(weights_spec):
+  """Preprocessing convention of a weights spec: 'imagenet'/.h5 -> caffe, .safetensors -> torch, '' -> unit."""
+  spec = str(weights_spec or "")
+  if not spec:
+    return "unit"
+  if spec == "imagenet" or spec.lower().endswith((".h5", ".hdf5")):
+    return "caffe"
+  if spec.lower().endswith(".safetensors"):
+    return "torch"
+  raise UserError(f"model.weights={spec!r}: give 'imagenet', '' (from scratch), a Keras .h5 file or "
+                  "a .safetensors file (torchvision or timm layout); or set model.preprocessing")
+
+
+def _str(value):
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _names(attr):
+  return [_str(v) for v in np.atleast_1d(attr)]
+
+
+def _param_names(layer):
+  return BN_PARAMS if re.fullmatch(r"block\d_bn\d+", layer) else CONV_PARAMS
+
+
+def read_keras_h5(path):
+  """Legacy Keras HDF5 weights (root attr layer_names, per-layer weight_names) -> our layout."""
+  path = str(path)
+  try:
+    f = h5py.File(path, "r")
+  except OSError as e:
+    raise UserError(f"weights file {path} is not a readable HDF5 file ({e}); give a Keras "
+                    ".h5 weights file or a .safetensors file") from None
+  with f:
+    root = f["model_weights"] if "layer_names" not in f.attrs and "model_weights" in f else f
+    if "layer_names" not in root.attrs:
+      raise UserError(f"weights file {path} is HDF5 but not in the Keras weights layout (no "
+                      "'layer_names' attribute); save it with Keras's legacy .h5 format")
+    weights = {}
+    for layer in _names(root.attrs["layer_names"]):
+      group = root[layer]
+      names = _names(group.attrs.get("weight_names", []))
+      if not names:
+        continue  # input, pooling and flatten layers carry no weights
+      params = _param_names(layer)
+      if len(names) != len(params):
+        raise UserError(f"weights file {path}: layer {layer} holds {len(names)} arrays "
+                        f"{names}, expected {len(params)} ({', '.join(params)})")
+      try:
+        weights[layer] = {p: np.asarray(group[n], np.float32) for p, n in zip(params, names)}
+      except KeyError as e:
+        raise UserError(f"weights file {path}: layer {layer} lists {e} but does not hold it; "
+                        "the file is damaged, download it again") from None
+  return weights
+
+
+def _conv_layer_names(num_convs, path):
+  for arch in vgg_lib.BLOCKS:
+    names = vgg_lib.conv_names(arch)
+    if len(names) == num_convs:
+      return names
+  raise UserError(f"weights file {path} holds {num_convs} convolutions; a VGG has 8, 10, 13 or 16")
+
+
+def _hwc_rows(weight, channels, path):
+  """torch Linear weight (out, C*h*w) in CHW flatten order -> our kernel (h*w*C, out) in HWC order."""
+  out, inputs = weight.shape
+  side = int(round((inputs / channels) ** 0.5))
+  if side * side * channels != inputs:
+    raise UserError(f"weights file {path}: fc1 takes {inputs} inputs, not a square map of "
+                    f"{channels} channels")
+  return weight.reshape(out, channels, side, side).transpose(2, 3, 1, 0).reshape(inputs, out)
+
+
+def read_safetensors(path):
+  """torchvision (features.*, classifier.*) or timm (pre_logits.*, head.fc) safetensors -> our layout."""
+  from safetensors import SafetensorError, safe_open
+  path = str(path)
+  try:
+    with safe_open(path, framework="np") as f:
+      tensors = {k: np.asarray(f.get_tensor(k), np.float32) for k in f.keys()}
+  except (SafetensorError, OSError, ValueError, TypeError) as e:
+    raise UserError(f"weights file {path} is not a readable safetensors file ({e}); save float32 "
+                    "tensors with safetensors (see BUILD.md)") from None
+  indices = sorted({int(m.group(1)) for k in tensors if (m := re.fullmatch(r"features\.(\d+)\.weight", k))})
+  convs = [i for i in indices if tensors[f"features.{i}.weight"].ndim == 4]
+  if not convs:
+    raise UserError(f"weights file {path} has no 'features.N.weight' convolutions: it is not a "
+                    "torchvision or timm VGG")
+  names = _conv_layer_names(len(convs), path)
+  weights = {}
+  for name, i in zip(names, convs):
+    weights[name] = {"kernel": tensors[f"features.{i}.weight"].transpose(2, 3, 1, 0),
+                     "bias": tensors[f"features.{i}.bias"]}
+    if f"features.{i + 1}.running_mean" in tensors:
+      bn = f"features.{i + 1}."
+      weights[name.replace("conv", "bn")] = {
+          "scale": tensors[bn + "weight"], "bias": tensors[bn + "bias"],
+          "mean": tensors[bn + "running_mean"], "var": tensors[bn + "running_var"]}
+  channels = weights[names[-1]]["kernel"].shape[-1]
+  if "classifier.0.weight" in tensors:  # torchvision
+    top = {"fc1": "classifier.0", "fc2": "classifier.3", "predictions": "classifier.6"}
+    for layer, key in top.items():
+      if key + ".weight" in tensors:
+        w = tensors[key + ".weight"]
+        kernel = _hwc_rows(w, channels, path) if layer == "fc1" else w.T
+        weights[layer] = {"kernel": kernel, "bias": tensors[key + ".bias"]}
+  elif "pre_logits.fc1.weight" in tensors:  # timm: fc1 a 7x7 conv (OIHW), fc2 a 1x1 conv
+    w = tensors["pre_logits.fc1.weight"]
+    weights["fc1"] = {"kernel": w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0]),
+                      "bias": tensors["pre_logits.fc1.bias"]}
+    w = tensors["pre_logits.fc2.weight"]
+    weights["fc2"] = {"kernel": w.reshape(w.shape[0], -1).T, "bias": tensors["pre_logits.fc2.bias"]}
+    if "head.fc.weight" in tensors:
+      weights["predictions"] = {"kernel": tensors["head.fc.weight"].T, "bias": tensors["head.fc.bias"]}
+  return weights
+
+
+def read_weights(path):
+  """Any supported weights file -> {layer: {param: array}}; UserError naming the file otherwise."""
+  path = str(path)
+  if not os.path.isfile(path):
+    raise UserError(f"weights file {path} does not exist; give an existing file, 'imagenet' or ''")
+  if h5py.is_hdf5(path):
+    return read_keras_h5(path)
+  if path.lower().endswith((".h5", ".hdf5")):
+    raise UserError(f"weights file {path} is not an HDF5 file; give a Keras .h5 weights file "
+                    "(see BUILD.md), e.g. download it again")
+  if path.lower().endswith(".safetensors"):
+    return read_safetensors(path)
+  raise UserError(f"weights file {path} is neither an HDF5 file (Keras .h5) nor a .safetensors "
+                  "file; give one of those (see BUILD.md)")
+
+
+def describe(weights):
+  """(arch, batch_norm, has_top) of a weights dict, from its layer names alone."""
+  counts = [sum(1 for n in weights if re.fullmatch(rf"block{b}_conv\d+", n)) for b in range(1, 6)]
+  arch = next((a for a, blocks in vgg_lib.BLOCKS.items() if tuple(counts) == blocks), None)
+  return arch, any("_bn" in n for n in weights), "fc1" in weights
+
+
+def _expected(module):
+  """{layer: {param: shape}} of the weight-bearing layers of a VGG (concrete or abstract)."""
+  return {layer: {p: tuple(getattr(getattr(module, layer), p).get_value().shape)
+                  for p in _param_names(layer)}
+          for layer in module.layer_names}
+
+
+def load_into(module, path, weights=None):
+  """Reads weights file `path` into VGG `module` in place (also an nnx.eval_shape one); returns it.
+
+  `weights` (read_weights(path)) saves a second read when the caller already has them.
+  Layers of the file the model lacks are ignored only for the top (a headless backbone from a full
+  file); any other difference raises one UserError naming the file, layer, expected and found shape.
+  """
+  weights = read_weights(path) if weights is None else weights
+  expected = _expected(module)
+  problems = []
+  extra = [n for n in weights if n not in expected and n not in ("fc1", "fc2", "predictions")]
+  if extra:
+    arch, bn, _ = describe(weights)
+    kind = f"{arch}{'_bn' if bn else ''}" if arch else "another network"
+    mine = f"{module.arch}{'_bn' if module.batch_norm else ''}"
+    problems.append(f"it holds layers {', '.join(extra[:4])} that a {mine} lacks: the file is for "
+                    f"{kind}; set model.arch/model.batch_norm to match it")
+  for layer, params in expected.items():
+    if layer not in weights:
+      problems.append(f"layer {layer}: expected {params}, found no such layer")
+      continue
+    for p, shape in params.items():
+      found = weights[layer].get(p)
+      if found is None or tuple(found.shape) != shape:
+        found_shape = "nothing" if found is None else tuple(found.shape)
+        problems.append(f"layer {layer} {p}: expected shape {shape}, found {found_shape}")
+  if problems:
+    hint = (" (model.width, model.arch, model.batch_norm, model.include_top and image_size=224 "
+            "for the top must match the file)")
+    raise UserError(f"weights file {path} does not fit the model: " + "; ".join(problems[:5])
+                    + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "") + hint)
+  for layer, params in expected.items():
+    for p in params:
+      getattr(getattr(module, layer), p).set_value(jnp.asarray(weights[layer][p], jnp.float32))
+  return module
+
+
+def _digests(path):
+  sha, md5 = hashlib.sha256(), hashlib.md5()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      sha.update(chunk)
+      md5.update(chunk)
+  return sha.hexdigest(), md5.hexdigest()
+
+
+def fetch(name, cache_dir=None, url=None, sha256=None, md5=None):
+  """Path of weights file `name` in `cache_dir`, downloading it first when missing.
+
+  Known Keras names get their official URL and md5. The download goes to a temporary file beside
+  the target and is renamed only after the hash matches, so the cache never holds a partial file.
+  """
+  cache = pathlib.Path(os.path.expanduser(cache_dir or DEFAULT_CACHE))
+  target = cache / name
+  if target.is_file():
+    return str(target)  # only a verified download is ever renamed to this path
+  if url is None:
+    if name not in KERAS_MD5:
+      raise UserError(f"no download URL known for weights file {name}; put it in {cache}")
+    url = KERAS_URL.format(arch=name.split("_")[0], name=name)
+  if md5 is None and sha256 is None:
+    md5 = KERAS_MD5.get(name)
+  if md5 is None and sha256 is None:
+    raise UserError(f"no sha256 or md5 given for {url}; a download needs a hash to check")
+  try:
+    cache.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create the weights cache {cache} ({e}); set model.cache_dir") from None
+  fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=cache)
+  try:
+    logging.info("downloading %s to %s", url, target)
+    try:
+      with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+          out.write(chunk)
+    except (urllib.error.URLError, OSError) as e:
+      raise UserError(f"cannot download {url} ({e}); download it by hand to {target}, or set "
+                      "model.weights to a local file") from None
+    got_sha, got_md5 = _digests(tmp)
+    for kind, want, got in (("sha256", sha256, got_sha), ("md5", md5, got_md5)):
+      if want and want.lower() != got:
+        raise UserError(f"downloaded {url} has {kind} {got}, expected {want}: the file is damaged "
+                        f"or not the published one and was not kept; retry, or place the right "
+                        f"file at {target}")
+    os.replace(tmp, target)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return str(target)

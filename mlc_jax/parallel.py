@@ -1,0 +1,149 @@
+"""Device mesh, shardings, batch placement and host gathers: data parallelism over a 'data' axis.
+
+Batches are split along their first axis. Each process feeds its own slice of the global batch
+(the pipeline yields batch_size // process_count images) and `shard_batch` stitches the slices
+into one global array. Parameters and optimizer state are replicated (`param_sharding=
+'replicated'`, the default) or, with 'fsdp', each array of at least `fsdp_min_size` elements is
+split over 'data' along its largest evenly divisible axis (ZeRO-3 / FSDP): a step gathers the
+parameters it computes with, and the gradient comes back reduce-scattered to the shards, so each
+device holds 1/N of the parameters, gradients and optimizer state between steps.
+"""
+import os
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mlc_jax.errors import UserError
+
+AXIS = "data"
+FSDP_MIN_SIZE = 2 ** 18  # elements; smaller arrays (biases, BatchNorm, small kernels) stay whole
+
+
+def initialize(config=None):
+  """Starts jax.distributed when config.distributed is set or the environment names a coordinator.
+
+  Must run before anything touches a device; a no-op for one process or when already started.
+  """
+  wanted = bool(config is not None and config.get("distributed", False))
+  env = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS"))
+  if not (wanted or env) or jax.distributed.is_initialized():
+    return
+  # jax reads only the address from the environment; a plain launch (no SLURM/MPI/k8s to
+  # auto-detect) gives the process count and index as JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+  kwargs = {"coordinator_address": (os.environ.get("JAX_COORDINATOR_ADDRESS")
+                                    or os.environ.get("COORDINATOR_ADDRESS") or None)}
+  for key, env_name in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if os.environ.get(env_name):
+      kwargs[key] = int(os.environ[env_name])
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, RuntimeError) as e:
+    raise UserError(f"jax.distributed.initialize failed ({e}); set JAX_COORDINATOR_ADDRESS="
+                    "host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID on every process "
+                    "(see BUILD.md)") from e
+
+
+def mesh(devices=None):
+  """A 1-D Mesh named 'data' over all devices (of all processes)."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  return Mesh(devices.reshape(-1), (AXIS,))
+
+
+def data_sharding(mesh_):
+  """Splits the leading (batch) axis over the 'data' axis."""
+  return NamedSharding(mesh_, P(AXIS))
+
+
+def replicated(mesh_):
+  """A full copy on every device (parameters, optimizer state, scalars)."""
+  return NamedSharding(mesh_, P())
+
+
+def array_sharding(shape, mesh_, mode="replicated", min_size=FSDP_MIN_SIZE):
+  """The NamedSharding of one parameter-like array: replicated, or split for 'fsdp'.
+
+  fsdp splits the largest axis that the number of devices divides (the first such on ties);
+  arrays under min_size elements, and those with no such axis, stay replicated.
+  """
+  n = mesh_.shape[AXIS]
+  if mode != "fsdp" or n == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+    return replicated(mesh_)
+  for axis in sorted(range(len(shape)), key=lambda i: -shape[i]):
+    if shape[axis] % n == 0:
+      spec = [None] * len(shape)
+      spec[axis] = AXIS
+      return NamedSharding(mesh_, P(*spec))
+  return replicated(mesh_)
+
+
+def state_shardings(tree, mesh_, config=None):
+  """Per-leaf shardings of parameters or optimizer state (arrays or ShapeDtypeStructs).
+
+  The rule depends on shapes alone, so an optimizer's moments land where their parameters do.
+  config: reads param_sharding and fsdp_min_size; None means replicated.
+  """
+  mode = "replicated" if config is None else config.get("param_sharding", "replicated")
+  min_size = FSDP_MIN_SIZE if config is None else int(config.get("fsdp_min_size", FSDP_MIN_SIZE))
+  return jax.tree.map(lambda x: array_sharding(np.shape(x), mesh_, mode, min_size), tree)
+
+
+def gathered(tree, mesh_):
+  """Inside a jitted step: the whole (replicated) arrays of a possibly fsdp-split tree."""
+  return jax.lax.with_sharding_constraint(tree, replicated(mesh_))
+
+
+def shard_batch(batch, mesh_):
+  """A dict of this process's numpy arrays -> global jax arrays sharded over 'data'.
+
+  Asynchronous: returns at once, the transfer overlaps with the running step.
+  """
+  sharding = data_sharding(mesh_)
+  if jax.process_count() == 1:
+    return jax.device_put(batch, sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def to_host(tree):
+  """(A pytree of) global arrays, possibly spread over processes -> whole numpy arrays on this host."""
+  if jax.process_count() == 1:
+    return jax.tree.map(np.asarray, tree)
+  return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def _host_if_local(x):
+  # device_put of a process-local jax.Array onto a multi-process sharding builds an array whose
+  # shards Orbax cannot read (jax 0.12); the same values from numpy make a proper global array.
+  if isinstance(x, jax.Array) and x.is_fully_addressable and not jax.dtypes.issubdtype(
+      x.dtype, jax.dtypes.prng_key):
+    return np.asarray(x)
+  return x
+
+
+def replicate(tree, mesh_):
+  """Places a pytree (parameters, optimizer state) replicated on the mesh."""
+  return place(tree, replicated(mesh_))
+
+
+def place(tree, shardings):
+  """Places a pytree on the mesh under `shardings` (one sharding, or a tree of them)."""
+  if jax.process_count() > 1:
+    tree = jax.tree.map(_host_if_local, tree)
+  return jax.device_put(tree, shardings)
+
+
+def place_state(tree, mesh_, config=None):
+  """Places parameters or optimizer state as config.param_sharding says (see state_shardings)."""
+  return place(tree, state_shardings(tree, mesh_, config))
+
+
+def prefetch(batches, mesh_, size=2):
+  """Yields device batches while the next `size - 1` are already being transferred."""
+  queue = []
+  for batch in batches:
+    queue.append(shard_batch(batch, mesh_))
+    if len(queue) >= size:
+      yield queue.pop(0)
+  while queue:
+    yield queue.pop(0)

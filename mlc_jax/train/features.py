@@ -1,0 +1,162 @@
+"""The bottleneck cache: one forward pass of the frozen backbone over every split, and its feed.
+
+WORKDIR/features/KEY/{split}_features.npy (float32 (N, D)) and {split}_labels.npy (float32
+(N, C)), opened memory-mapped. KEY hashes everything that changes the numbers: the model config,
+the backbone's actual parameter values (so the weights file, or the seed of a from-scratch
+backbone, is covered exactly), the dataset fingerprint, the image size, the resize method and the
+compute dtype. A cache is written to a temporary directory and renamed, so it is valid or absent;
+a cache under another key is removed when a new one is built.
+
+`Feed` serves the head stage from a cache: batches are rows of one global order (a seeded
+permutation per epoch), and each process feeds its own slice of every global batch, so the
+global batches, and the trained head, are those of a 1-process run.
+"""
+import hashlib
+import json
+import math
+import os
+import pathlib
+import shutil
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from mlc_jax import models, parallel
+from mlc_jax.data import pipeline
+from mlc_jax.errors import UserError
+from mlc_jax.train import steps
+
+SPLITS = ("train", "val", "test")
+
+
+def params_digest(module):
+  """sha256 of a module's parameter values (names, shapes, bytes), 16 hex digits."""
+  h = hashlib.sha256()
+  flat = nnx.to_flat_state(nnx.state(module, models.SAVED))
+  for path, var in sorted(flat, key=lambda kv: tuple(map(str, kv[0]))):
+    # to_host: with param_sharding='fsdp' over several processes no process holds the whole array.
+    value = parallel.to_host(var.get_value())
+    h.update("/".join(map(str, path)).encode() + str(value.shape).encode())
+    h.update(np.ascontiguousarray(value).tobytes())
+  return h.hexdigest()[:16]
+
+
+def cache_key(config, source, backbone):
+  """The hash naming a valid cache for this model, weights, dataset and preprocessing."""
+  key = json.dumps({
+      "model": config.model.to_dict(), "weights": params_digest(backbone),
+      "dataset": source.fingerprint(), "image_size": int(config.image_size),
+      "resize": config.data.resize, "dtype": config.dtype,
+  }, sort_keys=True, default=str)
+  return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _paths(directory, split):
+  return directory / f"{split}_features.npy", directory / f"{split}_labels.npy"
+
+
+def load(directory):
+  """{split: (features memmap (N, D), labels (N, C))} of a finished cache."""
+  out = {}
+  for split in SPLITS:
+    f, l = _paths(directory, split)
+    out[split] = (np.load(f, mmap_mode="r"), np.load(l, mmap_mode="r"))
+  return out
+
+
+def _write_split(directory, split, source, config, mesh, forward, state, batch_size):
+  # Every process runs the (collective) forward and gathers; only process 0 writes the files,
+  # each row at its image's position in the split (the same cache for any number of processes).
+  write = jax.process_index() == 0
+  n = source.num_examples[split]
+  classes = len(source.labels)
+  feats = labels = None
+  seen = 0
+  for batch in pipeline.batches(source, split, batch_size=batch_size, train=False, config=config):
+    device = parallel.shard_batch(batch, mesh)
+    out, mask, y, index = parallel.to_host((forward(state, device["image"]), device["mask"],
+                                            device["labels"], device["index"]))
+    mask = mask.astype(bool)
+    seen += int(mask.sum())
+    if not write:
+      continue
+    if feats is None:
+      f_path, l_path = _paths(directory, split)
+      feats = np.lib.format.open_memmap(f_path, "w+", np.float32, (n, out.shape[-1]))
+      labels = np.lib.format.open_memmap(l_path, "w+", np.float32, (n, classes))
+    feats[index[mask]] = out[mask]
+    labels[index[mask]] = y[mask]
+  if seen != n:
+    raise RuntimeError(f"features of {split}: wrote {seen} rows, expected {n}")
+  if write:
+    feats.flush()
+    labels.flush()
+
+
+def ensure(config, workdir, source, backbone, mesh, batch_size):
+  """The cache directory for (config, source, backbone), built when missing or stale."""
+  root = pathlib.Path(workdir) / "features"
+  key = cache_key(config, source, backbone)
+  directory = root / key
+  if (directory / "meta.json").exists():
+    logging.info("features: reusing the cache %s", directory)
+    return directory
+  chief = jax.process_index() == 0
+  tmp = root / f".{key}.tmp"
+  if chief:
+    root.mkdir(parents=True, exist_ok=True)
+    for old in root.iterdir():  # stale caches (another model/dataset) and half-written ones
+      shutil.rmtree(old, ignore_errors=True)
+    tmp.mkdir()
+  graphdef, state = nnx.split(backbone)
+  state = parallel.replicate(state, mesh)
+  forward = steps.make_features_step(mesh, graphdef)
+  start = time.time()
+  for split in SPLITS:
+    _write_split(tmp, split, source, config, mesh, forward, state, batch_size)
+    logging.info("features: %s done (%d images, %.0fs)", split, source.num_examples[split],
+                 time.time() - start)
+  if chief:
+    (tmp / "meta.json").write_text(json.dumps({"key": key, "splits": source.num_examples}))
+    os.replace(tmp, directory)  # atomic: a kill leaves no half cache under the real key
+  if jax.process_count() > 1:  # the others read the cache only once process 0 has published it
+    multihost_utils.sync_global_devices("mlc_jax features cache")
+  return directory
+
+
+class Feed:
+  """Batches {'features', 'labels', 'mask'} of one cached split, this process's slice of each.
+
+  train: each epoch a permutation seeded by (seed, epoch), the remainder dropped; otherwise the
+  stored order with the last batch padded (mask False on the padding).
+  """
+
+  def __init__(self, features, labels, *, batch_size, train, seed=0, what="head.batch_size"):
+    self.features, self.labels = features, labels
+    self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
+    n = len(features)
+    if train and n < self.batch_size:
+      raise UserError(f"{what}={self.batch_size} exceeds the {n} training images; lower it")
+    self.steps_per_epoch = n // self.batch_size if train else math.ceil(n / self.batch_size)
+
+  def epoch(self, epoch=0, start_batch=0):
+    """Iterator of this process's numpy batches for one epoch, from batch start_batch on."""
+    n, size, spe = len(self.features), self.batch_size, self.steps_per_epoch
+    index, count = jax.process_index(), jax.process_count()
+    local = pipeline.local_batch_size(size)
+    if self.train:
+      order = np.random.default_rng([self.seed, int(epoch)]).permutation(n)[:spe * size]
+    else:
+      order = np.arange(spe * size)
+    for b in range(start_batch, spe):
+      rows = order[b * size:(b + 1) * size][index * local:(index + 1) * local]
+      mask = rows < n
+      picked = np.minimum(rows, n - 1)
+      x = np.asarray(self.features[picked], np.float32)
+      y = np.asarray(self.labels[picked], np.float32)
+      x[~mask], y[~mask] = 0, 0
+      yield {"features": x, "labels": y, "mask": mask}

@@ -1,0 +1,294 @@
+"""The epoch loop every trained stage shares: steps, logging, validation, checkpoints, stops.
+
+A stage hands `fit` a Stage: the model, the filters that split it into what trains and what stays
+frozen, its optimizer and loss, its inputs and its two feeds (train, val). `fit` builds the
+TrainState and the jitted steps from that, and owns everything else:
+- resume is exact: a checkpoint stores the optimizer state and counters (epoch, batches done in
+  it, the epoch's running loss, early-stopping state); data order comes from (seed, epoch) and the
+  batches already done are skipped; step keys are fold_in(base, step). A latest step that cannot
+  be restored is set aside and the one before it is used;
+- the host syncs with the device once per logging interval, never per step; a non-finite loss is
+  caught there, before any checkpoint of the bad state can be written;
+- SIGTERM (a preempted machine) or Ctrl-C: a checkpoint of the current step is saved and the run
+  ends with one line (errors.Stopped); the same command resumes from it.
+"""
+import dataclasses
+import math
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from mlc_jax import checkpoints, metrics, parallel, workdir as workdir_lib
+from mlc_jax.config import BEST_METRICS
+from mlc_jax.errors import UserError
+from mlc_jax.train import progress, state as state_lib, steps
+
+STAGE_INDEX = {"head": 1, "finetune": 2}  # folded into the base key: each stage its own stream
+
+
+@dataclasses.dataclass
+class Run:
+  """What every stage of one train_and_evaluate call shares."""
+  config: Any
+  workdir: str
+  source: Any
+  labels: list
+  mesh: Any
+  _writer: Any = None
+
+  @property
+  def is_chief(self):
+    """Process 0 writes logs, metrics.jsonl and TensorBoard."""
+    return jax.process_index() == 0
+
+  def writer(self):
+    """The TensorBoard writer (tensorboardX), on process 0 only."""
+    if self._writer is None and self.is_chief:
+      from tensorboardX import SummaryWriter
+      self._writer = SummaryWriter(str(pathlib.Path(self.workdir) / "tensorboard"))
+    return self._writer
+
+  def close(self):
+    """Flushes TensorBoard."""
+    if self._writer is not None:
+      self._writer.close()
+      self._writer = None
+
+
+@dataclasses.dataclass
+class Stage:
+  """One trained stage, as data: what `fit` needs and nothing it can derive."""
+  name: str             # 'head' or 'finetune'
+  config: Any           # its config section: epochs, learning rate and schedule
+  model: Any            # the full MultiLabelModel, placed on the mesh
+  trainable: Any        # nnx filter: the parameters this stage trains
+  stats: Any            # nnx filter: the batch statistics it updates (nnx.Nothing for none)
+  inputs: str           # 'features' or 'image' (steps.StepSpec)
+  loss_fn: Callable
+  tx: Any               # optax.GradientTransformation over the trainable group
+  schedule: Callable    # step -> learning rate (logged)
+  train: Any            # a feed: .batch_size, .steps_per_epoch, .epoch(epoch, start) -> batches
+  val: Any              # a feed: .epoch() -> padded host batches with 'mask'
+  augment: Any = None   # config.augment for 'image' inputs
+  activation: str = "sigmoid"
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A Stage made ready to step: its placed TrainState, frozen rest, layout and jitted steps."""
+  spec: Any
+  state: Any
+  frozen: Any
+  shardings: Any
+  train_step: Callable  # (state, frozen, device batch, base_key, step) -> state
+  eval_step: Callable   # (state, frozen, device batch) -> (scores, loss sum)
+
+
+def prepare(stage, config, mesh):
+  """Splits stage.model by the stage's filters, places the parts as config.param_sharding says,
+  and jits the stage's steps over the mesh."""
+  graphdef, trainable, stats, frozen = nnx.split(stage.model, stage.trainable, stage.stats, ...)
+  shardings = state_lib.layout(config, mesh, stage.tx, trainable, stats)
+  frozen_shardings = parallel.state_shardings(frozen, mesh, config)
+  spec = steps.StepSpec(graphdef=graphdef, tx=stage.tx, loss_fn=stage.loss_fn, mesh=mesh,
+                        inputs=stage.inputs, stats_filter=stage.stats, augment=stage.augment,
+                        activation=stage.activation)
+  return Prepared(spec=spec, state=state_lib.place(trainable, stats, stage.tx, shardings),
+                  frozen=parallel.place(frozen, frozen_shardings), shardings=shardings,
+                  train_step=steps.make_train_step(spec, shardings, frozen_shardings),
+                  eval_step=steps.make_eval_step(spec, shardings, frozen_shardings))
+
+
+def validate(eval_step, state, frozen, feed, mesh):
+  """(mean loss, scores, labels) over the valid (unpadded) images of feed's batches."""
+  scores, labels, masks, loss_sums = [], [], [], []
+  for batch in parallel.prefetch(feed.epoch(), mesh):
+    s, loss_sum = eval_step(state, frozen, batch)
+    scores.append(s)
+    labels.append(batch["labels"])
+    masks.append(batch["mask"])
+    loss_sums.append(loss_sum)
+  scores, labels, masks, loss_sums = parallel.to_host((scores, labels, masks, loss_sums))
+  mask = np.concatenate(masks).astype(bool)
+  loss = float(np.sum(loss_sums, dtype=np.float64)) / max(1, int(mask.sum()))
+  return loss, np.concatenate(scores)[mask], np.concatenate(labels)[mask]
+
+
+def _improved(value, best, mode):
+  return value < best if mode == "min" else value > best
+
+
+def _check_finite(value, stage, step, mngr):
+  if math.isfinite(value):
+    return
+  mngr.wait()
+  last = mngr.latest_step()
+  kept = f"the last good checkpoint ({mngr.directory}/{last}) is intact" if last is not None \
+      else "no checkpoint of this stage was written"
+  raise UserError(f"{stage}: the training loss became {value} by step {step}; {kept}. Lower "
+                  f"{stage}.learning_rate, set finetune.grad_clip, or check the inputs, then run "
+                  "--mode=train again to resume")
+
+
+def _counters(**kw):
+  return {k: np.asarray(v, np.float64 if isinstance(v, float) else np.int64) for k, v in kw.items()}
+
+
+class _Saver:
+  """Moves a TrainState into and out of checkpoints: the full model plus the train item."""
+
+  def __init__(self, stage, split_filters, shardings):
+    self.stage, self.filters, self.shardings = stage, split_filters, shardings
+
+  def model_state(self, state):
+    nnx.update(self.stage.model, state.trainable, state.stats)
+    return checkpoints.model_state(self.stage.model)
+
+  def save(self, mngr, step, state, counters, metrics=None):
+    train = {"opt_state": state.opt_state, "counters": _counters(**counters)}
+    mngr.save(step, self.model_state(state), train, metrics=metrics)
+
+  def restore(self, mngr, state, counters):
+    """(step, state, counters) of the newest intact checkpoint, or (None, state, counters)."""
+    abstract_train = {"opt_state": checkpoints.abstract_of(state.opt_state),
+                      "counters": _counters(**counters)}
+    step, restored = mngr.restore_latest_intact(
+        checkpoints.abstract_of(self.model_state(state)), abstract_train)
+    if step is None:
+      return None, state, counters
+    checkpoints.load_model_state(self.stage.model, restored["model"])
+    _, trainable, stats, _ = nnx.split(self.stage.model, *self.filters, ...)
+    c = {k: type(counters[k])(np.asarray(v)) for k, v in restored["train"]["counters"].items()}
+    state = state_lib.place(trainable, stats, self.stage.tx, self.shardings,
+                            opt_state=restored["train"]["opt_state"], loss_sum=c["loss_sum"],
+                            loss_steps=c["loss_steps"])
+    return step, state, c
+
+
+def _reset_sums(state, shardings):
+  zero = parallel.place((np.float32(0), np.int32(0)), (shardings.loss_sum, shardings.loss_steps))
+  return state.replace(loss_sum=zero[0], loss_steps=zero[1])
+
+
+def _summed_loss(state):
+  host = jax.device_get((state.loss_sum, state.loss_steps))  # the one host sync of an interval
+  return float(host[0]) / max(1, int(host[1])), float(host[0]), int(host[1])
+
+
+def fit(run, stage):
+  """Trains one stage to its end (or early stop), resuming from its latest intact checkpoint."""
+  config, mesh, name = run.config, run.mesh, stage.name
+  mode = BEST_METRICS[config.checkpoint.best_metric]
+  mngr = checkpoints.Manager(run.workdir, name, config.checkpoint.best_metric)
+  spe, epochs = stage.train.steps_per_epoch, int(stage.config.epochs)
+  p = prepare(stage, config, mesh)
+  state, frozen, shardings = p.state, p.frozen, p.shardings
+  train_step, eval_step = p.train_step, p.eval_step
+  saver = _Saver(stage, (stage.trainable, stage.stats), shardings)
+  c = dict(epoch=0, batch=0, loss_sum=0.0, loss_steps=0,
+           best=math.inf if mode == "min" else -math.inf, bad_epochs=0, stopped=0)
+  latest, state, c = saver.restore(mngr, state, c)
+  if latest is not None:
+    logging.info("%s: resuming from step %d (epoch %d, batch %d)", name, latest, c["epoch"] + 1,
+                 c["batch"])
+  step = c["epoch"] * spe + c["batch"]
+  if run.is_chief:
+    workdir_lib.truncate_metrics(run.workdir, name, step if latest is not None else -1)
+  base_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), STAGE_INDEX[name])
+  log_every = max(1, int(config.log_every_steps))
+  every = int(config.checkpoint.every_steps)
+  patience = int(config.early_stopping_patience)
+  try:
+    with progress.StopSignals() as stop:
+      while c["epoch"] < epochs and not c["stopped"]:
+        epoch, start = c["epoch"], c["batch"]
+        t_epoch = time.time()
+        bar = progress.Progress(name, epoch, epochs, spe, start, run.is_chief)
+        # Images of this epoch, counted from the global batches; a resume counts the skipped ones.
+        images = skipped = start * stage.train.batch_size
+        t_log, images_log = time.time(), images
+        done = start
+        for batch in parallel.prefetch(stage.train.epoch(epoch, start), mesh):
+          state = train_step(state, frozen, batch, base_key, step)
+          step, done = step + 1, done + 1
+          images += batch["mask"].shape[0]  # the global batch: every image once
+          mid_save = every > 0 and step % every == 0 and done < spe
+          synced = done % log_every == 0 or done == spe or mid_save
+          if synced:
+            loss, loss_sum, loss_steps = _summed_loss(state)
+            _check_finite(loss, name, step, mngr)
+            now = time.time()
+            bar.update(done, loss, (images - images_log) / max(now - t_log, 1e-9))
+            t_log, images_log = now, images
+            if run.is_chief and run.writer() is not None:
+              run.writer().add_scalar(f"{name}/train_loss", loss, step)
+          stopping = stop.requested(synced) and done < spe
+          if mid_save or stopping:
+            if not synced:
+              _, loss_sum, loss_steps = _summed_loss(state)
+            c.update(batch=done, loss_sum=loss_sum, loss_steps=loss_steps)
+            saver.save(mngr, step, state, c)
+          if stopping:
+            mngr.wait()
+            stop.exit(f"{name}: stopped by {stop.signal_name} at step {step} (epoch {epoch + 1}, "
+                      f"batch {done}/{spe}); saved {mngr.directory / str(step)}. Run the same "
+                      "command to resume from it")
+        bar.close()
+        train_seconds = time.time() - t_epoch
+        train_loss, _, _ = _summed_loss(state)
+        _check_finite(train_loss, name, step, mngr)
+        val_loss, scores, labels = validate(eval_step, state, frozen, stage.val, mesh)
+        row = {"stage": name, "epoch": epoch + 1, "step": step, "train_loss": train_loss,
+               "val_loss": val_loss}
+        row.update(_val_metrics(scores, labels, config))
+        row.update(learning_rate=float(stage.schedule(step)), train_images=images,
+                   images_per_second=round((images - skipped) / max(train_seconds, 1e-9), 1),
+                   seconds=round(time.time() - t_epoch, 2))
+        value = row[config.checkpoint.best_metric]
+        if _improved(value, c["best"], mode):
+          c.update(best=value, bad_epochs=0)
+        else:
+          c["bad_epochs"] += 1
+        halt = patience > 0 and c["bad_epochs"] >= patience
+        c.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_steps=0, stopped=int(halt))
+        state = _reset_sums(state, shardings)
+        saver.save(mngr, step, state, c, metrics={"val_loss": val_loss, "val_mAP": row["val_mAP"]})
+        _log_epoch(run, row)
+        if halt:
+          logging.info("%s: early stop after epoch %d (%d epochs without improvement of %s)",
+                       name, epoch + 1, patience, config.checkpoint.best_metric)
+        if stop.requested(True) and c["epoch"] < epochs and not halt:
+          mngr.wait()
+          stop.exit(f"{name}: stopped by {stop.signal_name} after epoch {epoch + 1}; saved "
+                    f"{mngr.directory / str(step)}. Run the same command to resume from it")
+  finally:
+    mngr.wait()  # even on an error: a started save completes, not half-written
+  checkpoints.mark_done(run.workdir, name, {"step": step, "best": c["best"]})
+  mngr.close()
+  saver.model_state(state)  # the model object holds the final values
+  return state
+
+
+def _val_metrics(scores, labels, config):
+  k = int(config.eval.k)
+  m = metrics.compute(scores, labels, k=k, threshold=float(config.eval.threshold),
+                      topk_min_score=bool(config.eval.topk_min_score))
+  return {f"val_{name}": float(m[name]) for name in ("mAP", f"CF1_top{k}", f"OF1_top{k}")}
+
+
+def _log_epoch(run, row):
+  if not run.is_chief:
+    return
+  print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()),
+        flush=True)
+  workdir_lib.append_metrics(run.workdir, row)
+  writer = run.writer()
+  for k, v in row.items():
+    if isinstance(v, (int, float)) and k not in ("epoch", "step"):
+      writer.add_scalar(f"{row['stage']}/{k}", v, row["step"])
+  writer.flush()

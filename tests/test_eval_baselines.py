@@ -1,0 +1,144 @@
+"""The ImageNet-VGG16 baseline: mapping files, score mapping, and an end-to-end run on mock VOC data."""
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from sklearn import metrics as skm
+
+from conftest import default_config
+from mlc_jax.eval import baselines
+from mlc_jax.errors import UserError
+from test_data_tfds import _as_dataset, _write_metadata
+from weight_files import random_weights, write_keras_h5
+
+RESOURCES = pathlib.Path(__file__).resolve().parents[1] / "mlc_jax" / "resources"
+VOC = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+       "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+       "tvmonitor"]
+
+
+def _imagenet():
+  rows = [l.split("\t") for l in (RESOURCES / "imagenet_classes.tsv").read_text().splitlines()[1:]]
+  return {int(i): (wnid, name) for i, wnid, name in rows}
+
+
+@pytest.mark.parametrize("family,count", [("voc", 20), ("coco", 80), ("nus_wide", 81)])
+def test_mapping_files_cover_every_label_with_real_classes(family, count):
+  doc = json.loads((RESOURCES / f"imagenet_to_{family}.json").read_text())
+  mapped, unmapped = set(doc["labels"]), set(doc["unmapped"])
+  assert not mapped & unmapped and len(mapped | unmapped) == count
+  if family == "voc":
+    assert mapped | unmapped == set(VOC)
+  imagenet = _imagenet()
+  for label, entries in doc["labels"].items():
+    assert entries, label
+    for index, wnid, name in entries:
+      assert imagenet[index] == (wnid, name), (label, index)
+
+
+def test_voc_mapping_by_hand():
+  doc = json.loads((RESOURCES / "imagenet_to_voc.json").read_text())
+  indices = {label: {e[0] for e in entries} for label, entries in doc["labels"].items()}
+  assert indices["dog"] == set(range(151, 269))  # every dog breed, no wolves or foxes
+  assert indices["cat"] == set(range(281, 286))  # domestic cats, not the big cats (286-293)
+  assert indices["person"] == {981, 982, 983}    # ballplayer, groom, scuba diver
+  assert indices["diningtable"] == {532} and indices["sofa"] == {831}
+  assert 21 in indices["bird"]                   # ImageNet's kite is the bird
+  assert doc["unmapped"] == []
+
+
+def test_load_mapping_errors(tmp_path):
+  bad_label = tmp_path / "l.json"
+  bad_label.write_text(json.dumps({"labels": {"unicorn": [[1, "n01443537", "goldfish"]]}}))
+  with pytest.raises(UserError, match="labels the dataset lacks.*unicorn"):
+    baselines.load_mapping(bad_label, VOC)
+  bad_class = tmp_path / "c.json"
+  bad_class.write_text(json.dumps({"labels": {"dog": [[1000, "n99", "x"], [152, "n00000000", "y"]]}}))
+  with pytest.raises(UserError, match="2 unknown ImageNet classes"):
+    baselines.load_mapping(bad_class, VOC)
+  with pytest.raises(UserError, match="not found"):
+    baselines.load_mapping(tmp_path / "none.json", VOC)
+  groups, unmapped = baselines.load_mapping(RESOURCES / "imagenet_to_voc.json", VOC)
+  assert unmapped == [] and sorted(groups) == list(range(20))
+
+
+def test_map_scores_max_and_sum():
+  probs = np.zeros((2, 1000), np.float32)
+  probs[0, [3, 5, 7]] = [0.2, 0.5, 0.1]
+  probs[1, [3, 9]] = [0.6, 0.3]
+  groups = {0: [3, 5], 2: [7, 9]}
+  np.testing.assert_allclose(baselines.map_scores(probs, groups, 3, "max"),
+                             [[0.5, 0, 0.1], [0.6, 0, 0.3]])
+  np.testing.assert_allclose(baselines.map_scores(probs, groups, 3, "sum"),
+                             [[0.7, 0, 0.1], [0.6, 0, 0.3]])
+  with pytest.raises(UserError, match="baseline_reduce"):
+    baselines.map_scores(probs, groups, 3, "mean")
+
+
+def test_baseline_end_to_end_on_mock_voc(tmp_path):
+  import jax
+  from mlc_jax.data import pipeline, registry
+  from mlc_jax.models import vgg, weights as weights_lib
+  weights = tmp_path / "vgg16_tiny_top.h5"
+  write_keras_h5(weights, random_weights("vgg16", 1 / 16, top=True), naming="keras2")
+  data = tmp_path / "data"
+  _write_metadata("voc/2007", str(data))
+  config = default_config()
+  config.dataset, config.data.data_dir = "voc/2007", str(data)
+  config.model.width, config.model.weights = 1 / 16, ""
+  config.eval.baseline_weights = str(weights)
+  config.eval_batch_size = 4
+  workdir = tmp_path / "w"
+  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(data),
+                              as_dataset_fn=_as_dataset):
+    result = baselines.baseline(config, str(workdir), split="test")
+    # Independent of the baseline's loop: eager forward of the same file, mapping by hand.
+    source = registry.get(config)
+    config.image_size = 224
+    batches = list(pipeline.batches(source, "test", batch_size=4, train=False, config=config))
+  images = np.concatenate([b["image"][b["mask"]] for b in batches])
+  y = np.concatenate([b["labels"][b["mask"]] for b in batches])
+  model = vgg.VGG("vgg16", include_top=True, pooling=None, width=1 / 16, image_size=224,
+                  preprocessing="caffe")
+  weights_lib.load_into(model, weights)
+  probs = np.asarray(jax.nn.softmax(model(images), axis=-1))
+  mapping = json.loads((RESOURCES / "imagenet_to_voc.json").read_text())["labels"]
+  expected = np.stack([probs[:, [e[0] for e in mapping[l]]].max(1) for l in VOC], 1)
+  saved = np.load(workdir / "eval/test/baseline/scores.npz")
+  np.testing.assert_allclose(saved["scores"], expected, rtol=1e-4, atol=1e-7)
+  np.testing.assert_array_equal(saved["labels"], y)
+  has = y.sum(0) > 0
+  ap = [skm.average_precision_score(y[:, c], expected[:, c]) for c in np.flatnonzero(has)]
+  assert result["mAP"] == pytest.approx(np.mean(ap), abs=1e-5)
+  report = (workdir / "eval/test/report.md").read_text()
+  assert "## Baseline: ImageNet VGG16 without fine-tuning" in report
+  assert "imagenet_to_voc.json" in report and "left out of the means: none" in report
+  section = report.split("## Baseline")[1]
+  shown = re.search(r"^\| mAP \| ([\d.]+) \|", section, re.M).group(1)
+  assert float(shown) == pytest.approx(100 * np.mean(ap), abs=0.006)
+  literature = report.split("## Published results")[1].split("## Baseline")[0]
+  assert "| HCP | 90.9 |" in literature and "| ML-GCN | 94.0 |" in literature
+  assert "arXiv:1406.5726" in literature and "arXiv:1904.03582" in literature
+  assert re.search(r"\| \*\*ours, ImageNet VGG16 baseline\*\* \| ([\d.]+) \|", literature)
+
+
+def test_literature_table_cites_and_compares():
+  from mlc_jax.eval import literature
+  lit = literature.load()
+  rows = {r["method"]: r for r in lit["datasets"]["coco/2014"]}
+  assert rows["ML-GCN"]["mAP"] == 83.0 and rows["ML-GCN"]["top3"]["OF1"] == 76.7
+  assert rows["WARP"]["top3"] == {"CP": 59.3, "CR": 52.5, "CF1": 55.7, "OP": 59.8, "OR": 61.4,
+                                  "OF1": 60.7}
+  assert {r["method"]: r["mAP"] for r in lit["datasets"]["nus_wide"]} == {
+      "CNN-RNN": 56.1, "ResNet-SRN": 62.0, "ML-GCN": 62.8}
+  for source in lit["sources"].values():
+    assert re.fullmatch(r"\d{4}\.\d{4,5}", source["arxiv"])
+  ours = {"mAP": 0.5, **{f"{m}_top3": 0.25 for m in literature.TOP3}}
+  table = literature.table("coco/2014", [("ours", ours)])
+  assert "| **ours** | 50.0 | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | 25.0 | exactly 3 labels per image |" in table
+  assert "| ML-GCN | 83.0 | 89.2 | 64.1 | 74.6 | 90.5 | 66.5 | 76.7 | top 3 with probability" in table
+  assert "(ours use k=5)" in literature.table("coco/2014", [("ours", ours)], k=5)
+  assert literature.table("shapes", [("ours", ours)]) == ""

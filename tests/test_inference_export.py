@@ -1,0 +1,95 @@
+"""--mode=export: the exported StableHLO function runs with jax alone, matching Classifier.predict.
+
+The exported folder is used from a subprocess in which mlc_jax, flax and TensorFlow cannot be
+imported at all, so it can only work from the folder's own files.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import mlc_jax
+from mlc_jax import cli
+from mlc_jax.inference import export
+from mlc_jax.errors import UserError
+from trained_run import split_files, trained_workdir
+
+# Runs inside the export folder; importing any of BLOCKED raises ImportError.
+SERVE = """
+import sys
+BLOCKED = ("mlc_jax", "flax", "tensorflow", "orbax")
+for name in BLOCKED:
+  sys.modules[name] = None
+import numpy as np
+import serve
+model = serve.load(".")
+images = np.load("images.npy")
+np.save("out_3.npy", model.predict(images[:3]))
+np.save("out_all.npy", model.predict(images, batch_size=4))
+np.save("out_call.npy", np.asarray(model.function.call(model.params, images[:4])))
+top = model.top_k(sys.argv[1:], k=2)
+print("TOP", [[label for label, _ in row] for row in top])
+loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED and sys.modules[m] is not None]
+assert not loaded, loaded
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(shapes_config, tmp_path_factory):
+  workdir, config = trained_workdir(shapes_config, tmp_path_factory)
+  out = tmp_path_factory.mktemp("export") / "model"
+  flags = types.SimpleNamespace(output=str(out), which="best", stage=None)
+  cli.run("export", None, str(workdir), flags)
+  return workdir, config, out
+
+
+def test_export_folder(exported):
+  workdir, config, out = exported
+  assert sorted(p.name for p in out.iterdir()) == [
+      "README.md", "inference.jax", "labels.txt", "params.npz", "preprocessing.json", "serve.py"]
+  assert (out / "labels.txt").read_text().split() == (workdir / "labels.txt").read_text().split()
+  spec = json.loads((out / "preprocessing.json").read_text())
+  assert spec["image_size"] == config.image_size == 32 and spec["resize"] == "plain"
+  assert spec["activation"] == "sigmoid" and len(spec["thresholds"]) == 8
+  assert "cpu" in spec["platforms"]
+  import jax
+  function = jax.export.deserialize(bytearray((out / "inference.jax").read_bytes()))
+  batch = function.in_avals[-1].shape[0]
+  assert not isinstance(batch, int) and str(batch) == "b"  # symbolic: any batch size
+  images = function.in_avals[-1]
+  assert images.shape[1:] == (32, 32, 3) and str(images.dtype) == "uint8"
+  assert function.out_avals[0].shape[1:] == (8,)
+
+
+def test_exported_function_matches_classifier_with_jax_alone(exported, tmp_path):
+  workdir, config, out = exported
+  paths, _ = split_files(config, "test", tmp_path / "images", limit=7)
+  images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+  np.save(out / "images.npy", images)
+  env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+  proc = subprocess.run([sys.executable, "-c", SERVE, *paths[:3]], cwd=out, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  classifier = mlc_jax.load(workdir)
+  reference = classifier.predict(images)
+  for name, rows in (("out_3.npy", 3), ("out_all.npy", 7), ("out_call.npy", 4)):
+    got = np.load(out / name)
+    assert got.dtype == np.float32 and got.shape == (rows, 8)
+    np.testing.assert_allclose(got, reference[:rows], rtol=1e-5, atol=1e-5)
+  top = [[label for label, _ in row] for row in classifier.top_k(paths[:3], k=2)]
+  assert f"TOP {top}" in proc.stdout
+
+
+def test_export_bad_output(exported, tmp_path):
+  workdir, _, _ = exported
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(UserError, match="is a file"):
+    export.export(workdir, tmp_path / "file")
+  with pytest.raises(UserError, match="not inside a training workdir"):
+    export.export(tmp_path, tmp_path / "out")

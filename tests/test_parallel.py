@@ -1,0 +1,183 @@
+"""Data parallelism: 4 (fake) devices give the 1-device numbers; 2 processes train and checkpoint.
+
+Both need a fresh JAX runtime, so they run tests/parallel_run.py in subprocesses: one with
+XLA_FLAGS=--xla_force_host_platform_device_count=4, and two jax.distributed processes on
+localhost (a local coordinator, one CPU device each) launched the way BUILD.md describes.
+"""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+WORKER = str(ROOT / "tests" / "parallel_run.py")
+
+
+def _env(**extra):
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
+  env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", **extra})
+  return env
+
+
+def _tiny(shapes_config, **finetune):
+  """The session's tiny shapes set; a VGG11 at 1/16 width (the fastest to compile)."""
+  c = ml_collections.ConfigDict(shapes_config.to_dict())
+  c.model.arch = "vgg11"
+  c.stages = ("finetune",)
+  c.finetune.epochs = 1
+  c.finetune.update(finetune)
+  return c
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_four_devices_match_one(shapes_config, tmp_path):
+  # Batch norm on: its batch statistics must be those of the global batch, not of a shard.
+  config = _tiny(shapes_config, unfreeze_blocks="2", learning_rate=0.01)
+  config.model.batch_norm = True
+  config.fsdp_min_size = 512  # the tiny model's kernels are small; fsdp splits all but biases/BN
+  out = tmp_path / "runs.npz"
+  proc = subprocess.run(
+      [sys.executable, WORKER, "devices", config.to_json(), str(out)], cwd=ROOT, timeout=600,
+      env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
+      text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  runs = dict(np.load(out))
+  assert int(runs["n_devices"]) == 4
+  assert int(runs["one/batch_shards"]) == 1 and int(runs["all/batch_shards"]) == 4
+  assert int(runs["fsdp/batch_shards"]) == 4
+  # Each device's shard holds its quarter of the batch (a replicated batch has 4 shards too).
+  batch = int(config.batch_size)
+  assert runs["one/shard_rows"].tolist() == [batch]
+  assert runs["all/shard_rows"].tolist() == [batch // 4] * 4 == runs["fsdp/shard_rows"].tolist()
+  # Replicated: every device holds everything. fsdp: the large arrays are split 4 ways, the
+  # optimizer's moments with their parameters (SGD momentum: one moment per parameter).
+  for name in ("trainable", "frozen", "opt_state"):
+    assert int(runs[f"all/split_leaves/{name}"]) == 0 and runs[f"all/held_share/{name}"] == 1.0
+    assert int(runs[f"fsdp/split_leaves/{name}"]) >= 2, name
+    assert runs[f"fsdp/held_share/{name}"] < 0.5, (name, runs[f"fsdp/held_share/{name}"])
+  assert int(runs["fsdp/split_leaves/opt_state"]) == int(runs["fsdp/split_leaves/trainable"])
+  names = [k[len("init/"):] for k in runs if k.startswith("init/")]
+  assert any("trainable/" in n for n in names) and any("stats/" in n for n in names)
+  for layout in ("all", "fsdp"):
+    np.testing.assert_allclose(runs[f"{layout}/losses"], runs["one/losses"], rtol=1e-4)
+    moved = 0
+    for name in names:
+      start, one, many = runs["init/" + name], runs["one/" + name], runs[f"{layout}/" + name]
+      # The 4 shards reduce in another order, and a 1-ulp change can flip a max-pool tie or a
+      # ReLU, so single elements may differ; the update as a whole must agree to float tolerance
+      # (a real sharding bug, per-shard batch statistics or an unaveraged gradient, is far larger).
+      update, gap = np.linalg.norm(one - start), np.linalg.norm(many - one)
+      assert gap <= 0.03 * update + 1e-7 * np.sqrt(one.size), (layout, name, gap, update)
+      moved += update > 1e-6
+    assert moved >= len(names) // 2  # the steps really trained
+
+
+def _launch(config, workdir, processes=2, timeout=600):
+  """Starts the processes of one jax.distributed run on localhost; -> their (rc, stdout, stderr)."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, WORKER, "train", config.to_json(), str(workdir)], cwd=ROOT,
+      env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
+               JAX_PROCESS_ID=str(i)),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
+  results = []
+  try:
+    for p in procs:
+      stdout, stderr = p.communicate(timeout=timeout)
+      results.append((p.returncode, stdout, stderr))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  return results
+
+
+@pytest.fixture(scope="module")
+def one_process_head(shapes_config, tmp_path_factory):
+  """The head stage trained in this (1-process, 1-device) runtime: the 2-process run's reference."""
+  from mlc_jax import checkpoints, models, runner
+  config = _tiny(shapes_config, unfreeze_blocks="1")
+  config.stages = ("features", "head")
+  config.head.epochs = 1
+  workdir = tmp_path_factory.mktemp("one_process_head")
+  runner.train_and_evaluate(config, str(workdir))
+  return models.flat_params(checkpoints.restore_model(workdir, "head", "latest").model)
+
+
+@pytest.mark.parametrize("param_sharding", ["replicated", "fsdp"])
+def test_two_processes_train_and_checkpoint(shapes_config, tmp_path, param_sharding,
+                                            one_process_head):
+  from flax import nnx
+
+  from mlc_jax import checkpoints, models
+  from mlc_jax.eval import evaluate
+  from mlc_jax.train import optim
+  config = _tiny(shapes_config, unfreeze_blocks="1")
+  # The feature cache and the eval outputs are written by process 0 only.
+  config.stages = ("features", "head", "finetune", "evaluate")
+  config.head.epochs = 1
+  # fsdp: each process holds half of every array of >= 512 elements; the checkpoint is written
+  # from the halves and must restore whole in one process.
+  config.param_sharding, config.fsdp_min_size = param_sharding, 512
+  workdir = tmp_path / "run"
+  results = _launch(config, workdir)
+  for i, (rc, _, stderr) in enumerate(results):
+    assert rc == 0, f"process {i}:\n{stderr[-3000:]}"
+  reports = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
+  assert [(r["process"], r["processes"], r["devices"]) for r in reports] == [(0, 2, 2), (1, 2, 2)]
+  assert "test:" in results[0][1] and "test:" not in results[1][1]  # the summary: process 0 only
+
+  # Only process 0 wrote the log: one row per stage's one epoch, one TensorBoard event file.
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  steps = shapes_config.data.shapes_train // shapes_config.batch_size
+  head_steps = shapes_config.data.shapes_train // shapes_config.head.batch_size
+  assert [(r["stage"], r["epoch"]) for r in rows] == [("head", 1), ("finetune", 1)]
+  assert rows[-1]["step"] == steps
+  # Every image is computed once per step, by one of the two processes: the global batches hold
+  # batch_size images (a process feeding the whole batch would double them).
+  assert rows[0]["train_images"] == head_steps * shapes_config.head.batch_size
+  assert rows[1]["train_images"] == steps * shapes_config.batch_size
+  assert len(list((workdir / "features").glob("*/meta.json"))) == 1
+  assert len(list((workdir / "tensorboard").glob("events.*"))) == 1
+  assert checkpoints.is_done(workdir, "finetune")
+
+  # The head stage sees the global batches of a 1-process run: the same trained head.
+  head = models.flat_params(checkpoints.restore_model(workdir, "head", "latest").model)
+  assert head.keys() == one_process_head.keys()
+  for name in head:
+    np.testing.assert_allclose(head[name], one_process_head[name], rtol=1e-5, atol=1e-7,
+                               err_msg=name)
+
+  # The 2-process evaluation equals a 1-process evaluation of the same checkpoint.
+  two = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())["metrics"]
+  one = evaluate.evaluate(str(workdir), split="test")
+  for name in ("mAP", "CF1_top3", "OF1_top3", "f1_macro", "lrap"):
+    assert one[name] == pytest.approx(two[name], rel=1e-5, abs=1e-6), name
+
+  # The collective checkpoint restores in this single process (one CPU device).
+  restored = checkpoints.restore_model(workdir, "finetune", "latest")
+  assert restored.labels == (workdir / "labels.txt").read_text().splitlines()
+  fresh = models.build_model(restored.config, len(restored.labels),
+                             rngs=nnx.Rngs(int(config.seed)))
+  after, before = models.flat_params(restored.model), models.flat_params(fresh)
+  assert after.keys() == before.keys()
+  keep = optim.trainable_filter("1")
+  trainable = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(fresh, keep))}
+  for name, value in after.items():
+    assert np.all(np.isfinite(value)), name
+    if name in trainable:
+      assert not np.array_equal(value, before[name]), f"{name} did not train"
+    else:
+      np.testing.assert_array_equal(value, before[name], err_msg=f"frozen {name} changed")

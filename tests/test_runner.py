@@ -1,0 +1,228 @@
+"""train_and_evaluate end to end on the tiny shapes set: artefacts, resume, NaN guard, bad configs."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from mlc_jax import checkpoints, runner
+from mlc_jax.errors import UserError
+
+
+def _config(shapes_config, **stages):
+  c = ml_collections.ConfigDict(shapes_config.to_dict())
+  c.head.epochs = stages.get("head", 1)
+  c.finetune.epochs = stages.get("finetune", 1)
+  c.finetune.unfreeze_blocks = "2"
+  c.finetune.learning_rate = 1e-2
+  c.head.hidden = 16
+  c.log_every_steps = 2
+  return c
+
+
+def _rows(workdir):
+  return [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(workdir):
+  from mlc_jax import models
+  return models.flat_params(checkpoints.restore_model(workdir, which="latest").model)
+
+
+@pytest.fixture(scope="module")
+def full_run(shapes_config, tmp_path_factory):
+  """Every stage once: features, head (1 epoch), finetune (1 epoch), evaluate."""
+  workdir = tmp_path_factory.mktemp("full_run")
+  config = _config(shapes_config)
+  summary = runner.train_and_evaluate(config, str(workdir))
+  return workdir, config, summary
+
+
+def test_every_stage_leaves_its_artefacts(full_run):
+  workdir, config, summary = full_run
+  assert (workdir / "labels.txt").read_text().split() == list(
+      __import__("mlc_jax.data.datasets.shapes", fromlist=["CLASSES"]).CLASSES)
+  assert json.loads((workdir / "config.json").read_text())["finetune"]["unfreeze_blocks"] == "2"
+  rows = _rows(workdir)
+  assert [(r["stage"], r["epoch"], r["step"]) for r in rows] == [("head", 1, 6), ("finetune", 1, 6)]
+  for r in rows:
+    assert {"train_loss", "val_loss", "val_mAP", "val_CF1_top3", "val_OF1_top3"} <= set(r)
+    assert np.isfinite(r["train_loss"]) and 0 <= r["val_mAP"] <= 1
+  for stage in ("head", "finetune"):
+    assert checkpoints.is_done(workdir, stage)
+  (cache,) = (workdir / "features").iterdir()
+  feats = np.load(cache / "train_features.npy", mmap_mode="r")
+  labels = np.load(cache / "val_labels.npy")
+  assert feats.shape == (96, 32) and labels.shape == (32, 8)  # width 1/16: 512/16 features
+  assert list((workdir / "tensorboard").iterdir())
+  # test mAP recomputed independently: the restored Classifier on the test files, then sklearn.
+  from sklearn.metrics import average_precision_score
+
+  import mlc_jax
+  from trained_run import split_files
+  test_metrics = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())
+  paths, _ = split_files(config, "test", workdir / "test_files")
+  scores = mlc_jax.load(workdir).predict(paths)
+  from mlc_jax.data import registry
+  truth = registry.get(config).label_matrix("test")
+  assert truth.shape == scores.shape == (32, 8)
+  has = truth.sum(axis=0) > 0
+  expected = average_precision_score(truth[:, has], scores[:, has], average="macro")
+  assert test_metrics["metrics"]["mAP"] == pytest.approx(expected, rel=1e-4)
+  assert f"test: mAP {test_metrics['metrics']['mAP']:.4f}" in summary
+  assert "checkpoints/finetune" in summary
+
+
+def test_features_cache_is_keyed(full_run, shapes_config):
+  from mlc_jax import models, parallel
+  from mlc_jax.data import registry
+  from mlc_jax.train import features
+  workdir, config, _ = full_run
+  source = registry.get(config)
+  model = models.build_model(config, 8)
+  (before,) = (workdir / "features").iterdir()
+  stamp = (before / "train_features.npy").stat().st_mtime_ns
+  assert features.ensure(config, workdir, source, model.backbone, parallel.mesh(), 16) == before
+  assert (before / "train_features.npy").stat().st_mtime_ns == stamp  # reused, not rebuilt
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.data.resize = "crop"  # another preprocessing -> another key
+  assert features.cache_key(other, source, model.backbone) != before.name
+  reseeded = models.build_model(config, 8, rngs=__import__("flax").nnx.Rngs(7))
+  assert features.cache_key(config, source, reseeded.backbone) != before.name
+
+
+def test_rerun_skips_finished_stages(full_run):
+  workdir, config, _ = full_run
+  before = _rows(workdir)
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.stages = ("head", "finetune")
+  runner.train_and_evaluate(c, str(workdir))
+  assert _rows(workdir) == before
+
+
+def _finetune_config(shapes_config):
+  c = _config(shapes_config, finetune=2)
+  c.stages = ("finetune",)
+  c.finetune.optimizer = "adam"
+  c.finetune.learning_rate = 1e-3
+  return c
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(shapes_config, tmp_path_factory):
+  """Reference for the resume tests: two finetune epochs in one go."""
+  workdir = tmp_path_factory.mktemp("uninterrupted")
+  runner.train_and_evaluate(_finetune_config(shapes_config), str(workdir))
+  return workdir
+
+
+def _same_run(a, b):
+  """Same metrics rows (but wall time) and bit-identical final parameters."""
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")}
+                       for r in rows]
+  assert strip(_rows(a)) == strip(_rows(b))
+  pa, pb = _params(a), _params(b)
+  assert pa.keys() == pb.keys()
+  for k in pa:
+    np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+
+
+def test_resume_after_an_epoch_equals_uninterrupted(shapes_config, uninterrupted, tmp_path,
+                                                    monkeypatch):
+  from mlc_jax.data import pipeline
+  real = pipeline.batches
+
+  def stop_in_second_epoch(*args, epoch=0, **kw):
+    if kw.get("train") and epoch == 1:
+      raise KeyboardInterrupt("simulated stop")
+    return real(*args, epoch=epoch, **kw)
+
+  config = _finetune_config(shapes_config)
+  monkeypatch.setattr(pipeline, "batches", stop_in_second_epoch)
+  with pytest.raises(KeyboardInterrupt):
+    runner.train_and_evaluate(config, str(tmp_path))
+  assert not checkpoints.is_done(tmp_path, "finetune")
+  assert len(_rows(tmp_path)) == 1
+  monkeypatch.setattr(pipeline, "batches", real)
+  runner.train_and_evaluate(config, str(tmp_path))
+  _same_run(tmp_path, uninterrupted)
+
+
+def test_kill_9_then_resume(shapes_config, uninterrupted, tmp_path):
+  """A launch.py run killed (SIGKILL) after its first checkpoint resumes to the same result."""
+  config = _finetune_config(shapes_config)
+  config.checkpoint.every_steps = 1  # a save every step: the kill lands while saves are in flight
+  config_file = tmp_path / "config.py"
+  config_file.write_text(
+      "import json, ml_collections\n"
+      f"def get_config():\n  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
+  workdir = tmp_path / "run"
+  cmd = [sys.executable, "launch.py", f"--config={config_file}", f"--workdir={workdir}"]
+  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt = workdir / "checkpoints" / "finetune"
+  import time
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in ckpt.iterdir()):
+      break
+    time.sleep(0.05)
+  proc.kill()
+  proc.wait()
+  assert not checkpoints.is_done(workdir, "finetune"), "the run finished before the kill"
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "resuming from step" in done.stderr
+  _same_run(workdir, uninterrupted)
+
+
+def test_non_finite_loss_stops_with_the_last_checkpoint_intact(shapes_config, tmp_path,
+                                                               monkeypatch):
+  from mlc_jax.data import pipeline
+  real = pipeline.batches
+
+  def nan_labels_in_second_epoch(*args, epoch=0, **kw):
+    for batch in real(*args, epoch=epoch, **kw):
+      if kw.get("train") and epoch == 1:
+        batch = dict(batch, labels=np.full_like(batch["labels"], np.nan))
+      yield batch
+
+  monkeypatch.setattr(pipeline, "batches", nan_labels_in_second_epoch)
+  config = _finetune_config(shapes_config)
+  with pytest.raises(UserError, match=r"training loss became nan .* last good checkpoint"):
+    runner.train_and_evaluate(config, str(tmp_path))
+  assert not checkpoints.is_done(tmp_path, "finetune")
+  assert len(_rows(tmp_path)) == 1
+  mngr = checkpoints.Manager(tmp_path, "finetune", read_only=True)
+  assert mngr.latest_step() == 6
+  assert all(np.all(np.isfinite(v)) for v in _params(tmp_path).values())
+
+
+def test_unknown_and_bad_config_values_fail_before_any_work(shapes_config, tmp_path):
+  c = _config(shapes_config)
+  c.finetune.unfreez_blocks = 2
+  with pytest.raises(UserError, match="finetune.unfreez_blocks"):
+    runner.train_and_evaluate(c, str(tmp_path / "a"))
+  for key, value, name in [("finetune.unfreeze_blocks", "7", "unfreeze_blocks"),
+                           ("loss.name", "hinge", "loss.name"),
+                           ("finetune.optimizer", "lbfgs", "finetune.optimizer"),
+                           ("checkpoint.best_metric", "f1", "best_metric"),
+                           ("stages", ("features", "train"), "stages")]:
+    c = _config(shapes_config)
+    section, _, field = key.rpartition(".")
+    (c[section] if section else c)[field] = value
+    with pytest.raises(UserError, match=name):
+      runner.train_and_evaluate(c, str(tmp_path / "b"))
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_launch_rejects_a_mistyped_override(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/demo.py", f"--workdir={tmp_path / 'w'}",
+       "--config.finetune.unfreez_blocks=2"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "unfreez_blocks" in proc.stderr
+  assert not (tmp_path / "w").exists()
