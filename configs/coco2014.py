@@ -6,11 +6,11 @@ The proposal's recipe: VGG16 with ImageNet weights at 224 px, head on bottleneck
 (RMSprop, BCE), then SGD lr 1e-4 momentum 0.9 on the top block, batch 64. COCO is ~30x larger
 than VOC, so fewer epochs; on a GPU add --config.dtype=bfloat16.
 """
-from configs import default
+from mlc_jax import config as defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.dataset = "coco/2014"
   c.image_size = 224
   c.model.weights = "imagenet"

@@ -28,11 +28,11 @@ across seeds, so it is the demo's choice. The whole demo (finetune starting from
 trained on random features) with batch 16 and average pooling, seeds 0 / 1 / 2:
   8 epochs  -> 0.806 / 0.809 / 0.867;  10 epochs -> 0.923 / 0.869 (seeds 0 / 1): 10 it is.
 """
-from configs import default
+from mlc_jax import config as defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.dataset = "shapes"
   c.data.shapes_train = 6000
   c.data.shapes_val = 500

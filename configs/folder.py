@@ -8,11 +8,11 @@ fine-tuned with SGD lr 1e-4 momentum 0.9. Without a split column, val and test a
 of the list (data.val_fraction, data.test_fraction). For a few hundred images raise
 finetune.epochs; for a different label separator use --config.data.label_separator=';'.
 """
-from configs import default
+from mlc_jax import config as defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.dataset = "folder"
   c.image_size = 224
   c.model.weights = "imagenet"

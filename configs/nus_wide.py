@@ -7,11 +7,11 @@ The proposal's recipe: VGG16 with ImageNet weights at 224 px, head on bottleneck
 (RMSprop, BCE), then SGD lr 1e-4 momentum 0.9 on the top block, batch 64. Many images carry
 none of the 81 concepts; data.keep_unlabeled decides whether they stay (all-zero targets).
 """
-from configs import default
+from mlc_jax import config as defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.dataset = "nus_wide"
   c.image_size = 224
   c.model.weights = "imagenet"

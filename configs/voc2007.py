@@ -7,11 +7,11 @@ RMSprop, BCE) on them, then fine-tuning of the top conv block with SGD lr 1e-4 m
 batch 64; the best checkpoint by validation loss is evaluated on the test split. Variants:
 --config.finetune.unfreeze_blocks=2 (or all), --config.loss.name=asl, --config.dtype=bfloat16.
 """
-from configs import default
+from mlc_jax import config as defaults
 
 
 def get_config():
-  c = default.get_config()
+  c = defaults.get_config()
   c.dataset = "voc/2007"
   c.image_size = 224
   c.model.weights = "imagenet"

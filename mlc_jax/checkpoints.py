@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 from flax import nnx
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from mlc_jax import models, parallel, workdir as workdir_lib
@@ -147,7 +148,6 @@ class Manager:
           logging.warning("checkpoint %s cannot be restored (%s); kept it as %s and fall back to "
                           "the step before it", e.path, e.reason, kept)
         if jax.process_count() > 1:
-          from jax.experimental import multihost_utils
           multihost_utils.sync_global_devices(f"mlc_jax damaged checkpoint {step}")
         self._mngr.reload()
     return None, None

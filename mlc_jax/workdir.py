@@ -270,7 +270,7 @@ def truncate_metrics(workdir, stage, after_step):
   keep = [r for r in rows
           if order.index(r.get("stage", "head")) < order.index(stage)
           or (r.get("stage") == stage and r.get("step", 0) <= after_step)]
-  if keep != rows or (rows and metrics_path(workdir).read_text().count("\n") != len(rows)):
+  if metrics_path(workdir).exists():  # also drops a truncated last line before rows are appended
     write_metrics(workdir, keep)
 
 

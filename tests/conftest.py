@@ -1,8 +1,20 @@
-"""Shared test set-up: the repo root on sys.path (for `configs`), small configs, a tiny shapes set."""
+"""Shared test set-up: the repo root on sys.path (for `configs`), small configs, a tiny shapes set.
+
+Every test process (and the subprocesses tests start, which inherit the environment) shares one
+persistent XLA compilation cache for the session: the tiny models compile once, not once per
+process (a compile costs seconds on 2 cores; a cache hit a fraction of one).
+"""
+import os
 import pathlib
 import sys
+import tempfile
 
 import pytest
+
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # before anything imports jax
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mlc_jax_xla_cache_")
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:

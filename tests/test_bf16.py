@@ -98,7 +98,7 @@ def _short_run(config, source):
     before = float(state.loss_sum)
     state = p.train_step(state, p.frozen, parallel.shard_batch(batch, mesh), key, i)
     losses.append(float(state.loss_sum) - before)
-  val_loss, scores, labels = loop.validate(p.eval_step, state, p.frozen, stage.val, mesh)
+  val_loss, scores, labels = loop.run_validation(p.eval_step, state, p.frozen, stage.val, mesh)
   return np.asarray(losses), val_loss, scores, labels
 
 

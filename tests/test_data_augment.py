@@ -94,3 +94,17 @@ def test_separable_warp_matches_scipy_and_the_general_warp():
                        for ch in range(3)], -1)
   np.testing.assert_allclose(got, expected, atol=1e-3)
   np.testing.assert_allclose(got, np.asarray(jax.jit(augment._warp)(image, matrix, offset)), atol=1e-3)
+
+
+def test_zoom_scale_is_drawn_from_one_minus_zoom_to_one():
+  # A ramp (value = column index * 4) sampled at out[x] = in[scale * x + offset]: the slope of
+  # the output along a row, over the centre columns (away from clamped edges), is 4 * scale.
+  size, zoom, n = 64, 0.3, 200
+  ramp = np.broadcast_to((np.arange(size, dtype=np.float32) * 4)[None, :, None], (size, size, 3))
+  images = np.broadcast_to(ramp, (n, size, size, 3)).astype(np.float32)
+  out = np.asarray(augment.make_augment(_cfg(zoom=zoom))(images, jax.random.key(5)))
+  centre = out[:, size // 2, 16:48, 0]
+  scale = np.polyfit(np.arange(32), centre.T, 1)[0] / 4
+  assert scale.min() >= 1 - zoom - 1e-3 and scale.max() <= 1 + 1e-3
+  # ... and covers that range: zooming in by up to `zoom`, never out.
+  assert scale.min() < 1 - 0.9 * zoom and scale.max() > 1 - 0.1 * zoom

@@ -197,3 +197,15 @@ def test_report_sets_baseline_beside_the_model(evaluated):
   assert float(row[0]) == pytest.approx(100 * ap(base, mapped), abs=0.006)
   assert float(row[1]) == pytest.approx(100 * ap(saved["scores"], mapped), abs=0.006)
   assert float(row[2]) == pytest.approx(100 * ap(saved["scores"], range(len(names))), abs=0.006)
+
+
+def test_evaluate_takes_only_keys_that_do_not_change_the_model(shapes_config):
+  saved = shapes_config.copy_and_resolve_references()
+  given = shapes_config.copy_and_resolve_references()
+  given.eval_batch_size, given.data.data_dir, given.eval.k = 4, "/moved/data", 2
+  given.image_size = 48  # the config file differs from the run: the run's value is kept
+  config = evaluate.evaluation_config(saved, given, explicit={"eval_batch_size": 4})
+  assert (config.eval_batch_size, config.data.data_dir, config.eval.k) == (4, "/moved/data", 2)
+  assert config.image_size == saved.image_size
+  with pytest.raises(UserError, match=r"overriding image_size would change it"):
+    evaluate.evaluation_config(saved, given, explicit={"image_size": 48, "eval.k": 2})

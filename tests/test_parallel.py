@@ -47,9 +47,10 @@ def test_four_devices_match_one(shapes_config, tmp_path):
   config = _tiny(shapes_config, unfreeze_blocks="2", learning_rate=0.01)
   config.model.batch_norm = True
   config.fsdp_min_size = 512  # the tiny model's kernels are small; fsdp splits all but biases/BN
-  out = tmp_path / "runs.npz"
+  out, workdir = tmp_path / "runs.npz", tmp_path / "demo_batches"
   proc = subprocess.run(
-      [sys.executable, WORKER, "devices", config.to_json(), str(out)], cwd=ROOT, timeout=600,
+      [sys.executable, WORKER, "devices", config.to_json(), str(out), str(workdir)], cwd=ROOT,
+      timeout=600,
       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"), capture_output=True,
       text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,6 +83,14 @@ def test_four_devices_match_one(shapes_config, tmp_path):
       assert gap <= 0.03 * update + 1e-7 * np.sqrt(one.size), (layout, name, gap, update)
       moved += update > 1e-6
     assert moved >= len(names) // 2  # the steps really trained
+
+  # The demo's eval_batch_size=250 on 4 devices: padded to 252 (masked), the same numbers as 1 device.
+  from mlc_jax.eval import evaluate
+  four = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())
+  assert four["meta"]["num_images"] == shapes_config.data.shapes_test
+  one = evaluate.evaluate(str(workdir), split="test")
+  for name in ("mAP", "CF1_top3", "OF1_top3", "lrap"):
+    assert four["metrics"][name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
 
 
 def _launch(config, workdir, processes=2, timeout=600):

@@ -147,21 +147,35 @@ def test_resume_after_an_epoch_equals_uninterrupted(shapes_config, uninterrupted
     runner.train_and_evaluate(config, str(tmp_path))
   assert not checkpoints.is_done(tmp_path, "finetune")
   assert len(_rows(tmp_path)) == 1
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"stage": "finetune", "epo')  # and a kill mid-write of the log's next line
   monkeypatch.setattr(pipeline, "batches", real)
   runner.train_and_evaluate(config, str(tmp_path))
   _same_run(tmp_path, uninterrupted)
 
 
-def test_kill_9_then_resume(shapes_config, uninterrupted, tmp_path):
-  """A launch.py run killed (SIGKILL) after its first checkpoint resumes to the same result."""
-  config = _finetune_config(shapes_config)
-  config.checkpoint.every_steps = 1  # a save every step: the kill lands while saves are in flight
+def _launch_command(config, tmp_path):
   config_file = tmp_path / "config.py"
   config_file.write_text(
       "import json, ml_collections\n"
       f"def get_config():\n  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
   workdir = tmp_path / "run"
-  cmd = [sys.executable, "launch.py", f"--config={config_file}", f"--workdir={workdir}"]
+  return [sys.executable, "launch.py", f"--config={config_file}", f"--workdir={workdir}"], workdir
+
+
+def _truncate_arrays(step_dir):
+  for path in (step_dir / "model").rglob("*"):
+    if path.is_file() and path.stat().st_size > 64 and "metadata" not in path.name:
+      with open(path, "r+b") as f:
+        f.truncate(16)
+
+
+def test_kill_9_then_resume(shapes_config, uninterrupted, tmp_path):
+  """A launch.py run killed (SIGKILL) after its first checkpoints resumes to the same result,
+  also when the newest of them was damaged on disk afterwards."""
+  config = _finetune_config(shapes_config)
+  config.checkpoint.every_steps = 1  # a save every step: the kill lands while saves are in flight
+  cmd, workdir = _launch_command(config, tmp_path)
   proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt = workdir / "checkpoints" / "finetune"
   import time
@@ -173,9 +187,56 @@ def test_kill_9_then_resume(shapes_config, uninterrupted, tmp_path):
   proc.kill()
   proc.wait()
   assert not checkpoints.is_done(workdir, "finetune"), "the run finished before the kill"
+  steps = checkpoints.steps_on_disk(workdir, "finetune")
+  assert len(steps) >= 2
+  _truncate_arrays(ckpt / str(steps[-1]))  # and a disk fault in the newest step
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "resuming from step" in done.stderr
+  assert f"checkpoint {ckpt / str(steps[-1])} cannot be restored" in done.stderr
+  assert f"resuming from step {steps[-2]}" in done.stderr
+  assert "Traceback" not in done.stderr
+  assert [p.name for p in ckpt.iterdir() if ".damaged-" in p.name] == [
+      p.name for p in ckpt.iterdir() if p.name.startswith(f"{steps[-1]}.damaged-")] != []
+  _same_run(workdir, uninterrupted)
+
+
+def test_sigterm_saves_and_a_second_run_is_refused(shapes_config, uninterrupted, tmp_path):
+  """A preempted run (SIGTERM mid-epoch) saves its step and exits with one line; a second run
+  started meanwhile fails at once naming the first and harms nothing; the rerun equals an
+  uninterrupted run."""
+  import signal
+  import time
+  config = _finetune_config(shapes_config)
+  cmd, workdir = _launch_command(config, tmp_path)
+  first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+  seen = []
+  for line in first.stderr:  # its progress lines: stop it inside the first epoch
+    seen.append(line)
+    if "finetune epoch 1/2 step 2/6" in line:
+      break
+  assert first.poll() is None, "".join(seen[-20:])
+  first.send_signal(signal.SIGSTOP)  # hold it mid-epoch while a second run tries the workdir
+  try:
+    before = sorted(str(p) for p in workdir.rglob("*"))
+    start = time.time()
+    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1
+    assert f"is in use by pid {first.pid} on host" in second.stderr
+    assert time.time() - start < 60 and "Traceback" not in second.stderr
+    assert sorted(str(p) for p in workdir.rglob("*")) == before
+  finally:
+    first.send_signal(signal.SIGCONT)
+  first.send_signal(signal.SIGTERM)
+  rest = first.stderr.read()
+  assert first.wait(timeout=120) == 128 + signal.SIGTERM, rest[-3000:]
+  (line,) = [l for l in rest.splitlines() if "stopped by SIGTERM" in l]
+  step = int(line.split(" at step ")[1].split()[0])
+  assert 2 <= step < 6 and "Traceback" not in rest  # mid-epoch, saved, no stack dump
+  assert checkpoints.steps_on_disk(workdir, "finetune")[-1] == step
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"resuming from step {step} (epoch 1, batch {step})" in done.stderr
   _same_run(workdir, uninterrupted)
 
 

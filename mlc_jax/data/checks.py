@@ -11,6 +11,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
 # Formats tf.io.decode_image reads; others that Pillow opens are re-encoded as PNG.
@@ -20,7 +21,6 @@ log = logging.getLogger(__name__)
 
 def labelled_image_features():
   """The TFDS features of a builder over local files: the image, its file name, its label indices."""
-  import tensorflow_datasets as tfds
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(None, None, 3)),
       "image/filename": tfds.features.Text(),

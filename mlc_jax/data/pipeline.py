@@ -15,8 +15,10 @@ import contextlib
 import math
 import os
 
+import jax
 import numpy as np
 import tensorflow as tf
+import tensorflow_datasets as tfds
 from tensorflow.python.eager import context as tf_context
 
 from mlc_jax.data import images
@@ -42,7 +44,6 @@ DECODE_THREADS = host_cores()
 
 def _process():
   """(index, count) of this JAX process; (0, 1) without JAX's distributed runtime."""
-  import jax
   return jax.process_index(), jax.process_count()
 
 
@@ -91,7 +92,6 @@ def _local_count(source, split, index, count):
   """Examples in this process's share of the split."""
   if count == 1:
     return source.num_examples[split]
-  import tensorflow_datasets as tfds
   spec = tfds.even_splits(source.splits[split], n=count, drop_remainder=False)[index]
   return int(source.builder.info.splits[spec].num_examples)
 

@@ -7,9 +7,14 @@ workdir/data_contact_sheet.png (augmented training images with their labels), an
 import json
 import os
 
-import numpy as np
+import jax
+import matplotlib
 
-from mlc_jax.data import pipeline, registry
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from mlc_jax.data import augment, pipeline, registry  # noqa: E402
 from mlc_jax.data.source import SPLITS
 
 
@@ -28,12 +33,6 @@ def split_stats(labels, names):
 
 def contact_sheet(config, source, path, count=16):
   """Save a grid of augmented training images, each titled with its labels."""
-  import jax
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  from mlc_jax.data import augment
   n = min(count, source.num_examples["train"])
   batch = next(pipeline.batches(source, "train", batch_size=n, train=True, config=config,
                                 seed=config.seed))

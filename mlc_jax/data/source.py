@@ -10,6 +10,7 @@ import json
 import logging
 
 import jax
+import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
@@ -98,7 +99,6 @@ class Source:
 
   def label_matrix(self, split):
     """float32 (N, C) numpy multi-hot labels of a split, in stored order (no image decoding)."""
-    import numpy as np
     rows = [ex["labels"] for ex in self.read(split).map(lambda e: {"labels": e["labels"]}).as_numpy_iterator()]
     return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
 

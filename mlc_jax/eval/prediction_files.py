@@ -14,6 +14,7 @@ import os
 import pathlib
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from mlc_jax.errors import UserError
 
@@ -156,7 +157,6 @@ def read(path, labels, filenames, *, synonyms=None, ignored=(), unknown_tags="er
 
 def split_examples(source, split):
   """(file names, multi-hot labels float32 (N, C)) of a split, in the pipeline's stored order."""
-  import tensorflow_datasets as tfds
   features = source.builder.info.features
   if "image/filename" not in features:
     raise UserError(f"dataset {source.name} stores no image file names, so a predictions file "

@@ -5,6 +5,7 @@ AP and the ranking metrics need every score of a class at once, so the accumulat
 its result equals one call on the unpadded data.
 """
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mlc_jax.errors import UserError
 from mlc_jax.metrics import kernels
@@ -14,7 +15,6 @@ def _to_host(array):
   """numpy copy of a device array, gathering the other processes' shards when it spans hosts."""
   if getattr(array, "is_fully_addressable", True):
     return np.asarray(array)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
@@ -63,7 +63,7 @@ class Accumulator:
 
   def compute(self, **kwargs):
     """`metrics.compute(scores, labels, **kwargs)` over every unmasked image added so far."""
-    from mlc_jax import metrics
+    from mlc_jax import metrics  # here: mlc_jax.metrics imports this module
     self._flush()
     if not self._host:
       raise UserError("metrics.Accumulator.compute: no batches were added; call update() first")

@@ -16,6 +16,7 @@ import h5py
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from safetensors import SafetensorError, safe_open
 
 from mlc_jax.errors import UserError
 from mlc_jax.models import vgg as vgg_lib
@@ -117,7 +118,6 @@ def _hwc_rows(weight, channels, path):
 
 def read_safetensors(path):
   """torchvision (features.*, classifier.*) or timm (pre_logits.*, head.fc) safetensors -> our layout."""
-  from safetensors import SafetensorError, safe_open
   path = str(path)
   try:
     with safe_open(path, framework="np") as f:

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+import tensorboardX
 from absl import logging
 from flax import nnx
 
@@ -49,8 +50,7 @@ class Run:
   def writer(self):
     """The TensorBoard writer (tensorboardX), on process 0 only."""
     if self._writer is None and self.is_chief:
-      from tensorboardX import SummaryWriter
-      self._writer = SummaryWriter(str(pathlib.Path(self.workdir) / "tensorboard"))
+      self._writer = tensorboardX.SummaryWriter(str(pathlib.Path(self.workdir) / "tensorboard"))
     return self._writer
 
   def close(self):
@@ -104,7 +104,7 @@ def prepare(stage, config, mesh):
                   eval_step=steps.make_eval_step(spec, shardings, frozen_shardings))
 
 
-def validate(eval_step, state, frozen, feed, mesh):
+def run_validation(eval_step, state, frozen, feed, mesh):
   """(mean loss, scores, labels) over the valid (unpadded) images of feed's batches."""
   scores, labels, masks, loss_sums = [], [], [], []
   for batch in parallel.prefetch(feed.epoch(), mesh):
@@ -119,8 +119,14 @@ def validate(eval_step, state, frozen, feed, mesh):
   return loss, np.concatenate(scores)[mask], np.concatenate(labels)[mask]
 
 
-def _improved(value, best, mode):
-  return value < best if mode == "min" else value > best
+def track_best(metric, best, bad_epochs, value):
+  """(best, bad epochs) after an epoch whose `metric` (a key of BEST_METRICS) was `value`.
+
+  An epoch that does not improve on the best so far (lower for val_loss, higher for val_mAP)
+  counts as bad; an improvement resets the count.
+  """
+  better = value < best if BEST_METRICS[metric] == "min" else value > best
+  return (value, 0) if better else (best, bad_epochs + 1)
 
 
 def _check_finite(value, stage, step, mngr):
@@ -242,18 +248,15 @@ def fit(run, stage):
         train_seconds = time.time() - t_epoch
         train_loss, _, _ = _summed_loss(state)
         _check_finite(train_loss, name, step, mngr)
-        val_loss, scores, labels = validate(eval_step, state, frozen, stage.val, mesh)
+        val_loss, scores, labels = run_validation(eval_step, state, frozen, stage.val, mesh)
         row = {"stage": name, "epoch": epoch + 1, "step": step, "train_loss": train_loss,
                "val_loss": val_loss}
         row.update(_val_metrics(scores, labels, config))
         row.update(learning_rate=float(stage.schedule(step)), train_images=images,
                    images_per_second=round((images - skipped) / max(train_seconds, 1e-9), 1),
                    seconds=round(time.time() - t_epoch, 2))
-        value = row[config.checkpoint.best_metric]
-        if _improved(value, c["best"], mode):
-          c.update(best=value, bad_epochs=0)
-        else:
-          c["bad_epochs"] += 1
+        c["best"], c["bad_epochs"] = track_best(config.checkpoint.best_metric, c["best"],
+                                                c["bad_epochs"], row[config.checkpoint.best_metric])
         halt = patience > 0 and c["bad_epochs"] >= patience
         c.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_steps=0, stopped=int(halt))
         state = _reset_sums(state, shardings)

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from tqdm import tqdm
 
 from mlc_jax.errors import Stopped
 
@@ -20,7 +21,6 @@ class Progress:
     self.prefix = f"{stage} epoch {epoch + 1}/{epochs}"
     self.bar = None
     if chief and sys.stderr.isatty():
-      from tqdm import tqdm  # only on a terminal
       self.bar = tqdm(total=total, initial=start, desc=self.prefix, unit="step", leave=True)
     self.total, self.done = total, start
 

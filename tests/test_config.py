@@ -1,0 +1,136 @@
+"""mlc_jax.config: defaults in the package and one check that names the key, the value and the fix."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, default_config
+from mlc_jax import config as config_lib
+from mlc_jax.errors import UserError
+
+
+def test_configs_default_is_the_package_default():
+  from configs import default
+  assert default.get_config().to_dict() == config_lib.get_config().to_dict()
+  config_lib.validate(config_lib.get_config())  # the defaults themselves pass
+
+
+def test_mistyped_key_is_caught_without_the_repository_and_names_the_nearest():
+  # A notebook builds its config from the package alone: the typo is still one clear error.
+  c = config_lib.get_config()
+  c.finetune.unfreez_blocks = 2
+  with pytest.raises(UserError, match=r"'finetune.unfreez_blocks'.*finetune.unfreeze_blocks"):
+    config_lib.validate(c)
+  c = config_lib.get_config()
+  c.dta = {"x": 1}
+  with pytest.raises(UserError, match=r"'dta.x'"):
+    config_lib.validate(c)
+
+
+def test_launch_names_a_mistyped_override_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "launch.py", "--config=configs/demo.py", f"--workdir={tmp_path / 'w'}",
+       "--config.data.shufle_buffer=3"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1
+  lines = proc.stderr.strip().splitlines()
+  assert lines == [lines[0]] and "'data.shufle_buffer'" in lines[0]
+  assert "data.shuffle_buffer" in lines[0]
+  assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("key, value, fix", [
+    ("augment.zoom", 1.5, r"augment.zoom=1.5: must be in \[0, 1\)"),
+    ("augment.zoom", -0.1, r"augment.zoom=-0.1"),
+    ("augment.rotation", -400.0, r"augment.rotation=-400.0: must be within \+-180"),
+    ("augment.noise", -1.0, r"augment.noise=-1.0: must be >= 0"),
+    ("augment.color_jitter", 1.5, r"augment.color_jitter=1.5"),
+    ("finetune.unfreeze_blocks", "7", r"finetune.unfreeze_blocks='7': must be 0-5 or 'all'"),
+    ("loss.name", "hinge", r"loss.name='hinge': choose one of 'bce'"),
+    ("finetune.optimizer", "lbfgs", r"finetune.optimizer='lbfgs'"),
+    ("checkpoint.best_metric", "f1", r"checkpoint.best_metric='f1'"),
+    ("head.activation", "relu", r"head.activation='relu'"),
+    ("dtype", "float16", r"dtype='float16'"),
+    ("data.resize", "pad", r"data.resize='pad'"),
+    ("dataset", "imagenet", r"dataset='imagenet': unknown; known datasets"),
+    ("batch_size", 0, r"batch_size=0: must be an integer >= 1"),
+    ("eval.k", 0, r"eval.k=0"),
+    ("image_size", 16, r"image_size=16: must be an integer >= 32"),
+    ("head.dropout", 1.0, r"head.dropout=1.0"),
+    ("finetune.learning_rate", 0.0, r"finetune.learning_rate=0.0"),
+    ("model.weights", "weights.pt", r"model.weights='weights.pt'"),
+    ("model.weights", "/no/such/file.h5", r"model.weights='/no/such/file.h5': no such file"),
+    ("data.csv", "/no/such/labels.csv", r"data.csv='/no/such/labels.csv': no such file"),
+    ("eval.mapping", "/no/such/map.json", r"eval.mapping="),
+])
+def test_bad_values_name_key_value_and_fix(key, value, fix):
+  c = default_config()
+  section, _, field = key.rpartition(".")
+  (c[section] if section else c)[field] = value
+  with pytest.raises(UserError, match=fix):
+    config_lib.validate(c)
+
+
+def test_stages_run_in_their_fixed_order_only():
+  c = default_config()
+  c.stages = ("finetune", "head")
+  with pytest.raises(UserError, match=r"fixed order .* write \('head', 'finetune'\)"):
+    config_lib.validate(c)
+  c.stages = ("features", "train")
+  with pytest.raises(UserError, match=r"\['train'\] unknown"):
+    config_lib.validate(c)
+  c.stages = ("head", "head")
+  with pytest.raises(UserError, match="fixed order"):
+    config_lib.validate(c)
+
+
+def test_folder_and_nus_wide_need_their_image_folder(tmp_path):
+  c = default_config()
+  c.dataset = "folder"
+  with pytest.raises(UserError, match=r"data.manual_dir='': dataset=folder needs"):
+    config_lib.validate(c)
+  c.data.manual_dir = str(tmp_path / "absent")
+  with pytest.raises(UserError, match="no such folder"):
+    config_lib.validate(c)
+  c.data.manual_dir = str(tmp_path)
+  config_lib.validate(c)
+
+
+class _Mesh:
+  def __init__(self, size):
+    self.size = size
+
+
+class _Source:
+  labels = ["a", "b"]
+
+
+def test_batches_against_devices_and_k_against_classes():
+  c = default_config()
+  c.batch_size, c.head.batch_size, c.eval_batch_size = 64, 64, 250
+  config_lib.validate(c, _Mesh(8))
+  # Evaluation batches are padded up to the devices instead of refused (the padding is masked).
+  assert config_lib.eval_batch_size(c, _Mesh(8)) == 256
+  assert config_lib.eval_batch_size(c, _Mesh(1)) == 250
+  c.batch_size = 60
+  with pytest.raises(UserError, match=r"batch_size=60 does not split over the 8 devices"):
+    config_lib.validate(c, _Mesh(8))
+  c.batch_size, c.head.batch_size = 64, 36
+  with pytest.raises(UserError, match=r"head.batch_size=36 .* multiple of 8"):
+    config_lib.validate(c, _Mesh(8))
+  c.head.batch_size = 64
+  with pytest.raises(UserError, match=r"eval.k=3 exceeds the 2 classes .* at most 2"):
+    config_lib.validate(c, _Mesh(8), _Source())
+  c.eval.k = 2
+  config_lib.validate(c, _Mesh(8), _Source())
+
+
+def test_relative_paths_are_resolved_when_recorded(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  c = default_config()
+  c.data.manual_dir, c.model.weights, c.data.data_dir = "images", "w/vgg.h5", ""
+  resolved = config_lib.resolve_paths(c)
+  assert resolved.data.manual_dir == str(tmp_path / "images")
+  assert resolved.model.weights == str(tmp_path / "w/vgg.h5")
+  assert resolved.data.data_dir == ""  # '' keeps meaning "the default"
+  c.model.weights = "imagenet"
+  assert config_lib.resolve_paths(c).model.weights == "imagenet"

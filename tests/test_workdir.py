@@ -1,0 +1,160 @@
+"""The workdir contract: config.json written once, relaunches checked, one writer, whole files."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+
+from conftest import ROOT
+from mlc_jax import runner, workdir as workdir_lib
+from mlc_jax.errors import UserError
+
+
+def _tree_digest(directory, skip=(".lock",)):
+  """{relative path: sha256} of every file below directory."""
+  out = {}
+  for root, _, files in os.walk(directory):
+    for name in files:
+      if name in skip:
+        continue
+      path = os.path.join(root, name)
+      out[os.path.relpath(path, directory)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def finished(shapes_config, tmp_path_factory):
+  """A finished workdir: features, a 1-epoch head and its evaluation."""
+  config = ml_collections.ConfigDict(shapes_config.to_dict())
+  config.stages = ("features", "head", "evaluate")
+  config.head.epochs, config.head.hidden = 1, 16
+  workdir = tmp_path_factory.mktemp("finished")
+  runner.train_and_evaluate(config, str(workdir))
+  return config, workdir
+
+
+def test_a_relaunch_that_would_change_what_was_trained_is_refused(finished):
+  config, workdir = finished
+  before = _tree_digest(workdir)
+  for key, value in (("image_size", 48), ("data.resize", "crop"), ("head.learning_rate", 0.1)):
+    changed = ml_collections.ConfigDict(config.to_dict())
+    section, _, field = key.rpartition(".")
+    (changed[section] if section else changed)[field] = value
+    with pytest.raises(UserError) as e:
+      runner.train_and_evaluate(changed, str(workdir))
+    old = json.dumps(workdir_lib.read_config(workdir)[section][field] if section
+                     else workdir_lib.read_config(workdir)[field])
+    assert f"{key}: {old} -> {json.dumps(value)}" in str(e.value)
+    assert "new --workdir" in str(e.value) and "--accept_config_change" in str(e.value)
+    assert "delete" not in str(e.value).lower()
+  assert _tree_digest(workdir) == before  # config.json, checkpoints, eval/: untouched
+
+
+def test_a_change_to_the_model_shapes_is_refused_even_when_accepted(finished):
+  config, workdir = finished
+  before = _tree_digest(workdir)
+  changed = ml_collections.ConfigDict(config.to_dict())
+  changed.head.hidden = 32
+  with pytest.raises(UserError, match=r"head.hidden: 16 -> 32.*new --workdir"):
+    runner.train_and_evaluate(changed, str(workdir), accept_config_change=True)
+  assert _tree_digest(workdir) == before
+
+
+def test_free_keys_may_change_and_finished_work_is_not_redone(finished, capsys):
+  config, workdir = finished
+  before = _tree_digest(workdir, skip=(".lock", "metrics.jsonl"))
+  changed = ml_collections.ConfigDict(config.to_dict())
+  changed.eval_batch_size, changed.log_every_steps = 8, 3
+  summary = runner.train_and_evaluate(changed, str(workdir))
+  assert "test: mAP" in summary
+  # Same checkpoint, same evaluation settings: nothing was rewritten.
+  assert _tree_digest(workdir, skip=(".lock", "metrics.jsonl")) == before
+
+
+def test_an_accepted_change_is_recorded(shapes_config, tmp_path):
+  config = ml_collections.ConfigDict(shapes_config.to_dict())
+  labels = ["a", "b"]
+  workdir_lib.record_config(config, tmp_path, labels)
+  first = (tmp_path / "config.json").read_text()
+  changed = ml_collections.ConfigDict(config.to_dict())
+  changed.finetune.learning_rate = 0.5
+  with pytest.raises(UserError, match=r"finetune.learning_rate: 0.0001 -> 0.5"):
+    workdir_lib.record_config(changed, tmp_path, labels)
+  assert (tmp_path / "config.json").read_text() == first
+  workdir_lib.record_config(changed, tmp_path, labels, accept_change=True)
+  (record,) = [json.loads(l) for l in (tmp_path / "config_changes.jsonl").read_text().splitlines()]
+  assert record["changes"] == {"finetune.learning_rate": [0.0001, 0.5]}
+  assert record["stages_done"] == []
+  assert workdir_lib.read_config(tmp_path).finetune.learning_rate == 0.5
+  with pytest.raises(UserError, match="labels.txt holds 2 labels"):
+    workdir_lib.record_config(changed, tmp_path, ["a", "b", "c"])
+
+
+def test_a_key_an_older_config_json_lacks_counts_as_its_default(shapes_config, tmp_path):
+  config = ml_collections.ConfigDict(shapes_config.to_dict())
+  workdir_lib.record_config(config, tmp_path, ["a"])
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["augment"]["color_jitter"]  # written before the key existed; default 0.0
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  workdir_lib.record_config(config, tmp_path, ["a"])
+
+
+_HOLD = """
+import sys, time
+from mlc_jax import workdir
+with workdir.lock(sys.argv[1]):
+  print("locked", flush=True)
+  time.sleep(60)
+"""
+
+
+def test_one_writer_per_workdir_and_a_dead_holder_frees_it(tmp_path):
+  holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(tmp_path)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    start = time.time()
+    with pytest.raises(UserError, match=rf"in use by pid {holder.pid} on host"):
+      with workdir_lib.lock(tmp_path):
+        pass
+    assert time.time() - start < 5  # at once, not after a wait
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with workdir_lib.lock(tmp_path):  # the kernel released the dead holder's lock
+    pass
+
+
+def test_a_truncated_last_metrics_line_is_dropped(tmp_path, caplog):
+  rows = [{"stage": "head", "epoch": 1, "step": 6}, {"stage": "head", "epoch": 2, "step": 12}]
+  workdir_lib.write_metrics(tmp_path, rows)
+  with open(workdir_lib.metrics_path(tmp_path), "a") as f:
+    f.write('{"stage": "head", "epo')  # a kill mid-write
+  assert workdir_lib.read_metrics(tmp_path) == rows
+  assert "truncated last line 3" in caplog.text
+  workdir_lib.truncate_metrics(tmp_path, "head", 6)
+  assert workdir_lib.metrics_path(tmp_path).read_text() == json.dumps(rows[0]) + "\n"
+  workdir_lib.metrics_path(tmp_path).write_text('{"a": 1}\nnot json\n{"b": 2}\n')
+  with pytest.raises(UserError, match="line 2 is not JSON"):
+    workdir_lib.read_metrics(tmp_path)
+
+
+def test_staged_outputs_appear_all_together_or_not_at_all(tmp_path):
+  (tmp_path / "metrics.json").write_text("old")
+  (tmp_path / "report.md").write_text("old report")
+  with pytest.raises(RuntimeError):
+    with workdir_lib.staged(tmp_path) as staging:
+      (staging / "metrics.json").write_text("new")
+      raise RuntimeError("plotting failed")
+  assert (tmp_path / "metrics.json").read_text() == "old"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.md"]
+  with workdir_lib.staged(tmp_path) as staging:
+    (staging / "metrics.json").write_text("new")
+    (staging / "scores.npz").write_text("new scores")
+  assert (tmp_path / "metrics.json").read_text() == "new"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.md", "scores.npz"]
