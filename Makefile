@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean gpu-wheels
 
 install: $(STAMP)
 
@@ -22,6 +22,21 @@ test: install
 
 demo: install
 	$(PY) launch.py --config=configs/demo.py --workdir=runs/demo
+
+# Wheels at pyproject.toml's pins, in .whl/ (git-ignored), that benchmarks/gpu.sh installs offline on
+# the lent accelerator machine (BUILD.md, GPU): the pure-Python packages it lacks (ml-collections,
+# dm-pix), and flax and optax, whose versions there are unknown (flax 0.12.8 does not import under
+# its jax 0.11.2; the pins need jax >= 0.11.1).
+GPU_WHEELS := ml-collections dm-pix flax optax
+
+gpu-wheels:
+	rm -rf .whl && mkdir .whl
+	for name in $(GPU_WHEELS); do \
+	  pin=$$(grep -o "\"$$name==[^\"]*\"" pyproject.toml | tr -d '"'); \
+	  test -n "$$pin" || { echo "no $$name==VERSION pin in pyproject.toml"; exit 1; }; \
+	  python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl "$$pin" || exit 1; \
+	done
+	ls .whl
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info .pytest_cache

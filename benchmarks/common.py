@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: best-of timing, the machine's description, the JSON result line.
+"""Shared by the benchmark scripts: best-of timing, the machine's description, the JSON result line,
+and the package's own train steps built the way mlc_jax.train.stages builds them.
 
 Every script prints its own table, then one final line of JSON that benchmarks/run_all.py parses:
 {"benchmark": NAME, "rows": [{"name", "ours", "peer", "peer_name", "unit", "ratio"}, ...], ...}
@@ -59,3 +60,71 @@ def emit(benchmark, rows, **extra):
   """The final machine-readable line."""
   print(json.dumps({"benchmark": benchmark, "machine": machine(), "rows": rows, **extra}),
         flush=True)
+
+
+def image_batch(batch, size, classes=20, seed=0):
+  """A random uint8 image batch with ~10% positive multi-hot labels (numpy, all valid)."""
+  import numpy as np
+  rng = np.random.default_rng(seed)
+  return {"image": rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
+          "labels": (rng.random((batch, classes)) < 0.1).astype(np.float32),
+          "mask": np.ones(batch, bool)}
+
+
+def finetune_step(config, model, mesh, unfreeze, *, augment=True, steps_per_epoch=100):
+  """The package's finetune stage for `model` (mlc_jax.train.stages.finetune_stage, as
+  run_finetune builds it) with `unfreeze` top blocks, ready to step: loop.prepare -> loop.Prepared
+  (.state, .frozen, .train_step, .eval_step). augment=False turns config.augment's ops off. No
+  feeds: a benchmark brings its own batches. The layout follows config.param_sharding.
+  """
+  import ml_collections
+
+  from mlc_jax.train import loop, stages
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.finetune.unfreeze_blocks = str(unfreeze)
+  if not augment:
+    c.augment.update(flip=False, zoom=0.0, rotation=0.0, noise=0.0, color_jitter=0.0)
+  return loop.prepare(stages.finetune_stage(c, model, steps_per_epoch=steps_per_epoch), c, mesh)
+
+
+def head_step(config, model, mesh, *, activation="sigmoid", loss_fn=None, steps_per_epoch=100):
+  """The package's head stage for `model` (mlc_jax.train.stages.head_stage: model.head alone on
+  batches of cached 'features'), ready to step -> loop.Prepared. loss_fn: default the config's
+  (BCE for a sigmoid head, softmax cross-entropy for a softmax one).
+  """
+  import dataclasses
+
+  import ml_collections
+
+  from mlc_jax.train import loop, stages
+  c = ml_collections.ConfigDict(config.to_dict())
+  c.head.activation = activation
+  stage = stages.head_stage(c, model, steps_per_epoch=steps_per_epoch)
+  if loss_fn is not None:
+    stage = dataclasses.replace(stage, loss_fn=loss_fn)
+  return loop.prepare(stage, c, mesh)
+
+
+def run_steps(prepared, state, batch, steps, *, first=0, key=None):
+  """`steps` train steps of a loop.Prepared on one device batch -> the new state (not awaited)."""
+  import jax
+  key = jax.random.PRNGKey(0) if key is None else key
+  for i in range(first, first + steps):
+    state = prepared.train_step(state, prepared.frozen, batch, key, i)
+  return state
+
+
+def forward(model, mesh, activation="sigmoid"):
+  """(jitted scores(state, images), state placed replicated): the model in inference mode, as
+  mlc_jax.inference.classifier runs it (models.probabilities), images split over 'data'."""
+  import functools
+
+  import jax
+  from flax import nnx
+
+  from mlc_jax import models, parallel
+  graphdef, state = nnx.split(model)
+  fn = jax.jit(functools.partial(models.probabilities, graphdef, activation_name=activation),
+               in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
+               out_shardings=parallel.data_sharding(mesh))
+  return fn, parallel.replicate(state, mesh)

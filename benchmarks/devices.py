@@ -5,11 +5,12 @@ then the same 4 devices with param_sharding='fsdp' against replicated parameters
                                          [--steps 4] [--unfreeze all] [--fsdp_min_size 4096]
 
 Each side is a fresh process (XLA_FLAGS=--xla_force_host_platform_device_count=N): the same
-model, initial state and batches go through mlc_jax.steps.make_finetune_step on a mesh over its N
-devices (the global batch split N ways), with parameters and optimizer state laid out by
-mlc_jax.train.state_layout. On one CPU the N fake devices share the same cores, so this measures
-what sharding costs (partitioning, collectives, smaller per-device kernels), not a speed-up; on N
-real accelerators the same code divides the batch. The losses are compared too. Memory: the bytes
+model, initial state and batches go through the package's finetune step (mlc_jax.train.loop.prepare
+of the finetune Stage; benchmarks/common.finetune_step) on a mesh over its N devices (the global
+batch split N ways), with parameters and optimizer state laid out by mlc_jax.train.state.layout.
+On one CPU the N fake devices share the same cores, so this measures what sharding costs
+(partitioning, collectives, smaller per-device kernels), not a speed-up; on N real accelerators
+the same code divides the batch. The losses are compared too. Memory: the bytes
 of parameters + optimizer state one device holds between steps, read off the placed arrays'
 shards, for this model and (abstractly, from its shapes) for the full VGG16 with its top under
 Adam; and the compiled step's per-device temporaries (XLA's memory analysis).
@@ -30,50 +31,34 @@ from benchmarks import common  # noqa: E402
 def worker(args):
   """One side: steps/s of the finetune step over all devices of this process."""
   import jax
-  import numpy as np
   from flax import nnx
 
   from configs import default
-  from mlc_jax import losses, models, optim, sharding, steps, train
-  from mlc_jax.data import augment
+  from mlc_jax import models, parallel
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights, c.model.batch_norm = args.size, args.width, "", True
   c.param_sharding, c.fsdp_min_size = args.param_sharding, args.fsdp_min_size
   model = models.build_model(c, 20, rngs=nnx.Rngs(0))
-  graphdef, trainable, stats, frozen = nnx.split(
-      model, optim.trainable_filter(args.unfreeze, False), nnx.BatchStat, ...)
-  mesh = sharding.mesh()
-  tx = optim.make(c.finetune, 100)
-  layout = train.state_layout(c, mesh, tx, trainable, stats=stats, frozen=frozen)
-  step = steps.make_finetune_step(mesh, graphdef, tx, losses.bce,
-                                  lambda x, k: augment.augment(x, k, c.augment), layout)
-  trainable, stats, frozen = (sharding.place(s, layout[k]) for s, k in
-                              ((trainable, "trainable"), (stats, "stats"), (frozen, "frozen")))
-  opt_state = jax.jit(tx.init, out_shardings=layout["opt_state"])(trainable)
+  mesh = parallel.mesh()
+  p = common.finetune_step(c, model, mesh, args.unfreeze)
   held = sum(x.addressable_shards[0].data.nbytes
-             for x in jax.tree.leaves((trainable, stats, frozen, opt_state)))
-  sums, key = sharding.replicate(steps.zero_sums(), mesh), jax.random.PRNGKey(0)
-  rng = np.random.default_rng(0)
-  batch = {"image": rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8),
-           "labels": (rng.random((args.batch, 20)) < 0.1).astype(np.float32),
-           "mask": np.ones(args.batch, bool)}
-  device_batch = sharding.shard_batch(batch, mesh)
+             for x in jax.tree.leaves((p.state.trainable, p.state.stats, p.frozen,
+                                       p.state.opt_state)))
+  key = jax.random.PRNGKey(0)
+  device_batch = parallel.shard_batch(common.image_batch(args.batch, args.size), mesh)
   start = time.perf_counter()
-  compiled = step.lower(trainable, stats, frozen, opt_state, sums, device_batch, key, 0).compile()
+  compiled = p.train_step.lower(p.state, p.frozen, device_batch, key, 0).compile()
   compile_s = time.perf_counter() - start
   temp = getattr(compiled.memory_analysis(), "temp_size_in_bytes", float("nan"))
-  trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums, device_batch,
-                                           key, 0)
-  jax.block_until_ready(sums)
+  state = common.run_steps(p, p.state, device_batch, 1, key=key)
+  jax.block_until_ready(state.loss_sum)
   start = time.perf_counter()
-  for i in range(1, args.steps + 1):
-    trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums,
-                                             device_batch, key, i)
-  jax.block_until_ready(sums)
+  state = common.run_steps(p, state, device_batch, args.steps, first=1, key=key)
+  jax.block_until_ready(state.loss_sum)
   seconds = time.perf_counter() - start
   print(json.dumps({"devices": jax.device_count(),
                     "images_per_s": args.batch * args.steps / seconds,
-                    "compile_s": compile_s, "loss_sum": float(sums["loss_sum"]),
+                    "compile_s": compile_s, "loss_sum": float(state.loss_sum),
                     "state_bytes_per_device": held, "temp_bytes_per_device": temp,
                     "vgg16_state_bytes_per_device": full_vgg16_state_bytes(c, mesh)}))
 
@@ -85,17 +70,18 @@ def full_vgg16_state_bytes(config, mesh):
   import numpy as np
   from flax import nnx
 
-  from mlc_jax import models, optim, sharding
+  from mlc_jax import models, parallel
+  from mlc_jax.train import optim
   c = config.copy_and_resolve_references()
   c.image_size, c.model.width, c.model.include_top, c.model.batch_norm = 224, 1.0, True, False
-  c.fsdp_min_size = sharding.FSDP_MIN_SIZE
+  c.fsdp_min_size = parallel.FSDP_MIN_SIZE
   c.finetune.optimizer = "adam"
   model = nnx.eval_shape(lambda: models.build_model(c, 1000, rngs=nnx.Rngs(0)))
   params = nnx.state(model, nnx.Param)
   opt = jax.eval_shape(optim.make(c.finetune, 1).init, params)
   total = 0
   for tree in (params, opt):
-    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(sharding.state_shardings(tree, mesh, c))):
+    for x, s in zip(jax.tree.leaves(tree), jax.tree.leaves(parallel.state_shardings(tree, mesh, c))):
       total += int(np.prod(s.shard_shape(x.shape))) * x.dtype.itemsize
   return total
 

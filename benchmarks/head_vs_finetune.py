@@ -3,7 +3,7 @@
   .venv/bin/python benchmarks/head_vs_finetune.py [--train 512] [--size 64] [--width 0.125]
                                                   [--unfreeze 1] [--epochs 2] [--data_dir DIR]
 
-Runs train.train_and_evaluate on the synthetic shapes set (configs/demo.py's model and
+Runs mlc_jax.runner.train_and_evaluate on the synthetic shapes set (configs/demo.py's model and
 optimizers at the sizes given): first the `features` stage alone (the one-off cost the head
 pays for), then `head` and `finetune`. The epoch times come from the workdir's metrics.jsonl
 (`seconds`: the epoch's steps plus its validation); the last epoch of each stage is used, so
@@ -47,7 +47,7 @@ def main(argv=None):
   parser.add_argument("--epochs", type=int, default=2)
   parser.add_argument("--data_dir", default="", help="shapes data cache (default: a temp dir)")
   args = parser.parse_args(argv)
-  from mlc_jax import train
+  from mlc_jax import runner
   with tempfile.TemporaryDirectory() as tmp:
     config = config_for(args, args.data_dir or str(pathlib.Path(tmp) / "data"))
     from mlc_jax.data import registry
@@ -55,10 +55,10 @@ def main(argv=None):
     workdir = pathlib.Path(tmp) / "run"
     config.stages = ("features",)
     start = time.perf_counter()
-    train.train_and_evaluate(config, str(workdir))
+    runner.train_and_evaluate(config, str(workdir))
     features_s = time.perf_counter() - start
     config.stages = ("head", "finetune")
-    train.train_and_evaluate(config, str(workdir))
+    runner.train_and_evaluate(config, str(workdir))
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   last = {r["stage"]: r for r in rows}
   head_s, finetune_s = last["head"]["seconds"], last["finetune"]["seconds"]

@@ -2,11 +2,12 @@
 
   .venv/bin/python benchmarks/inference.py [--batch 8] [--batches 2] [--width 1.0] [--repeats 2]
 
-Both sides run the full ImageNet VGG16 (fc1, fc2, 1000-way softmax) with the SAME weights (ours,
-randomly initialised, copied into keras.applications.VGG16 layer by layer: the Keras names are
-ours) on the same uint8 224 px batch; Keras gets keras.applications.vgg16.preprocess_input, as a
-Keras user would call it, our model applies the same caffe preprocessing on device. The outputs
-are compared (max |probability difference|) so the two really compute one function.
+Ours is mlc_jax.inference.classifier.Classifier. Both sides run the full ImageNet VGG16 (fc1,
+fc2, 1000-way softmax) with the SAME weights (ours, randomly initialised, copied into
+keras.applications.VGG16 layer by layer: the Keras names are ours) on the same uint8 224 px
+batch; Keras gets keras.applications.vgg16.preprocess_input, as a Keras user would call it, our
+model applies the same caffe preprocessing on device. The outputs are compared (max |probability
+difference|) so the two really compute one function.
 """
 import argparse
 import os
@@ -26,7 +27,7 @@ def ours(width):
   """Our VGG16 ImageNet classifier (random weights) -> Classifier."""
   from flax import nnx
 
-  from mlc_jax.classifier import Classifier
+  from mlc_jax.inference.classifier import Classifier
   from mlc_jax.models import VGG
   model = VGG("vgg16", include_top=True, num_classes=1000, width=width, image_size=224,
               preprocessing="caffe", rngs=nnx.Rngs(0))

@@ -4,9 +4,10 @@
 
 Prints images/s for: host JPEG decode + resize to 224 on one core (tf.data, one thread, exactly
 mlc_jax.data.pipeline's map), the same on all cores; device augmentation (mlc_jax.data.augment,
-the default strengths, jitted); and a fine-tune step of a VGG16 at 224 (mlc_jax.models; a plain
-jitted SGD step on block5 + head, as finetune.unfreeze_blocks=1 trains). Then the ratio that
-matters: host cores needed to feed one step = step images/s / decode images/s per core.
+the default strengths, jitted); and the package's fine-tune step of a VGG16 at 224
+(finetune.unfreeze_blocks=1: block5 + head train; mlc_jax.train.loop.prepare of the finetune
+Stage, benchmarks/common.finetune_step). Then the ratio that matters: host cores needed to feed
+one step = step images/s / decode images/s per core.
 On a machine without an accelerator the step is measured at reduced width on the CPU, and the
 GPU rate is estimated from FLOPs (--gpu_tflops: achieved, not peak) and printed as such.
 """
@@ -21,15 +22,15 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from flax import nnx  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from benchmarks import common  # noqa: E402
 from configs import default  # noqa: E402
-from mlc_jax import models  # noqa: E402
-from mlc_jax.data import augment, pipeline, shapes  # noqa: E402
+from mlc_jax import models, parallel  # noqa: E402
+from mlc_jax.data import augment, pipeline  # noqa: E402
+from mlc_jax.data.datasets import shapes_draw  # noqa: E402
 
 VGG16_FORWARD_GFLOP = 15.5  # multiply-adds x 2 at 224 px, full width
 BLOCK5_AND_HEAD_GFLOP = 1.4  # block5 (3 convs at 14x14x512) share of the forward pass
@@ -39,7 +40,7 @@ def make_jpegs(count, size=(500, 375)):
   """Photo-like JPEGs at VOC-ish size: shapes scenes upscaled, plus sensor-like noise."""
   out = []
   for i in range(count):
-    array, _ = shapes.render(0, "train", i, 96)
+    array, _ = shapes_draw.render(0, "train", i, 96)
     im = Image.fromarray(array).resize(size, Image.BICUBIC)
     noisy = np.asarray(im, np.float32) + np.random.default_rng(i).normal(0, 4, (size[1], size[0], 3))
     buffer = io.BytesIO()
@@ -89,39 +90,23 @@ def augment_rate(batch, iters):
 
 
 def step_rate(width, batch, iters, dtype):
-  """Images/s of one SGD step (augment + forward + backward of block5 and head) on VGG16 at 224."""
+  """Images/s of the package's fine-tune step (augment + forward + backward of block5 and head,
+  unfreeze_blocks=1) on VGG16 at 224."""
   config = default.get_config()
   config.model.width, config.model.weights, config.dtype = width, "", dtype
   config.image_size = 224
   model = models.build_model(config, 80, rngs=nnx.Rngs(0))
-  trainable_filter = nnx.All(nnx.Param, lambda path, _: any(str(p) in ("block5_conv1", "block5_conv2",
-                                                                       "block5_conv3", "head") for p in path))
-  graphdef, trainable, rest = nnx.split(model, trainable_filter, ...)
-  tx = optax.sgd(1e-4, momentum=0.9)
-  opt_state = tx.init(trainable)
-  aug = default.get_config().augment
+  mesh = parallel.mesh()
+  p = common.finetune_step(config, model, mesh, "1")
+  device_batch = parallel.shard_batch(common.image_batch(batch, 224, classes=80), mesh)
+  key, state = jax.random.key(0), [p.state, 0]
 
-  @jax.jit
-  def step(trainable, opt_state, images, labels, key):
-    images = augment.augment(images, key, aug)
+  def run():
+    state[0] = p.train_step(state[0], p.frozen, device_batch, key, state[1])
+    state[1] += 1
+    return state[0].loss_sum
 
-    def loss_fn(trainable):
-      logits = nnx.merge(graphdef, trainable, rest)(images, train=True, rngs=nnx.Rngs(dropout=key))
-      return optax.sigmoid_binary_cross_entropy(logits, labels).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(trainable)
-    updates, opt_state = tx.update(grads, opt_state, trainable)
-    return optax.apply_updates(trainable, updates), opt_state, loss
-
-  images = jax.device_put(np.random.default_rng(0).integers(0, 256, (batch, 224, 224, 3), np.uint8))
-  labels = jnp.asarray(np.random.default_rng(1).integers(0, 2, (batch, 80)).astype(np.float32))
-  state = [trainable, opt_state]
-
-  def run(images, labels, key):
-    state[0], state[1], loss = step(state[0], state[1], images, labels, key)
-    return loss
-
-  return batch / timed(run, images, labels, jax.random.key(0), iters=iters)
+  return batch / timed(run, iters=iters)
 
 
 def main():

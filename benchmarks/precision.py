@@ -22,43 +22,27 @@ from benchmarks import common  # noqa: E402
 def measure(args, dtype):
   """(train images/s, inference images/s, loss after the steps) for one compute dtype."""
   import jax
-  import numpy as np
   from flax import nnx
 
   from configs import default
-  from mlc_jax import losses, models, optim, sharding, steps
-  from mlc_jax.data import augment
+  from mlc_jax import models, parallel
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights, c.dtype = args.size, args.width, "", dtype
   model = models.build_model(c, 20, rngs=nnx.Rngs(0))
-  mesh = sharding.mesh()
-  graphdef, trainable, stats, frozen = nnx.split(
-      model, optim.trainable_filter(args.unfreeze, False), nnx.BatchStat, ...)
-  tx = optim.make(c.finetune, 100)
-  step = steps.make_finetune_step(mesh, graphdef, tx, losses.bce,
-                                  lambda x, k: augment.augment(x, k, c.augment))
-  predict = steps.make_predict_step(mesh, nnx.graphdef(model))
-  state = sharding.replicate(nnx.state(model), mesh)
-  trainable, stats, frozen = (sharding.replicate(s, mesh) for s in (trainable, stats, frozen))
-  opt_state = jax.jit(tx.init)(trainable)
-  sums, key = steps.zero_sums(), jax.random.PRNGKey(0)
-  rng = np.random.default_rng(0)
-  batch = sharding.shard_batch(
-      {"image": rng.integers(0, 256, (args.batch, args.size, args.size, 3), dtype=np.uint8),
-       "labels": (rng.random((args.batch, 20)) < 0.1).astype(np.float32),
-       "mask": np.ones(args.batch, bool)}, mesh)
+  mesh = parallel.mesh()
+  predict, state = common.forward(model, mesh)
+  p = common.finetune_step(c, model, mesh, args.unfreeze)
+  batch = parallel.shard_batch(common.image_batch(args.batch, args.size), mesh)
   jax.block_until_ready(predict(state, batch["image"]))
   t_predict, _ = common.best_of(lambda: jax.block_until_ready(predict(state, batch["image"])),
                                 args.steps)
-  trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums, batch, key, 0)
-  jax.block_until_ready(sums)
+  train = common.run_steps(p, p.state, batch, 1)
+  jax.block_until_ready(train.loss_sum)
   start = time.perf_counter()
-  for i in range(1, args.steps + 1):
-    trainable, stats, opt_state, sums = step(trainable, stats, frozen, opt_state, sums, batch, key,
-                                             i)
-  jax.block_until_ready(sums)
+  train = common.run_steps(p, train, batch, args.steps, first=1)
+  jax.block_until_ready(train.loss_sum)
   t_step = (time.perf_counter() - start) / args.steps
-  return args.batch / t_step, args.batch / t_predict, float(sums["loss_sum"]) / (args.steps + 1)
+  return args.batch / t_step, args.batch / t_predict, float(train.loss_sum) / (args.steps + 1)
 
 
 def main(argv=None):

@@ -1,14 +1,14 @@
 """Runs every benchmark script as a subprocess and writes BENCHMARKS.md from their JSON lines.
 
   .venv/bin/python benchmarks/run_all.py [--out BENCHMARKS.md] [--only inference,devices]
-                                         [--gpu_json gpu.json] [--timeout 900]
+                                         [--gpu_json runs/gpu/gpu_step.json] [--timeout 900]
 
 Each row is a ratio against a peer measured in the same run (same machine, same minute), with
 the machine, the date and the exact command that produced it. Every script prints its own table
 and, last, one JSON line; the tables are copied under "Details". The sizes below keep the whole
 run near 10 minutes on a 2-core CPU; each script's flags give bigger ones. GPU rows come from
-`bash benchmarks/gpu.sh > gpu.log` (pass the JSON line's file with --gpu_json); without one they
-read 'not measured'.
+`bash benchmarks/gpu.sh` on the accelerator machine (BUILD.md, GPU): pass the gpu_step.json it
+writes under $OUT with --gpu_json; without one they read 'not measured'.
 """
 import argparse
 import datetime
@@ -41,7 +41,8 @@ BENCHMARKS = [
     ("precision", "bf16 vs float32", "benchmarks/precision.py", []),
 ]
 GPU_ROWS = [f"fine-tune step images/s and MFU, VGG16 224 px bf16, batch {b}, unfreeze {u}"
-            for u in ("1", "all") for b in (64, 128, 256)]
+            for u in ("1", "all") for b in (64, 128, 256)] + [
+                "head step images/s", "inference images/s", "host decode images/s"]
 
 
 def run_script(script, flags, timeout):
@@ -146,20 +147,30 @@ def table_rows(key, title, result):
 
 
 def gpu_rows(path):
-  """GPU rows from gpu_step.py's JSON line, or 'not measured'."""
+  """GPU rows from gpu_step.py's JSON (OUT/gpu_step.json, or a log whose last line is it), or
+  'not measured'."""
   if not path:
     return [f"| {what} | not measured (no GPU in this run) | | |" for what in GPU_ROWS]
   result = json.loads(pathlib.Path(path).read_text().strip().splitlines()[-1])
+  device = (result.get("device") or {}).get("kind", "?")
+  where = f"VGG16 {result['size']} px {result['dtype']} ({device})"
   rows = []
   for r in result["results"]:
-    what = (f"fine-tune step, VGG16 {result['size']} px {result['dtype']}, batch {r['batch']}, "
-            f"unfreeze {r['unfreeze']} ({result['device']})")
-    if "error" in r:
-      rows.append(f"| {what} | failed: {r['error'][:80]} | | |")
+    what = r["name"] if r["kind"] == "decode" else f"{r['name']}, {where}"
+    if "error" in r or "skipped" in r:
+      why = f"failed: {r['error'][:80]}" if "error" in r else r["skipped"]
+      rows.append(f"| {what} | {why} | | |")
       continue
-    mfu = f"MFU {100 * r['mfu']:.1f}%" if r.get("mfu") is not None else \
-        f"HW util {100 * r['hardware_util']:.1f}%"
-    rows.append(f"| {what} | {r['images_per_s']:.0f} images/s | 990 TFLOP/s peak | **{mfu}** |")
+    peak = f", peak {r['peak_bytes'] / 2 ** 30:.1f} GiB" if r.get("peak_bytes") else ""
+    if r["kind"] == "finetune":
+      util = f"MFU {100 * r['mfu']:.1f}%" if r.get("mfu") is not None else \
+          f"HW util {100 * r['hardware_util']:.1f}%"
+      rows.append(f"| {what} | {r['images_per_s']:.0f} images/s{peak} | "
+                  f"{result['peak_tflops']:g} TFLOP/s peak | **{util}** |")
+    else:
+      rows.append(f"| {what} | {r['images_per_s']:.0f} images/s{peak} | | |")
+  rows += [f"| {r['name']} | {_fmt(r['ours'])} {r['unit']} | {_fmt(r['peer'])} "
+           f"({r['peer_name']}) | **{_fmt(r['ratio'])}x** |" for r in result.get("rows", [])]
   return rows
 
 
@@ -214,8 +225,8 @@ def main(argv=None):
       "",
       "## GPU",
       "",
-      "`bash benchmarks/gpu.sh` (benchmarks/gpu_step.py: the package's step, VGG16 224 px bf16; "
-      "MFU = images/s x 3 x 30.9e9 / 990e12 for the full step).",
+      "`bash benchmarks/gpu.sh` (benchmarks/gpu_step.py: the package's steps, VGG16 224 px bf16; "
+      "MFU = images/s x 3 x 30.9e9 / 990e12 for the full step; BUILD.md says how to run it).",
       "",
       "| what | ours | peer | ratio |",
       "|---|---|---|---|",

@@ -6,8 +6,9 @@ Run: .venv/bin/python benchmarks/single_vs_multi.py [--workdir runs/demo] [--out
 Features: the backbone of a trained workdir (--workdir, e.g. after `make demo`: its fine-tuned
 backbone), else configs/demo.py's backbone as built (random: a weak but equal footing for both).
 Both heads start from the same initial parameters and see the same batches (the project's head
-step, optimizer and losses); the table prints the test metrics of each for k = 1, 3, 5 (exactly k
-labels per image) and the ratio softmax / sigmoid.
+stage: mlc_jax.train.loop.prepare of the head Stage on mlc_jax.train.features.Feed batches, its
+optimizer and losses; benchmarks/common.head_step); the table prints the test metrics of each
+for k = 1, 3, 5 (exactly k labels per image) and the ratio softmax / sigmoid.
 """
 import argparse
 import pathlib
@@ -21,8 +22,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # for `con
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from mlc_jax import features, losses, metrics, models, optim, sharding, steps  # noqa: E402
+from benchmarks import common  # noqa: E402
+from mlc_jax import config as config_lib, metrics, models, parallel  # noqa: E402
 from mlc_jax.data import registry  # noqa: E402
+from mlc_jax.train import features  # noqa: E402
 
 KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 
@@ -31,8 +34,8 @@ def backbone_and_config(args):
   """(config, backbone): a trained workdir's, or the demo config's freshly built one."""
   if args.workdir:
     from mlc_jax import checkpoints
-    config, _, model = checkpoints.restore_model(args.workdir, "best")
-    return config, model.backbone
+    restored = checkpoints.restore_model(args.workdir, which="best")
+    return restored.config, restored.model.backbone
   from configs import demo
   config = demo.get_config()
   if args.train:
@@ -40,29 +43,23 @@ def backbone_and_config(args):
   return config, models.build_backbone(config)
 
 
-def train_head(config, cache, num_classes, activation, epochs, mesh):
+def train_head(config, backbone, cache, num_classes, activation, epochs, mesh):
   """Trains a Head on cached features with the project's head step; returns test scores (N, C)."""
   head = models.Head(cache["train"][0].shape[1], num_classes, hidden=config.head.hidden,
                      dropout=config.head.dropout, rngs=nnx.Rngs(int(config.seed)))
-  batch_size = int(config.head.batch_size)
-  x, y = np.asarray(cache["train"][0]), np.asarray(cache["train"][1])
-  spe = len(x) // batch_size
-  loss_fn = losses.softmax_cross_entropy if activation == "softmax" else losses.from_config(config.loss)
-  graphdef, params, rest = nnx.split(head, nnx.Param, ...)
-  tx = optim.make(config.head, spe)
-  step = steps.make_head_step(mesh, graphdef, tx, loss_fn)
-  params, opt_state = sharding.replicate(params, mesh), sharding.replicate(tx.init(params), mesh)
-  sums, key = steps.zero_sums(), jax.random.PRNGKey(int(config.seed))
-  train_x, train_y = sharding.replicate(x, mesh), sharding.replicate(y, mesh)
-  n = 0
+  model = models.MultiLabelModel(backbone, head)
+  feed = features.Feed(*cache["train"], batch_size=config.head.batch_size, train=True,
+                       seed=config.seed)
+  p = common.head_step(config, model, mesh, activation=activation,
+                       steps_per_epoch=feed.steps_per_epoch)
+  state, key, n = p.state, jax.random.PRNGKey(int(config.seed)), 0
   for epoch in range(epochs):
-    order = np.random.default_rng([int(config.seed), epoch]).permutation(len(x))
-    for row in order[:spe * batch_size].reshape(spe, batch_size).astype(np.int32):
-      params, opt_state, sums = step(params, rest, opt_state, sums, train_x, train_y, row, key, n)
+    for batch in feed.epoch(epoch):
+      state = p.train_step(state, p.frozen, parallel.shard_batch(batch, mesh), key, n)
       n += 1
-  nnx.update(head, params)
+  nnx.update(model, state.trainable)
   test_x = np.asarray(cache["test"][0])
-  return np.asarray(steps.activation(head(test_x, train=False), activation))
+  return np.asarray(models.activation(model.head(test_x, train=False), activation))
 
 
 def main(argv=None):
@@ -75,16 +72,17 @@ def main(argv=None):
   args = parser.parse_args(argv)
   config, backbone = backbone_and_config(args)
   source = registry.get(config)
-  mesh = sharding.mesh()
+  mesh = parallel.mesh()
   start = time.time()
-  cache = features.load(features.ensure(config, args.out, source, backbone, mesh))
+  cache = features.load(features.ensure(config, args.out, source, backbone, mesh,
+                                        config_lib.eval_batch_size(config, mesh)))
   print(f"features: {config.dataset}, {source.num_examples}, {time.time() - start:.0f}s")
   epochs = args.epochs or int(config.head.epochs)
   y = np.asarray(cache["test"][1])
   results = {}
   for activation in ("sigmoid", "softmax"):
     start = time.time()
-    scores = train_head(config, cache, len(source.labels), activation, epochs, mesh)
+    scores = train_head(config, backbone, cache, len(source.labels), activation, epochs, mesh)
     results[activation] = {k: metrics.compute(scores, y, k=k) for k in (1, 3, 5)}
     print(f"{activation} head: {epochs} epochs, {time.time() - start:.0f}s")
   labels_per_image = y.sum(1).mean()

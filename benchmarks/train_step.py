@@ -7,10 +7,11 @@ Both sides train the same model (VGG16 headless, average pooling, head fc1024-Re
 C=20), the same freezing (conv blocks below the top `unfreeze` ones frozen) and the same optimizer
 (SGD lr 1e-4 momentum 0.9, BCE with logits) on the same random batch; neither augments. Keras
 runs `train_on_batch` compiled with jit_compile=False (TensorFlow's oneDNN kernels, its fastest
-CPU path); JAX runs mlc_jax.steps.finetune_step. --onednn reruns the JAX side in a child process
-with XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true (XLA's oneDNN convolutions) and adds
-its column. Prints one row per setting with both rates and the ratio JAX / Keras (> 1 means JAX
-is faster).
+CPU path); JAX runs the package's finetune step (mlc_jax.train.steps.train_step, jitted by
+mlc_jax.train.loop.prepare; benchmarks/common.finetune_step). --onednn reruns the JAX side in a
+child process with XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true (XLA's oneDNN
+convolutions) and adds its column. Prints one row per setting with both rates and the ratio
+JAX / Keras (> 1 means JAX is faster).
 
 Where the gap is (2 Zen 4 cores, batch 4, 224 px, measured per convolution): XLA:CPU's own
 convolutions run at 150-210 GFLOP/s from 64 channels up (the 3-channel first layer at ~25);
@@ -31,6 +32,9 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from benchmarks import common  # noqa: E402
+
 NUM_CLASSES = 20
 
 
@@ -50,33 +54,26 @@ def _rate(run_step, batch, steps):
 
 
 def jax_rate(size, batch, steps, unfreeze, width):
-  """Images/s of mlc_jax's finetune step."""
+  """Images/s of mlc_jax's finetune step (mlc_jax.train.loop.prepare of the finetune Stage)."""
   import jax
-  from flax import nnx
 
   from configs import default
-  from mlc_jax import losses, models, optim, sharding, steps as steps_lib
+  from mlc_jax import models, parallel
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights = size, width, ""
   model = models.build_model(c, NUM_CLASSES)
-  mesh = sharding.mesh()
-  graphdef, trainable, stats, frozen = nnx.split(
-      model, optim.trainable_filter(unfreeze), nnx.BatchStat, ...)
-  tx = optim.make(c.finetune, 1)
-  fn = steps_lib.make_finetune_step(mesh, graphdef, tx, losses.bce, None)
+  mesh = parallel.mesh()
+  p = common.finetune_step(c, model, mesh, unfreeze, augment=False, steps_per_epoch=1)
   images, labels = _batch(size, batch)
-  data = sharding.shard_batch({"image": images, "labels": labels, "mask": np.ones(batch, bool)},
+  data = parallel.shard_batch({"image": images, "labels": labels, "mask": np.ones(batch, bool)},
                               mesh)
-  state = sharding.replicate((trainable, stats, tx.init(trainable), steps_lib.zero_sums()), mesh)
-  frozen = sharding.replicate(frozen, mesh)
   key = jax.random.PRNGKey(0)
-  box = {"state": state, "step": 0}
+  box = {"state": p.state, "step": 0}
 
   def run_step():
-    t, s, o, sums = box["state"]
-    t, s, o, sums = fn(t, s, frozen, o, sums, data, key, box["step"])
-    box["state"], box["step"] = (t, s, o, sums), box["step"] + 1
-    jax.block_until_ready(sums)
+    box["state"] = p.train_step(box["state"], p.frozen, data, key, box["step"])
+    box["step"] += 1
+    jax.block_until_ready(box["state"].loss_sum)
 
   return _rate(run_step, batch, steps)
 

@@ -42,17 +42,9 @@ def run_steps(config, mesh, model, batches):
 
   Parameters and optimizer state are laid out as config.param_sharding says, as fit does it.
   """
-  from flax import nnx
-
   from mlc_jax import parallel
-  from mlc_jax.train import loop, optim, stages
-  tx = optim.make(config.finetune, STEPS)
-  stage = loop.Stage(name="finetune", config=config.finetune, model=model,
-                     trainable=optim.trainable_filter(config.finetune.unfreeze_blocks),
-                     stats=nnx.BatchStat, inputs="image", loss_fn=stages.loss_fn(config), tx=tx,
-                     schedule=optim.schedule(config.finetune, STEPS), train=None, val=None,
-                     augment=config.augment)
-  p = loop.prepare(stage, config, mesh)
+  from mlc_jax.train import loop, stages
+  p = loop.prepare(stages.finetune_stage(config, model, steps_per_epoch=STEPS), config, mesh)
   state, key, losses = p.state, jax.random.PRNGKey(0), []
   for i, batch in enumerate(batches):
     before = float(state.loss_sum)

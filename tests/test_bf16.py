@@ -9,7 +9,7 @@ from flax import nnx
 
 from mlc_jax import metrics, models, parallel
 from mlc_jax.data import pipeline, registry
-from mlc_jax.train import loop, optim, stages, state as state_lib, steps
+from mlc_jax.train import loop, stages, state as state_lib, steps
 
 STEPS = 6
 
@@ -31,11 +31,7 @@ def _stage(config, num_classes, source=None):
   model = models.build_model(config, num_classes, rngs=nnx.Rngs(0))
   feed = lambda split, train: None if source is None else pipeline.Feed(
       source, split, batch_size=int(config.batch_size), train=train, config=config)
-  return loop.Stage(name="finetune", config=config.finetune, model=model, trainable=nnx.Param,
-                    stats=nnx.BatchStat, inputs="image", loss_fn=stages.loss_fn(config),
-                    tx=optim.make(config.finetune, STEPS),
-                    schedule=optim.schedule(config.finetune, STEPS), train=feed("train", True),
-                    val=feed("val", False), augment=config.augment)
+  return stages.finetune_stage(config, model, feed("train", True), feed("val", False), STEPS)
 
 
 def _equations(jaxpr):

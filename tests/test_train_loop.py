@@ -7,7 +7,7 @@ from flax import nnx
 
 from mlc_jax import models, parallel
 from mlc_jax.data import pipeline, registry
-from mlc_jax.train import loop, losses, optim
+from mlc_jax.train import loop, stages
 
 
 @pytest.mark.parametrize("metric, values, bests, bad", [
@@ -28,10 +28,7 @@ def test_validation_loss_averages_the_valid_images_of_a_padded_last_batch(shapes
   config = shapes_config
   val = pipeline.Feed(source, "val", batch_size=24, train=False, config=config)
   assert val.steps_per_epoch == 2
-  stage = loop.Stage(name="head", config=config.head, model=model, trainable=optim.HEAD,
-                     stats=nnx.Nothing, inputs="image", loss_fn=losses.bce,
-                     tx=optim.make(config.head, 1), schedule=optim.schedule(config.head, 1),
-                     train=None, val=val)
+  stage = stages.finetune_stage(config, model, val=val)
   mesh = parallel.mesh()
   p = loop.prepare(stage, config, mesh)
   loss, scores, labels = loop.run_validation(p.eval_step, p.state, p.frozen, val, mesh)

@@ -5,7 +5,7 @@ from flax import nnx
 
 from conftest import default_config
 from mlc_jax import models, parallel
-from mlc_jax.train import loop, losses, optim
+from mlc_jax.train import loop, stages
 
 
 def _model():
@@ -21,16 +21,12 @@ def _batch(n=8, size=32, seed=0):
           "mask": np.ones(n, bool)}
 
 
-def prepared(model, unfreeze, grad_clip=0.0, stats=nnx.BatchStat):
+def prepared(model, unfreeze, grad_clip=0.0):
   """The finetune stage's TrainState and jitted steps for `model` (no augmentation)."""
   c = default_config()
-  c.finetune.grad_clip = grad_clip
-  tx = optim.make(c.finetune, 1)
-  stage = loop.Stage(name="finetune", config=c.finetune, model=model,
-                     trainable=optim.trainable_filter(unfreeze), stats=stats, inputs="image",
-                     loss_fn=losses.bce, tx=tx, schedule=optim.schedule(c.finetune, 1), train=None,
-                     val=None)
-  return loop.prepare(stage, c, parallel.mesh())
+  c.finetune.grad_clip, c.finetune.unfreeze_blocks = grad_clip, unfreeze
+  c.augment.flip, c.augment.zoom, c.augment.rotation = False, 0.0, 0.0
+  return loop.prepare(stages.finetune_stage(c, model), c, parallel.mesh())
 
 
 def test_frozen_parameters_are_bit_identical_and_trainable_ones_move():

@@ -94,3 +94,11 @@ def from_config(loss_config):
                              gamma_neg=float(loss_config.gamma_neg),
                              clip=float(loss_config.clip), label_smoothing=ls)
   raise UserError(f"loss.name={name!r} is not one of {NAMES}")
+
+
+def for_config(config):
+  """The training loss of a whole config: config.loss for a sigmoid head, softmax cross-entropy
+  for a softmax head (head.activation)."""
+  if config.head.activation == "softmax":
+    return softmax_cross_entropy
+  return from_config(config.loss)
