@@ -3,11 +3,12 @@ step, inference and the host decode rate, in one command (run by benchmarks/gpu.
 
   python benchmarks/gpu_step.py [--batches 64,128,256] [--unfreeze all,1] [--dtype bfloat16]
                                 [--size 224] [--width 1] [--steps 20] [--peak_tflops 990]
-                                [--budget 480] [--out DIR]
+                                [--budget 480] [--out DIR] [--in_process]
   python benchmarks/gpu_step.py --dry-run   # the same code path at tiny size on the CPU
 
 Every setting runs in a fresh child process (so its peak device memory is its own, and an
-out-of-memory batch costs only its row), in this order, until --budget seconds are spent:
+out-of-memory batch costs only its row; --in_process runs them all in this one), in this order,
+until --budget seconds are spent:
 - finetune, per unfreeze and batch: the package's step (benchmarks/common.finetune_step:
   mlc_jax.train.loop.prepare of the finetune Stage; on-device augmentation, VGG16 with the default
   head, BCE, SGD momentum 0.9, freezing by unfreeze_blocks, donated TrainState) on a uint8 batch
@@ -256,6 +257,14 @@ def run_child(setting, args, timeout):
   return {**json.loads(lines[-1]), "wall_s": round(time.monotonic() - start, 1)}
 
 
+def run_here(setting, args):
+  """One setting in this process (--in_process) -> its row, or the row with its error."""
+  try:
+    return child(setting, args)
+  except Exception as e:  # a setting's failure is its row's, as in a child
+    return {"name": name_of(setting), **setting, "error": f"{type(e).__name__}: {str(e)[:400]}"}
+
+
 def _mib(x):
   return f"{x / 2 ** 20:.0f}" if isinstance(x, (int, float)) else "-"
 
@@ -324,6 +333,9 @@ def main(argv=None):
                       help="folder for gpu_step.json (default $OUT, else runs/gpu)")
   parser.add_argument("--dry-run", dest="dry_run", action="store_true",
                       help="the same code path at tiny size on the CPU")
+  parser.add_argument("--in_process", action="store_true",
+                      help="run every setting in this process, not one child each (peak memory "
+                           "is then the largest so far; the CPU test's quicker dry run)")
   parser.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
   if args.child:
@@ -349,6 +361,8 @@ def main(argv=None):
     left = deadline - time.monotonic()
     if left < 5:
       rows.append({"name": name_of(s), **s, "error": "skipped: the --budget ran out"})
+    elif args.in_process:
+      rows.append(run_here(s, args))
     else:
       rows.append(run_child(s, args, left))
     print_row(rows[-1])

@@ -8,6 +8,7 @@ import sys
 
 from absl import logging
 
+from mlc_jax import parallel, workdir as workdir_lib
 from mlc_jax.errors import Stopped, UserError
 
 
@@ -19,6 +20,8 @@ def _need_config(config, mode):
 
 def _dispatch(mode, config, workdir, flags, overrides):
   if mode == "train":
+    if config is not None and not parallel.wants_distributed(config):
+      workdir_lib.check_unlocked(workdir)  # a busy workdir answers before the imports below
     from mlc_jax import runner
     return runner.train_and_evaluate(_need_config(config, mode), workdir,
                                      accept_config_change=flags.accept_config_change)

@@ -21,14 +21,18 @@ AXIS = "data"
 FSDP_MIN_SIZE = 2 ** 18  # elements; smaller arrays (biases, BatchNorm, small kernels) stay whole
 
 
+def wants_distributed(config=None):
+  """Whether this launch is one process of several: config.distributed or a coordinator named."""
+  wanted = bool(config is not None and config.get("distributed", False))
+  return wanted or any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS"))
+
+
 def initialize(config=None):
   """Starts jax.distributed when config.distributed is set or the environment names a coordinator.
 
   Must run before anything touches a device; a no-op for one process or when already started.
   """
-  wanted = bool(config is not None and config.get("distributed", False))
-  env = any(k in os.environ for k in ("JAX_COORDINATOR_ADDRESS", "COORDINATOR_ADDRESS"))
-  if not (wanted or env) or jax.distributed.is_initialized():
+  if not wants_distributed(config) or jax.distributed.is_initialized():
     return
   # jax reads only the address from the environment; a plain launch (no SLURM/MPI/k8s to
   # auto-detect) gives the process count and index as JAX_NUM_PROCESSES / JAX_PROCESS_ID.

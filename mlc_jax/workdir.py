@@ -193,6 +193,23 @@ def _diff_labels(old, new):
 
 # -- the lock ------------------------------------------------------------------------------------
 
+def _take_lock(workdir):
+  """An open fd of WORKDIR/.lock holding its flock; UserError naming the holder when it is held."""
+  p = path(workdir, ".lock")
+  p.parent.mkdir(parents=True, exist_ok=True)
+  fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+      holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+      os.close(fd)
+      raise UserError(f"workdir {p.parent} is in use by {holder}; wait for that run to end "
+                      "or use another --workdir") from None
+    logging.warning("cannot lock %s (%s): two runs in this workdir would not be detected", p, e)
+  return fd
+
+
 @contextlib.contextmanager
 def lock(workdir):
   """Holds WORKDIR/.lock for the duration (process 0 only); a second holder fails at once.
@@ -203,24 +220,24 @@ def lock(workdir):
   if not is_chief():
     yield
     return
-  p = path(workdir, ".lock")
-  p.parent.mkdir(parents=True, exist_ok=True)
-  fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+  fd = _take_lock(workdir)
   try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-      if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-        holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
-        raise UserError(f"workdir {p.parent} is in use by {holder}; wait for that run to end "
-                        "or use another --workdir") from None
-      logging.warning("cannot lock %s (%s): two runs in this workdir would not be detected", p, e)
     os.ftruncate(fd, 0)
     since = datetime.datetime.now().isoformat(timespec="seconds")
     os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} (since {since})".encode(), 0)
     yield
   finally:
     os.close(fd)  # releases the flock
+
+
+def check_unlocked(workdir):
+  """UserError when a run holds the workdir (a probe: nothing is held afterwards).
+
+  For one-process launches, before the seconds of importing the training code; `lock` is what
+  guards the workdir.
+  """
+  if path(workdir).is_dir():
+    os.close(_take_lock(workdir))
 
 
 # -- metrics.jsonl -------------------------------------------------------------------------------

@@ -32,8 +32,8 @@ def test_dry_run_runs_every_setting_without_tensorflow(tmp_path):
       [str(site), str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])))
   out = tmp_path / "out"
   proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_step.py"), "--dry-run",
-                         f"--out={out}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=300)
+                         "--in_process", f"--out={out}"], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=300)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   result = json.loads((out / "gpu_step.json").read_text())
   assert result["dry_run"] and result["device"]["platform"] == "cpu"
@@ -50,6 +50,6 @@ def test_dry_run_runs_every_setting_without_tensorflow(tmp_path):
   assert rows[expected[0]]["xla_flops_per_image"] < rows[expected[1]]["xla_flops_per_image"]
   assert rows["inference batch 2"]["device_images_per_s"] > 0
   assert rows["inference batch 2"]["scores_finite"]
-  # The blocker reached the children: the decode row (tf.data) says why it was not measured.
+  # The blocker held: the decode row (tf.data) says why it was not measured.
   assert "TensorFlow is not installed" in rows["host decode+resize 224, all cores"]["skipped"]
   assert "| finetune unfreeze all batch 2 |" in proc.stdout  # the table on stdout

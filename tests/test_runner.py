@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env
 from mlc_jax import checkpoints, runner
 from mlc_jax.errors import UserError
 
@@ -154,8 +154,8 @@ def test_resume_after_an_epoch_equals_uninterrupted(shapes_config, uninterrupted
   _same_run(tmp_path, uninterrupted)
 
 
-def _launch_command(config, tmp_path):
-  config_file = tmp_path / "config.py"
+def _launch_command(config, tmp_path, name="config"):
+  config_file = tmp_path / f"{name}.py"
   config_file.write_text(
       "import json, ml_collections\n"
       f"def get_config():\n  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
@@ -170,57 +170,35 @@ def _truncate_arrays(step_dir):
         f.truncate(16)
 
 
-def test_kill_9_then_resume(shapes_config, uninterrupted, tmp_path):
-  """A launch.py run killed (SIGKILL) after its first checkpoints resumes to the same result,
-  also when the newest of them was damaged on disk afterwards."""
-  config = _finetune_config(shapes_config)
-  config.checkpoint.every_steps = 1  # a save every step: the kill lands while saves are in flight
-  cmd, workdir = _launch_command(config, tmp_path)
-  proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt = workdir / "checkpoints" / "finetune"
-  import time
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None:
-    if ckpt.is_dir() and any(p.name.isdigit() and int(p.name) >= 3 for p in ckpt.iterdir()):
-      break
-    time.sleep(0.05)
-  proc.kill()
-  proc.wait()
-  assert not checkpoints.is_done(workdir, "finetune"), "the run finished before the kill"
-  steps = checkpoints.steps_on_disk(workdir, "finetune")
-  assert len(steps) >= 2
-  _truncate_arrays(ckpt / str(steps[-1]))  # and a disk fault in the newest step
-  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  assert f"checkpoint {ckpt / str(steps[-1])} cannot be restored" in done.stderr
-  assert f"resuming from step {steps[-2]}" in done.stderr
-  assert "Traceback" not in done.stderr
-  assert [p.name for p in ckpt.iterdir() if ".damaged-" in p.name] == [
-      p.name for p in ckpt.iterdir() if p.name.startswith(f"{steps[-1]}.damaged-")] != []
-  _same_run(workdir, uninterrupted)
-
-
-def test_sigterm_saves_and_a_second_run_is_refused(shapes_config, uninterrupted, tmp_path):
-  """A preempted run (SIGTERM mid-epoch) saves its step and exits with one line; a second run
-  started meanwhile fails at once naming the first and harms nothing; the rerun equals an
-  uninterrupted run."""
+def test_stops_kills_and_disk_faults_resume_to_the_uninterrupted_result(
+    shapes_config, uninterrupted, tmp_path):
+  """One workdir through every fault it survives, then exactly an uninterrupted run's result:
+  1. SIGTERM mid-epoch (a preempted machine): the current step is saved and the run ends with one
+     line; a second run started meanwhile fails at once, naming the first, and touches nothing;
+  2. kill -9 while saves are in flight (a save every step), then a disk fault in the newest step:
+     the rerun sets that step aside and resumes from the one before it.
+  """
   import signal
   import time
   config = _finetune_config(shapes_config)
   cmd, workdir = _launch_command(config, tmp_path)
-  first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                           text=True)
+  ckpt = workdir / "checkpoints" / "finetune"
+  env = subprocess_env()
+
+  # 1. SIGTERM mid-epoch, with a second run tried while the first is held (SIGSTOP) mid-epoch.
+  first = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, text=True)
   seen = []
-  for line in first.stderr:  # its progress lines: stop it inside the first epoch
+  for line in first.stderr:  # its progress lines
     seen.append(line)
     if "finetune epoch 1/2 step 2/6" in line:
       break
   assert first.poll() is None, "".join(seen[-20:])
-  first.send_signal(signal.SIGSTOP)  # hold it mid-epoch while a second run tries the workdir
+  first.send_signal(signal.SIGSTOP)
   try:
     before = sorted(str(p) for p in workdir.rglob("*"))
     start = time.time()
-    second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    second = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert second.returncode == 1
     assert f"is in use by pid {first.pid} on host" in second.stderr
     assert time.time() - start < 60 and "Traceback" not in second.stderr
@@ -231,12 +209,34 @@ def test_sigterm_saves_and_a_second_run_is_refused(shapes_config, uninterrupted,
   rest = first.stderr.read()
   assert first.wait(timeout=120) == 128 + signal.SIGTERM, rest[-3000:]
   (line,) = [l for l in rest.splitlines() if "stopped by SIGTERM" in l]
-  step = int(line.split(" at step ")[1].split()[0])
-  assert 2 <= step < 6 and "Traceback" not in rest  # mid-epoch, saved, no stack dump
-  assert checkpoints.steps_on_disk(workdir, "finetune")[-1] == step
-  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  stopped = int(line.split(" at step ")[1].split()[0])
+  assert 2 <= stopped < 6 and "Traceback" not in rest  # mid-epoch, saved, no stack dump
+  assert checkpoints.steps_on_disk(workdir, "finetune")[-1] == stopped
+
+  # 2. Resume with a save every step (a free key) and kill -9 inside the second epoch.
+  config.checkpoint.every_steps = 1
+  cmd, _ = _launch_command(config, tmp_path, "every_step")
+  log = tmp_path / "killed.log"
+  with open(log, "w") as err:
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+      if ckpt.is_dir() and any(p.name.isdigit() and int(p.name) >= 8 for p in ckpt.iterdir()):
+        break
+      time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+  assert f"resuming from step {stopped} (epoch 1, batch {stopped})" in log.read_text()
+  assert not checkpoints.is_done(workdir, "finetune"), "the run finished before the kill"
+  steps = checkpoints.steps_on_disk(workdir, "finetune")
+  assert len(steps) >= 2 and steps[-1] >= 8
+  _truncate_arrays(ckpt / str(steps[-1]))  # and a disk fault in the newest step
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert f"resuming from step {step} (epoch 1, batch {step})" in done.stderr
+  assert f"checkpoint {ckpt / str(steps[-1])} cannot be restored" in done.stderr
+  assert f"resuming from step {steps[-2]}" in done.stderr and "Traceback" not in done.stderr
+  assert [p.name for p in ckpt.iterdir() if ".damaged-" in p.name] == [
+      p.name for p in ckpt.iterdir() if p.name.startswith(f"{steps[-1]}.damaged-")] != []
   _same_run(workdir, uninterrupted)
 
 

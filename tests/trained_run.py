@@ -3,11 +3,14 @@
 It trains in a subprocess on 2 (forced) host devices, so every test that restores it also checks
 that a run trained on several devices loads on this process's single CPU device.
 """
+import fcntl
 import json
 import os
 import pathlib
 import subprocess
 import sys
+
+from conftest import subprocess_env
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _RUNS = {}
@@ -37,15 +40,21 @@ def run_config(shapes_config):
 
 
 def trained_workdir(shapes_config, tmp_path_factory):
-  """Trains (once per session) -> (workdir, config): features, head, evaluate."""
+  """Trains (once per session, also across pytest-xdist workers) -> (workdir, config)."""
   if "run" not in _RUNS:
     config = run_config(shapes_config)
-    workdir = tmp_path_factory.mktemp("trained_run")
-    env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    proc = subprocess.run([sys.executable, "-c", TRAIN, config.to_json(), str(workdir)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+      root = root.parent  # the workers' temporary folders are siblings: share one run
+    workdir, done = root / "trained_run", root / "trained_run.done"
+    with open(root / "trained_run.lock", "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the one training
+      if not done.exists():
+        env = subprocess_env("--xla_force_host_platform_device_count=2")
+        proc = subprocess.run([sys.executable, "-c", TRAIN, config.to_json(), str(workdir)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        done.touch()
     _RUNS["run"] = (workdir, config)
   return _RUNS["run"]
 
