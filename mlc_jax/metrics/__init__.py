@@ -1,9 +1,11 @@
 """Multi-label metrics with the literature's definitions and sklearn's numbers.
 
 `compute(scores, labels)` returns every metric at once; `Accumulator` gathers batches during evaluation;
-`per_class_table` and `tune_thresholds` serve reports and threshold selection. The arithmetic runs in
-jitted, vectorised JAX kernels (mlc_jax.metrics.kernels) over chunks, so N = 1e6 images by C = 1e3
-classes fits in memory; the host only sums the chunks' counts and averages per-image values in float64.
+`per_class_table` and `tune_thresholds` serve reports and threshold selection. A label entry is 1
+(present), 0 (absent) or -1 (unknown: a VOC difficult object, a class another dataset annotates, a
+partial annotation); every metric uses the known entries only. The arithmetic runs in jitted,
+vectorised JAX kernels (mlc_jax.metrics.kernels) over chunks, so N = 1e6 images by C = 1e3 classes
+fits in memory; the host only sums the chunks' counts and averages per-image values in float64.
 Scores are compared in float32.
 """
 import jax.numpy as jnp
@@ -40,8 +42,8 @@ def _check(scores, labels, k=1):
     scores = scores.astype(np.float32)
   if not (labels.dtype == bool or np.issubdtype(labels.dtype, np.integer)
           or np.issubdtype(labels.dtype, np.floating)):
-    raise UserError(f"metrics: labels must be a multi-hot array of 0/1 (bool, int or float), "
-                    f"got dtype {labels.dtype}")
+    raise UserError(f"metrics: labels must be a multi-hot array of 0/1, -1 for unknown (bool, int "
+                    f"or float), got dtype {labels.dtype}")
   if not isinstance(k, (int, np.integer)) or not 1 <= k <= scores.shape[1]:
     raise UserError(f"metrics: k={k!r} must be an integer between 1 and the number of classes "
                     f"({scores.shape[1]})")
@@ -49,10 +51,13 @@ def _check(scores, labels, k=1):
 
 
 def _label_codes(labels):
-  """int8 labels for the kernels (2 marks a value that is not 0/1): one compiled shape for every dtype."""
+  """int8 label codes for the kernels (1, 0, -1 unknown, 2 any other value): one compiled shape for
+  every dtype."""
   if labels.dtype == bool:
     return labels.view(np.int8)
-  return np.where(labels == 1, 1, np.where(labels == 0, 0, 2)).astype(np.int8)
+  if np.issubdtype(labels.dtype, np.integer):  # the pipeline's int8 targets: one pass
+    return np.where((labels >= -1) & (labels <= 1), labels, 2).astype(np.int8)
+  return kernels.label_codes(labels, np)
 
 
 def _row_stats(scores, labels, *, threshold, k, topk_min_score, nonneg):
@@ -76,8 +81,8 @@ def _row_stats(scores, labels, *, threshold, k, topk_min_score, nonneg):
       else:
         sums[name] = sums.get(name, 0) + value.astype(np.int64)
   if sums["bad_labels"]:
-    raise UserError(f"metrics: {int(sums['bad_labels'])} label entries are not 0 or 1; labels must "
-                    "be multi-hot (binarise them first)")
+    raise UserError(f"metrics: {int(sums['bad_labels'])} label entries are not 0 or 1, or -1 for "
+                    "unknown; labels must be multi-hot (binarise them first; mark unknown entries -1)")
   if sums["non_finite"]:
     raise UserError(f"metrics: {int(sums['non_finite'])} scores are NaN or infinite; check the model "
                     "outputs (e.g. a diverged checkpoint) before evaluating")
@@ -131,29 +136,47 @@ def _average_precision(scores, labels, positives, nonneg):
   return _ratio(sums, positives)
 
 
-def compute(scores, labels, *, k=3, threshold=0.5, topk_min_score=False):
-  """All multi-label metrics of `scores` (N, C) probabilities against `labels` (N, C) multi-hot 0/1.
+def _mean_over(values, where):
+  """Mean of values[where] in float64; 0.0 when nothing is selected (nothing is ever NaN)."""
+  return float(np.mean(values[where], dtype=np.float64)) if where.any() else 0.0
 
-  Returns a dict of Python floats and small numpy arrays (definitions in issue 3):
-  `AP` (per class, sklearn's average_precision_score with ties; 0 for a class without positives),
-  `mAP` and `classes_without_positives` (left out of every class mean); `CP CR CF1 OP OR OF1` for
-  `score >= threshold`; the same for the top-k labels of each image with suffix `_top{k}` (ties go to the
-  lower class index; `topk_min_score=True` also requires score >= threshold, the ML-GCN variant, named in
-  `topk_variant`); sklearn's `f1_*` and `jaccard_*` (macro/micro/samples, zero_division=1),
-  `hamming_loss`, `subset_accuracy`, `zero_one_loss`, `lrap`, `ranking_loss`; over images with at least
-  one label, `coverage` (sklearn's coverage_error) and `one_error` (top-scored label wrong, lower class
-  index first among ties). Raises UserError for mismatched shapes or dtypes, labels not 0/1, NaN/inf
-  scores, k outside 1..C and empty input.
+
+def compute(scores, labels, *, k=3, threshold=0.5, topk_min_score=False):
+  """All multi-label metrics of `scores` (N, C) probabilities against `labels` (N, C).
+
+  `labels`: 1 present, 0 absent, -1 unknown, as int8 (the pipeline's targets), bool, or any integer
+  or float array holding only those values. Every metric uses the known entries only, under one of
+  three rules (without any -1 each is exactly the metric of the complete data):
+  - per class, over that class's known images: `AP` (sklearn's average_precision_score with ties; 0
+    for a class without a known positive), `mAP`, and `CP CR` (and their harmonic mean `CF1`) at
+    `score >= threshold` and with suffix `_top{k}` for the top-k labels. Classes without a known
+    positive are left out of these means and listed in `classes_without_positives`. sklearn's
+    `f1_macro` and `jaccard_macro` (zero_division=1) average over every class with a known entry;
+    classes nobody annotated are listed in `classes_without_known_labels`.
+  - per image, over that image's known classes, averaged over images with a known entry (their count
+    left out is `images_without_known_labels`): `f1_samples`, `jaccard_samples` (zero_division=1),
+    `subset_accuracy` (every known entry right), `zero_one_loss`, `lrap`, `ranking_loss`; and over
+    images with a known positive, `coverage` (sklearn's coverage_error) and `one_error` (top-scored
+    known class wrong, lower class index first among ties). The top-k labels of an image are its k
+    best-scored known classes (all of them when it has fewer than k; ties go to the lower class
+    index; `topk_min_score=True` also requires score >= threshold, the ML-GCN variant, named in
+    `topk_variant`).
+  - pooled over all known entries: `OP OR OF1` (and `_top{k}`), `f1_micro`, `jaccard_micro` and
+    `hamming_loss` (wrong known entries / known entries).
+  What was left out: `unknown_per_class` (-1 entries of each class; their sum is every -1 entry),
+  `unknown_fraction` (-1 entries / all entries) and `images_without_known_labels` (indices).
+  Returns Python floats, numpy arrays and the `topk_variant` string.
+  Raises UserError for mismatched shapes or dtypes, labels other than 0/1/-1, NaN/inf scores, k
+  outside 1..C and empty input.
   """
   scores, labels, nonneg = _check(scores, labels, k)
-  n, c = scores.shape
   sums, rows = _row_stats(scores, labels, threshold=threshold, k=k, topk_min_score=topk_min_score,
                           nonneg=nonneg)
-  positives, predicted, tp = sums["positives"], sums["predicted"], sums["tp"]
-  has_pos = positives > 0
+  positives, predicted, tp, known = sums["positives"], sums["predicted"], sums["tp"], sums["known"]
+  has_pos, annotated = positives > 0, known > 0
   ap = _average_precision(scores, labels, positives, nonneg)
   out = {"AP": ap.astype(np.float32),
-         "mAP": float(ap[has_pos].mean()) if has_pos.any() else 0.0,
+         "mAP": _mean_over(ap, has_pos),
          "classes_without_positives": np.flatnonzero(~has_pos)}
   names = ("CP", "CR", "CF1", "OP", "OR", "OF1")
   out.update(zip(names, _prf(tp, predicted, positives, has_pos)))
@@ -162,29 +185,36 @@ def compute(scores, labels, *, k=3, threshold=0.5, topk_min_score=False):
   out["topk_variant"] = (f"top{k} with score >= {threshold}" if topk_min_score
                          else f"exactly top{k} per image")
 
+  imaged = rows["known_r"] > 0
   fp, fn = predicted - tp, positives - tp
-  out["f1_macro"] = float(np.mean(_zero_one_as(2 * tp, 2 * tp + fp + fn)))
+  out["f1_macro"] = _mean_over(_zero_one_as(2 * tp, 2 * tp + fp + fn), annotated)
   out["f1_micro"] = float(_zero_one_as(2 * tp.sum(), (2 * tp + fp + fn).sum()))
-  out["f1_samples"] = float(np.mean(rows["f1_r"], dtype=np.float64))
-  out["jaccard_macro"] = float(np.mean(_zero_one_as(tp, tp + fp + fn)))
+  out["f1_samples"] = _mean_over(rows["f1_r"], imaged)
+  out["jaccard_macro"] = _mean_over(_zero_one_as(tp, tp + fp + fn), annotated)
   out["jaccard_micro"] = float(_zero_one_as(tp.sum(), (tp + fp + fn).sum()))
-  out["jaccard_samples"] = float(np.mean(rows["jaccard_r"], dtype=np.float64))
-  out["hamming_loss"] = float((fp.sum() + fn.sum()) / (n * c))
-  out["subset_accuracy"] = float(np.mean(rows["exact_r"], dtype=np.float64))
-  out["zero_one_loss"] = 1.0 - out["subset_accuracy"]
-  out["lrap"] = float(np.mean(rows["lrap_r"], dtype=np.float64))
-  out["ranking_loss"] = float(np.mean(rows["ranking_loss_r"], dtype=np.float64))
+  out["jaccard_samples"] = _mean_over(rows["jaccard_r"], imaged)
+  out["hamming_loss"] = float(_ratio(fp.sum() + fn.sum(), known.sum()))
+  out["subset_accuracy"] = _mean_over(rows["exact_r"], imaged)
+  out["zero_one_loss"] = 1.0 - out["subset_accuracy"] if imaged.any() else 0.0
+  out["lrap"] = _mean_over(rows["lrap_r"], imaged)
+  out["ranking_loss"] = _mean_over(rows["ranking_loss_r"], imaged)
   labelled = rows["labelled_r"]
-  out["coverage"] = float(rows["coverage_r"][labelled].mean()) if labelled.any() else 0.0
-  out["one_error"] = float(1.0 - rows["top_is_true_r"][labelled].mean()) if labelled.any() else 0.0
+  out["coverage"] = _mean_over(rows["coverage_r"], labelled)
+  out["one_error"] = 1.0 - _mean_over(rows["top_is_true_r"], labelled) if labelled.any() else 0.0
+  out["unknown_per_class"] = scores.shape[0] - known
+  out["unknown_fraction"] = float(_ratio(out["unknown_per_class"].sum(), labels.size))
+  out["images_without_known_labels"] = np.flatnonzero(~imaged)
+  out["classes_without_known_labels"] = np.flatnonzero(~annotated)
   return out
 
 
 def per_class_table(scores, labels, names, *, threshold=0.5):
-  """One dict per class, in class order: name, AP, precision, recall, F1 (at score >= threshold), support.
+  """One dict per class, in class order: name, AP, precision, recall, F1 (at score >= threshold),
+  support (known positives) and unknown (images whose label for the class is -1).
 
-  Precision is 0 for a class never predicted, recall 0 for a class without positives, F1 their
-  harmonic mean (0 when both are 0): the per-class terms of CP, CR and CF1.
+  Each is over the class's known images. Precision is 0 for a class never predicted, recall 0 for a
+  class without known positives, F1 their harmonic mean (0 when both are 0): the per-class terms of
+  CP, CR and CF1.
   """
   scores, labels, nonneg = _check(scores, labels)
   if len(names) != scores.shape[1]:
@@ -195,17 +225,21 @@ def per_class_table(scores, labels, names, *, threshold=0.5):
   ap = _average_precision(scores, labels, positives, nonneg)
   precision, recall = _ratio(tp, sums["predicted"]), _ratio(tp, positives)
   f1 = _ratio(2 * precision * recall, precision + recall)
+  unknown = scores.shape[0] - sums["known"]
   return [{"name": str(name), "AP": float(ap[i]), "precision": float(precision[i]),
-           "recall": float(recall[i]), "F1": float(f1[i]), "support": int(positives[i])}
+           "recall": float(recall[i]), "F1": float(f1[i]), "support": int(positives[i]),
+           "unknown": int(unknown[i])}
           for i, name in enumerate(names)]
 
 
 def tune_thresholds(scores, labels):
-  """Per class, the threshold t maximising that class's F1 of `score >= t` on (validation) data.
+  """Per class, the threshold t maximising that class's F1 of `score >= t` on its known (validation)
+  images.
 
-  t is always one of the class's observed scores, so every image scored t or above is predicted (a
-  tied run is never split); among thresholds with equal F1 the highest wins. A class without positives
-  gets the next float32 above its highest score, so it predicts nothing on this data. Returns (C,) float32.
+  t is always one of the class's known scores, so every known image scored t or above is predicted
+  (a tied run is never split); among thresholds with equal F1 the highest wins. A class without a
+  known positive gets the next float32 above its highest score (known or not), so it predicts
+  nothing on this data. Returns (C,) float32.
   """
   scores, labels, nonneg = _check(scores, labels)
   sums, _ = _row_stats(scores, labels, threshold=0.5, k=1, topk_min_score=False, nonneg=nonneg)

@@ -1,8 +1,8 @@
 """Accumulator: gathers evaluation batches (padding masked out) and computes the metrics at the end.
 
 AP and the ranking metrics need every score of a class at once, so the accumulator keeps the batches
-(compacted on device to float32 scores and int8 labels) and runs `compute` on their concatenation:
-its result equals one call on the unpadded data.
+(compacted on device to float32 scores and int8 label codes, -1 for unknown) and runs `compute` on
+their concatenation: its result equals one call on the unpadded data.
 """
 import numpy as np
 from jax.experimental import multihost_utils
@@ -30,7 +30,8 @@ class Accumulator:
     self._host = []
 
   def update(self, scores, labels, mask=None):
-    """Adds a batch: scores (B, C) probabilities, labels (B, C) 0/1, mask (B,) False on padded rows.
+    """Adds a batch: scores (B, C) probabilities, labels (B, C) 1/0/-1 (unknown), mask (B,) False on
+    padded rows.
 
     Jitted and non-blocking: the batch is compacted on device and its host copy starts at once.
     """
