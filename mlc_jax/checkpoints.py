@@ -1,8 +1,10 @@
 """Checkpoints: the Orbax format below training and inference, and the one path that restores a model.
 
-One CheckpointManager per stage under WORKDIR/checkpoints/STAGE. Each step holds two items:
+One CheckpointManager per stage under WORKDIR/checkpoints/STAGE. Each step holds the items
 'model', the pure dict of the FULL MultiLabelModel state (backbone + head, parameters and batch
-statistics), and 'train' (optimizer state and the loop's counters). Orbax writes a step into a
+statistics), 'train' (optimizer state and the loop's counters) and, when the stage keeps an
+exponential moving average of its weights (finetune.ema_decay), 'ema': the full model with
+those weights. Orbax writes a step into a
 temporary directory and renames it when complete, so a process killed mid-save leaves the previous
 steps intact; the two latest steps and the best one are kept, so a damaged latest step (a disk
 fault) falls back to the one before it. A stage is done only when its DONE file exists, written
@@ -59,6 +61,22 @@ def final_stage(workdir):
                   "train first with --mode=train (or pass the right --workdir)")
 
 
+class _QuietOrbax:
+  """Drops Orbax's per-save INFO lines (a dozen per checkpoint) and the two warnings every
+  read-only restore prints; its other warnings still show."""
+  BENIGN = ("CheckpointManagerOptions.read_only=True", "Given directory is read only")
+
+  def filter(self, record):
+    if "orbax" not in record.pathname:
+      return True
+    return record.levelno >= 30 and not str(record.msg).startswith(self.BENIGN)
+
+
+def _quiet_orbax():
+  if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
+    logging.get_absl_logger().addFilter(_QuietOrbax())
+
+
 def _detach(x):
   return jnp.array(x, copy=True) if isinstance(x, jax.Array) else x
 
@@ -69,6 +87,7 @@ class Manager:
   def __init__(self, workdir, stage, best_metric="val_loss", *, read_only=False):
     if best_metric not in BEST_METRICS:
       raise UserError(f"checkpoint.best_metric={best_metric!r} is not one of {tuple(BEST_METRICS)}")
+    _quiet_orbax()
     self.mode = BEST_METRICS[best_metric]
     self.best_metric = best_metric
     self.directory = workdir_lib.checkpoint_dir(workdir, stage)
@@ -84,7 +103,7 @@ class Manager:
         create=not read_only, enable_async_checkpointing=not read_only)
     try:
       self._mngr = ocp.CheckpointManager(self.directory, options=options,
-                                         item_names=("model", "train"))
+                                         item_names=("model", "train", "ema"))
     except Exception as e:  # an unreadable directory: say which one
       raise UserError(f"cannot read checkpoints in {self.directory}: {e}") from e
 
@@ -108,31 +127,33 @@ class Manager:
       raise UserError(f"which={which!r} must be 'best', 'latest' or a step number")
     return self.best_step() if which == "best" else self.latest_step()
 
-  def save(self, step, model_state, train_state, metrics=None):
+  def save(self, step, model_state, train_state, metrics=None, ema=None):
     """Starts an asynchronous save of step; metrics (with best_metric) rank it for 'best'."""
     # The train step donates its state: hand Orbax's background writer copies the step cannot reuse.
-    model_state, train_state = jax.tree.map(_detach, (model_state, train_state))
-    args = ocp.args.Composite(model=ocp.args.StandardSave(model_state),
-                              train=ocp.args.StandardSave(train_state))
+    items = {"model": model_state, "train": train_state}
+    if ema is not None:
+      items["ema"] = ema
+    items = jax.tree.map(_detach, items)
+    args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
     self._mngr.save(step, args=args, metrics=metrics, force=True)
 
-  def restore(self, step, abstract_model=None, abstract_train=None):
+  def restore(self, step, abstract_model=None, abstract_train=None, abstract_ema=None):
     """Restores the named items of step against abstract targets -> dict item -> pytree.
 
     Raises CheckpointError when the step cannot be read or does not fit the targets.
     """
     items = {}
-    if abstract_model is not None:
-      items["model"] = ocp.args.StandardRestore(abstract_model)
-    if abstract_train is not None:
-      items["train"] = ocp.args.StandardRestore(abstract_train)
+    for name, target in (("model", abstract_model), ("train", abstract_train),
+                         ("ema", abstract_ema)):
+      if target is not None:
+        items[name] = ocp.args.StandardRestore(target)
     try:
       return self._mngr.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:  # truncated files, a wrong model shape
       reason = " ".join(str(e).split()).split(" See full TensorStore details")[0][:200]
       raise CheckpointError(self.directory / str(step), f"{type(e).__name__}: {reason}") from e
 
-  def restore_latest_intact(self, abstract_model, abstract_train):
+  def restore_latest_intact(self, abstract_model, abstract_train, abstract_ema=None):
     """(step, restored) of the newest step that restores; (None, None) when there is none.
 
     A step that fails is renamed STEP.damaged-TIME (kept for inspection, out of Orbax's sight)
@@ -140,7 +161,7 @@ class Manager:
     """
     for step in reversed(self.all_steps()):
       try:
-        return step, self.restore(step, abstract_model, abstract_train)
+        return step, self.restore(step, abstract_model, abstract_train, abstract_ema)
       except CheckpointError as e:
         if workdir_lib.is_chief():
           kept = self.directory / f"{step}.damaged-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -204,7 +225,25 @@ class Restored:
   model: Any        # MultiLabelModel with the checkpoint's values
   stage: str
   step: int
-  thresholds: Any   # float32 (C,) tuned for this very checkpoint, or None
+  thresholds: Any   # float32 (C,) tuned for this very checkpoint (and weights), or None
+  weights: str = "regular"  # 'ema': the checkpoint's moving average of the weights
+
+  @property
+  def name(self):
+    """'STAGE/STEP', with ' (EMA)' for the moving average's weights."""
+    return f"{self.stage}/{self.step}" + (" (EMA)" if self.weights == "ema" else "")
+
+
+def best_metric_of(config, stage):
+  """The metric that ranks a stage's checkpoints: checkpoint.best_metric, except that only the
+  finetune stage keeps EMA weights (the head stage ranks by the plain metric)."""
+  metric = config.checkpoint.get("best_metric", "val_loss")
+  return metric if stage == "finetune" else metric.removesuffix("_ema")
+
+
+def weights_of(config, stage):
+  """'ema' when the stage's best checkpoint is the one of its EMA weights, else 'regular'."""
+  return "ema" if best_metric_of(config, stage).endswith("_ema") else "regular"
 
 
 def _default_placement():
@@ -215,11 +254,12 @@ def _default_placement():
   return parallel.replicated(parallel.mesh())
 
 
-def restore_model(workdir, stage=None, which="best", *, model=None, device=None):
+def restore_model(workdir, stage=None, which="best", *, model=None, device=None, weights=None):
   """The trained model of a workdir: stage (None = the last with checkpoints), which step.
 
-  which: 'best' (by the run's checkpoint.best_metric), 'latest' or a step number. model: restore
-  into this model's arrays, keeping their shardings (training); otherwise a model is built from
+  which: 'best' (by the run's checkpoint.best_metric), 'latest' or a step number. weights:
+  'regular' or 'ema' (default: the ones the best metric ranks, weights_of). model: restore into
+  this model's arrays, keeping their shardings (training); otherwise a model is built from
   config.json and every array lands on `device` (default: this machine's first device; with
   several processes, replicated over all devices).
   """
@@ -229,7 +269,10 @@ def restore_model(workdir, stage=None, which="best", *, model=None, device=None)
   if stage not in TRAINED_STAGES:
     raise UserError(f"stage {stage!r} has no checkpoints; choose one of {TRAINED_STAGES}")
   directory = workdir_lib.checkpoint_dir(workdir, stage)
-  mngr = Manager(workdir, stage, config.checkpoint.get("best_metric", "val_loss"), read_only=True)
+  weights = weights or weights_of(config, stage)
+  if weights not in ("regular", "ema"):
+    raise UserError(f"weights={weights!r} must be 'regular' or 'ema'")
+  mngr = Manager(workdir, stage, best_metric_of(config, stage), read_only=True)
   try:
     step = mngr.step_for(which)
     if step is None:
@@ -243,11 +286,16 @@ def restore_model(workdir, stage=None, which="best", *, model=None, device=None)
       target = abstract_of(model_state(model), device or _default_placement())
     else:
       target = abstract_of(model_state(model))
-    restored = mngr.restore(step, abstract_model=target)
+    if weights == "ema" and not (directory / str(step) / "ema").is_dir():
+      raise UserError(f"checkpoint {directory / str(step)} holds no EMA weights (the run's "
+                      "finetune.ema_decay was 0); use weights='regular'")
+    restored = mngr.restore(step, **{"abstract_model" if weights == "regular" else "abstract_ema":
+                                     target})
   finally:
     mngr.close()
   if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model, nnx.Not(SAVED)))):
     model = build()  # state the checkpoint does not keep (RNG streams) needs real values
-  load_model_state(model, restored["model"])
-  thresholds = workdir_lib.read_thresholds(workdir, stage, step, labels)
-  return Restored(workdir_lib.path(workdir), config, labels, model, stage, int(step), thresholds)
+  load_model_state(model, restored["model" if weights == "regular" else "ema"])
+  thresholds = workdir_lib.read_thresholds(workdir, stage, step, labels, weights)
+  return Restored(workdir_lib.path(workdir), config, labels, model, stage, int(step), thresholds,
+                  weights)

@@ -18,18 +18,6 @@ from mlc_jax.eval import evaluate
 from mlc_jax.train import loop, stages
 
 
-class _QuietOrbax:
-  """Drops Orbax's per-save INFO lines (a dozen per checkpoint); its warnings still show."""
-
-  def filter(self, record):
-    return record.levelno >= 30 or "orbax" not in record.pathname
-
-
-def _quiet_orbax():
-  if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
-    logging.get_absl_logger().addFilter(_QuietOrbax())
-
-
 def _summary(workdir, config):
   path = workdir_lib.eval_dir(workdir, "test") / "metrics.json"
   metrics = json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
@@ -54,7 +42,6 @@ def train_and_evaluate(config, workdir, *, accept_config_change=False):
   change what is trained (recorded in config_changes.jsonl); otherwise such a relaunch is refused.
   """
   config_lib.validate(config)
-  _quiet_orbax()
   parallel.initialize(config)
   mesh = parallel.mesh()
   config_lib.validate(config, mesh)

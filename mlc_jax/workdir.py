@@ -294,8 +294,13 @@ def truncate_metrics(workdir, stage, after_step):
 # -- thresholds, one set per checkpoint ----------------------------------------------------------
 
 def thresholds_path(workdir, stage):
-  """WORKDIR/checkpoints/STAGE/thresholds.json: {step: {labels, thresholds, tuned_on}}."""
+  """WORKDIR/checkpoints/STAGE/thresholds.json: {step (or 'STEP-ema'): {labels, thresholds,
+  tuned_on}}."""
   return checkpoint_dir(workdir, stage) / "thresholds.json"
+
+
+def _threshold_key(step, weights):
+  return str(int(step)) if weights == "regular" else f"{int(step)}-{weights}"
 
 
 def _read_threshold_file(p):
@@ -308,20 +313,20 @@ def _read_threshold_file(p):
                     "again") from None
 
 
-def write_thresholds(workdir, stage, step, labels, thresholds, tuned_on):
-  """Stores per-class thresholds tuned for the checkpoint (stage, step)."""
+def write_thresholds(workdir, stage, step, labels, thresholds, tuned_on, weights="regular"):
+  """Stores per-class thresholds tuned for the checkpoint (stage, step) and its weights."""
   p = thresholds_path(workdir, stage)
   doc = _read_threshold_file(p)
-  doc[str(int(step))] = {"labels": list(labels), "thresholds": [float(t) for t in thresholds],
+  doc[_threshold_key(step, weights)] = {"labels": list(labels), "thresholds": [float(t) for t in thresholds],
                          "tuned_on": tuned_on}
   write_text(p, json.dumps(doc, indent=1))
   return p
 
 
-def read_thresholds(workdir, stage, step, labels):
-  """float32 (C,) thresholds tuned for checkpoint (stage, step), or None when none were."""
+def read_thresholds(workdir, stage, step, labels, weights="regular"):
+  """float32 (C,) thresholds tuned for checkpoint (stage, step) and its weights, or None."""
   p = thresholds_path(workdir, stage)
-  entry = _read_threshold_file(p).get(str(int(step)))
+  entry = _read_threshold_file(p).get(_threshold_key(step, weights))
   if entry is None:
     return None
   if list(entry.get("labels", [])) != list(labels) or len(entry["thresholds"]) != len(labels):

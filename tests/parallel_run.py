@@ -69,14 +69,16 @@ def devices(config, out):
 
   from mlc_jax import models, parallel
   from mlc_jax.data import pipeline, registry
-  from mlc_jax.train import optim
+  from mlc_jax.train import stages
   source = registry.get(config)
   fresh = lambda: models.build_model(config, len(source.labels), rngs=nnx.Rngs(0))
   batches = list(pipeline.batches(source, "train", batch_size=int(config.batch_size), train=True,
                                   config=config, seed=0))[:STEPS]
   result = {"n_devices": np.asarray(len(jax.devices()))}
-  keep = optim.trainable_filter(config.finetune.unfreeze_blocks)
-  _, trainable, stats, _ = nnx.split(fresh(), keep, nnx.BatchStat, ...)
+  # what the finetune stage trains and which batch statistics it updates (finetune.batch_norm)
+  start = fresh()
+  stage = stages.finetune_stage(config, start)
+  _, trainable, stats, _ = nnx.split(start, stage.trainable, stage.stats, ...)
   result.update({f"init/{k}": v for k, v in _flat({"trainable": trainable, "stats": stats}).items()})
   fsdp = ml_collections.ConfigDict(config.to_dict())
   fsdp.param_sharding = "fsdp"

@@ -28,9 +28,10 @@ def _rows(workdir):
   return [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def _params(workdir):
+def _params(workdir, weights=None):
   from mlc_jax import models
-  return models.flat_params(checkpoints.restore_model(workdir, which="latest").model)
+  return models.flat_params(checkpoints.restore_model(workdir, which="latest",
+                                                      weights=weights).model)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,7 @@ def _finetune_config(shapes_config):
   c.stages = ("finetune",)
   c.finetune.optimizer = "adam"
   c.finetune.learning_rate = 1e-3
+  c.finetune.ema_decay = 0.9  # the moving average must resume exactly too
   return c
 
 
@@ -125,10 +127,11 @@ def _same_run(a, b):
   strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_second")}
                        for r in rows]
   assert strip(_rows(a)) == strip(_rows(b))
-  pa, pb = _params(a), _params(b)
-  assert pa.keys() == pb.keys()
-  for k in pa:
-    np.testing.assert_array_equal(pa[k], pb[k], err_msg=k)
+  for weights in ("regular", "ema"):
+    pa, pb = _params(a, weights), _params(b, weights)
+    assert pa.keys() == pb.keys()
+    for k in pa:
+      np.testing.assert_array_equal(pa[k], pb[k], err_msg=f"{weights} {k}")
 
 
 def test_resume_after_an_epoch_equals_uninterrupted(shapes_config, uninterrupted, tmp_path,

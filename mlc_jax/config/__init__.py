@@ -1,21 +1,19 @@
-"""Every config field with its default (`get_config`), and the one check of a config (`validate`).
+"""Every config field with its default (`get_config`), and the one check of a config (`validate`,
+in mlc_jax.config.checks).
 
 Experiments (configs/*.py) start from `get_config()` and override a few fields; `validate` runs
 before any work and names the key, the bad value and the fix. The choices of enum-like fields
 live here (CHOICES), so the check and the code that dispatches on them cannot drift apart.
 """
 import difflib
-import math
 import os
 
 import ml_collections
 
-from mlc_jax.data import registry
-from mlc_jax.errors import UserError
 
 STAGES = ("features", "head", "finetune", "evaluate")  # the fixed order stages run in
 TRAINED_STAGES = ("head", "finetune")                   # the stages that write checkpoints
-BEST_METRICS = {"val_loss": "min", "val_mAP": "max"}
+BEST_METRICS = {"val_loss": "min", "val_mAP": "max", "val_loss_ema": "min", "val_mAP_ema": "max"}
 CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "param_sharding": ("replicated", "fsdp"),
@@ -27,6 +25,7 @@ CHOICES = {
     "head.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
     "finetune.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
     "finetune.schedule": ("constant", "cosine", "step"),
+    "finetune.batch_norm": ("frozen_blocks_inference", "all_inference", "train"),
     "loss.name": ("bce", "focal", "asl"),
     "checkpoint.best_metric": tuple(BEST_METRICS),
     "eval.baseline_reduce": ("max", "sum"),
@@ -106,6 +105,12 @@ def get_config():
   c.finetune.epochs = 10
   c.finetune.unfreeze_blocks = "1" # top conv blocks that train: "0"-"5" or "all" (a string, so the
                                    # command line takes both); lower blocks stay frozen
+  c.finetune.param_groups = ()     # ((regex over parameter paths, None | {lr_mult, wd_mult}), ...):
+                                   # first match wins, None freezes; before unfreeze_blocks' groups
+                                   # (mlc_jax/train/optim.py), e.g. (('head/.*', {'lr_mult': 10.0}),)
+  c.finetune.batch_norm = "frozen_blocks_inference"  # BN of frozen blocks runs on its running
+                                   # statistics and never updates them; all_inference: every BN
+                                   # (timm's freeze_bn); train: every BN on batch statistics
   c.finetune.optimizer = "sgd"     # sgd, adam, adamw, rmsprop
   c.finetune.learning_rate = 1e-4
   c.finetune.momentum = 0.9
@@ -114,6 +119,10 @@ def get_config():
   c.finetune.grad_clip = 0.0       # global-norm clip of the trainable gradient; 0 = off
   c.finetune.schedule = "constant" # constant, cosine, step
   c.finetune.warmup_epochs = 0
+  c.finetune.accumulate_steps = 1  # micro-batches of batch_size per optimizer update (optax.MultiSteps)
+  c.finetune.ema_decay = 0.0       # exponential moving average of the trained weights; 0 = off
+                                   # (e.g. 0.9997); validated beside them each epoch (val_*_ema)
+  c.finetune.ema_warmup = False    # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
 
   # Loss (mlc_jax/train/losses.py).
   c.loss = ml_collections.ConfigDict()
@@ -126,7 +135,9 @@ def get_config():
 
   # Checkpoints, logging, stopping.
   c.checkpoint = ml_collections.ConfigDict()
-  c.checkpoint.best_metric = "val_loss"  # val_loss (lower is better) or val_mAP (higher is better)
+  c.checkpoint.best_metric = "val_loss"  # val_loss (lower is better) or val_mAP (higher is better);
+                                         # val_loss_ema / val_mAP_ema: by the EMA weights, which
+                                         # evaluation, load and export then use
   c.checkpoint.every_steps = 0           # also save mid-epoch every N steps; 0 = at epoch ends only
   c.early_stopping_patience = 0          # epochs without improvement before a stage stops; 0 = off
   c.log_every_steps = 50
@@ -182,7 +193,7 @@ def unknown_key_message(key, known):
     section = key.rpartition(".")[0]
     near = [k for k in known if k.rpartition(".")[0] == section][:6]
   hint = f"; did you mean {', '.join(near)}?" if near else ""
-  return f"unknown config key {key!r}{hint} (every key and its default: mlc_jax/config.py)"
+  return f"unknown config key {key!r}{hint} (every key and its default: mlc_jax/config/__init__.py)"
 
 
 def resolve_paths(config):
@@ -197,198 +208,6 @@ def resolve_paths(config):
   return config
 
 
-class _Checker:
-  """Collects the checks of one config; `fail` raises at the first bad field."""
-
-  def __init__(self, config):
-    self.config = config
-
-  def value(self, key):
-    return get(self.config, key)
-
-  def fail(self, key, value, fix):
-    raise UserError(f"{key}={value!r}: {fix}")
-
-  def choice(self, key):
-    value = self.value(key)
-    if value not in CHOICES[key]:
-      self.fail(key, value, f"choose one of {', '.join(repr(c) for c in CHOICES[key])}")
-
-  def number(self, key, low=None, high=None, *, integer=False, low_open=False, high_open=False,
-             fix=""):
-    value = self.value(key)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok and integer:
-      ok = float(value).is_integer()
-    if ok and low is not None:
-      ok = value > low if low_open else value >= low
-    if ok and high is not None:
-      ok = value < high if high_open else value <= high
-    if not ok:
-      lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-      hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-      want = " and ".join(p for p in (lo, hi) if p)
-      kind = "an integer" if integer else "a number"
-      self.fail(key, value, fix or f"must be {kind}" + (f" {want}" if want else ""))
-
-  def boolean(self, key):
-    if not isinstance(self.value(key), bool):
-      self.fail(key, self.value(key), "must be True or False")
-
-  def existing(self, key, kind="file", empty_ok=True):
-    value = self.value(key)
-    if not value and empty_ok:
-      return
-    path = os.path.expanduser(str(value))
-    exists = os.path.isdir(path) if kind == "folder" else os.path.isfile(path)
-    if not exists:
-      self.fail(key, value, f"no such {kind}; give an existing {kind}" +
-                (" or '' for the default" if empty_ok else ""))
-
-
-def check_keys(config, reference=None):
-  """UserError naming the first key of config that the defaults lack, and the nearest valid keys."""
-  known = flatten(reference if reference is not None else get_config())
-  sections = {k.rpartition(".")[0] for k in known}
-  for key in flatten(config):
-    if key not in known and key not in sections:
-      raise UserError(unknown_key_message(key, known))
-
-
-def _check_stages(c):
-  stages = tuple(c.value("stages"))
-  bad = [s for s in stages if s not in STAGES]
-  if bad:
-    c.fail("stages", stages, f"{bad} unknown; choose from {STAGES}")
-  if len(set(stages)) != len(stages) or list(stages) != [s for s in STAGES if s in stages]:
-    ordered = tuple(s for s in STAGES if s in stages)
-    c.fail("stages", stages, f"stages run in the fixed order {STAGES}; write {ordered}")
-  if not stages:
-    c.fail("stages", stages, f"name at least one of {STAGES}")
-
-
-def _check_weights(c, key):
-  value = c.value(key)
-  if value in ("", "imagenet"):
-    return
-  if not str(value).lower().endswith((".h5", ".hdf5", ".safetensors")):
-    c.fail(key, value, "give 'imagenet', '' (from scratch), a Keras .h5 file or a .safetensors file")
-  c.existing(key)
-
-
-def _check_pure(config):
-  """The checks that need nothing but the config."""
-  check_keys(config)
-  c = _Checker(config)
-  c.number("seed", integer=True)
-  if config.dataset not in registry.DATASETS:
-    c.fail("dataset", config.dataset, f"unknown; known datasets: {', '.join(registry.names())}")
-  c.number("image_size", 32, integer=True, fix="must be an integer >= 32 (VGG pools five times)")
-  for key in ("batch_size", "eval_batch_size", "head.batch_size"):
-    c.number(key, 1, integer=True)
-  _check_stages(c)
-  c.boolean("distributed")
-  c.number("fsdp_min_size", 1, integer=True)
-  for key in CHOICES:
-    c.choice(key)
-  c.number("data.val_fraction", 0, 1, low_open=True, high_open=True)
-  c.number("data.test_fraction", 0, 1, high_open=True)
-  c.number("data.shuffle_buffer", 1, integer=True)
-  c.number("data.cache_mb", 0)
-  for key in ("data.shapes_train", "data.shapes_val", "data.shapes_test"):
-    c.number(key, 1, integer=True)
-  c.number("data.shapes_image_size", 16, integer=True)
-  c.number("data.shapes_seed", integer=True)
-  for key in ("data.include_difficult", "data.keep_unlabeled", "augment.flip",
-              "model.batch_norm", "model.include_top", "finetune.nesterov", "eval.topk_min_score",
-              "eval.tune_thresholds"):
-    c.boolean(key)
-  if config.dataset in ("folder", "nus_wide") and not config.data.manual_dir:
-    c.fail("data.manual_dir", "", f"dataset={config.dataset} needs the folder of its images "
-           "(see BUILD.md)")
-  c.existing("data.manual_dir", "folder")
-  c.existing("data.csv")
-  c.existing("data.labels_file")
-  c.number("augment.zoom", 0, 1, high_open=True,
-           fix="must be in [0, 1): the crop's side is drawn from [1 - zoom, 1]")
-  c.number("augment.rotation", -180, 180, fix="must be within +-180 degrees")
-  c.number("augment.noise", 0, fix="must be >= 0 (a standard deviation in 0-255 pixel units)")
-  c.number("augment.color_jitter", 0, 1)
-  c.number("model.width", 0, low_open=True)
-  _check_weights(c, "model.weights")
-  if config.model.weights == "imagenet" and config.model.batch_norm:
-    c.fail("model.weights", "imagenet", "Keras's ImageNet files have no batch-norm variant; give "
-           "a torchvision vgg*_bn safetensors file or set model.batch_norm=False")
-  if config.model.include_top and config.model.weights and int(config.image_size) != 224:
-    c.fail("model.include_top", True, f"ImageNet's fc1 takes 224 px images and image_size is "
-           f"{config.image_size}: set image_size=224 or model.include_top=False")
-  c.number("head.hidden", 0, integer=True)
-  c.number("head.dropout", 0, 1, high_open=True)
-  for stage in ("head", "finetune"):
-    c.number(f"{stage}.epochs", 0, integer=True)
-    c.number(f"{stage}.learning_rate", 0, low_open=True)
-  unfreeze_blocks(config.finetune.unfreeze_blocks)
-  c.number("finetune.momentum", 0, 1, high_open=True)
-  c.number("finetune.weight_decay", 0)
-  c.number("finetune.grad_clip", 0)
-  c.number("finetune.warmup_epochs", 0)
-  c.number("loss.label_smoothing", 0, 1, high_open=True)
-  for key in ("loss.focal_gamma", "loss.gamma_pos", "loss.gamma_neg"):
-    c.number(key, 0)
-  c.number("loss.clip", 0, 1, high_open=True)
-  c.number("checkpoint.every_steps", 0, integer=True)
-  c.number("early_stopping_patience", 0, integer=True)
-  c.number("log_every_steps", 1, integer=True)
-  c.number("eval.k", 1, integer=True)
-  c.number("eval.threshold", 0, 1)
-  c.number("eval.examples", 0, integer=True)
-  c.existing("eval.mapping")
-  c.existing("eval.synonyms")
-  _check_weights(c, "eval.baseline_weights")
-
-
-def unfreeze_blocks(value):
-  """finetune.unfreeze_blocks ('0'-'5', 0-5 or 'all') -> int 0-5 or 'all' (UserError otherwise)."""
-  text = str(value).strip().lower()
-  if text == "all":
-    return "all"
-  if isinstance(value, bool) or text not in {str(i) for i in range(6)}:
-    raise UserError(f"finetune.unfreeze_blocks={value!r}: must be 0-5 or 'all' "
-                    "(e.g. --config.finetune.unfreeze_blocks=2)")
-  return int(text)
-
-
-def eval_batch_size(config, mesh):
-  """config.eval_batch_size rounded up to a multiple of the mesh's devices (padding is masked)."""
-  n = int(mesh.size) if mesh is not None else 1
-  return -(-int(config.eval_batch_size) // n) * n
-
-
-def _check_mesh(config, mesh):
-  n = int(mesh.size)
-  for key in ("batch_size", "head.batch_size"):
-    value = int(get(config, key))
-    if value % n:
-      raise UserError(f"{key}={value} does not split over the {n} devices; use a multiple of {n} "
-                      f"(e.g. {max(n, value // n * n)})")
-
-
-def _check_source(config, source):
-  num_classes = len(source.labels)
-  if int(config.eval.k) > num_classes:
-    raise UserError(f"eval.k={config.eval.k} exceeds the {num_classes} classes of "
-                    f"{config.dataset}; set eval.k to at most {num_classes}")
-
-
-def validate(config, mesh=None, source=None):
-  """Fails before any work on a bad config (UserError naming the key, the value and the fix).
-
-  Without mesh and source only the config itself is checked; with a mesh the batch sizes are
-  checked against its devices; with the dataset's Source, eval.k against its classes.
-  """
-  _check_pure(config)
-  if mesh is not None:
-    _check_mesh(config, mesh)
-  if source is not None:
-    _check_source(config, source)
-  return config
+# the checks (after the defaults they read)
+from mlc_jax.config.checks import (  # noqa: E402,F401
+    check_keys, check_param_groups, eval_batch_size, unfreeze_blocks, validate)

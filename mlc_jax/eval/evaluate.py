@@ -112,9 +112,11 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   if config.eval.tune_thresholds and split != "val":
     val_scores, val_y, _ = score(source, "val", keep_images=0)
     tuned = {"thresholds": metrics.tune_thresholds(val_scores, val_y), "tuned_on": "val"}
+  weights = (f", EMA weights (decay {config.finetune.ema_decay:g})"
+             if restored.weights == "ema" else "")
   meta = {"kind": "model", "dataset": config.dataset, "split": split, "activation": activation,
-          "checkpoint": f"step {restored.step} of the {restored.stage} stage ({which})",
-          "stage": restored.stage, "step": restored.step,
+          "checkpoint": f"step {restored.step} of the {restored.stage} stage ({which}){weights}",
+          "stage": restored.stage, "step": restored.step, "weights": restored.weights,
           "digest": _digest(config, restored.stage, restored.step, split)}
   out = workdir_lib.eval_dir(workdir, split)
   with workdir_lib.staged(out) as staging:
@@ -126,7 +128,7 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
     return m
   if tuned is not None:
     workdir_lib.write_thresholds(workdir, restored.stage, restored.step, restored.labels,
-                                 tuned["thresholds"], "val")
+                                 tuned["thresholds"], "val", restored.weights)
   path = report.write(out)
   logging.info("evaluate %s: mAP %.4f, CF1 %.4f, OF1 %.4f; report %s", split, m["mAP"], m["CF1"],
                m["OF1"], path)

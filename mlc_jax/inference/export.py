@@ -120,15 +120,15 @@ def export(workdir, output_dir, which="best", stage=None):
   (out / "labels.txt").write_text("\n".join(labels) + "\n")
   spec = preprocessing_spec(config, r.thresholds)
   spec.update(platforms=list(exported.platforms), jax_version=jax.__version__,
-              checkpoint=f"{r.stage}/{r.step}")
+              checkpoint=r.name)
   (out / "preprocessing.json").write_text(json.dumps(spec, indent=2) + "\n")
   serve = importlib.resources.files("mlc_jax").joinpath("resources/serve.py").read_text()
   (out / "serve.py").write_text(serve)
   (out / "README.md").write_text(README.format(
-      workdir=workdir, which=which, checkpoint=f"{r.stage}/{r.step}", jax_version=jax.__version__,
+      workdir=workdir, which=which, checkpoint=r.name, jax_version=jax.__version__,
       platforms=", ".join(exported.platforms),
       num_classes=len(labels), size=int(config.image_size), resize=config.data.resize,
       activation=config.head.activation))
-  print(f"exported {workdir} ({r.stage} step {r.step}, {which}) to {out}: {len(labels)} labels, "
+  print(f"exported {workdir} ({r.name}, {which}) to {out}: {len(labels)} labels, "
         f"{int(config.image_size)} px, platforms {', '.join(exported.platforms)}")
   return out

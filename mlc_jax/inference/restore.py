@@ -38,29 +38,33 @@ def find_workdir(path):
   return parent, stage, step
 
 
-def restore(path, which="best", stage=None):
+def restore(path, which="best", stage=None, weights=None):
   """A workdir or a checkpoint folder in it -> checkpoints.Restored (model on this machine's device).
 
   which: 'best' or 'latest' (ignored when path names a step); stage: 'head' or 'finetune'
-  (default: the one path names, else the last with checkpoints).
+  (default: the one path names, else the last with checkpoints); weights: 'regular' or 'ema'
+  (default: the ones the run's checkpoint.best_metric ranks).
   """
   if which not in ("best", "latest"):
     raise UserError(f"which={which!r} must be 'best' or 'latest'")
   workdir, path_stage, step = find_workdir(path)
   if stage and path_stage and stage != path_stage:
     raise UserError(f"{path} is a checkpoint of the {path_stage} stage, not of {stage}")
-  return checkpoints.restore_model(workdir, stage or path_stage, which if step is None else step)
+  return checkpoints.restore_model(workdir, stage or path_stage, which if step is None else step,
+                                   weights=weights)
 
 
-def load(path, which="best", stage=None):
+def load(path, which="best", stage=None, weights=None):
   """Restores a trained run -> Classifier.
 
   path: a workdir, or a checkpoint folder inside it (WORKDIR/checkpoints/STAGE[/STEP]).
   which: 'best' (by the run's checkpoint.best_metric) or 'latest'; ignored when path names a step.
-  The Classifier's thresholds are those tuned for exactly this checkpoint (else 0.5 everywhere).
+  weights: 'regular' or 'ema' (default: the ones checkpoint.best_metric ranks; see
+  Classifier.checkpoint). The Classifier's thresholds are those tuned for exactly this checkpoint
+  and weights (else 0.5 everywhere).
   Parameters land on this machine's default device, whatever the run was trained on.
   """
-  r = restore(path, which, stage)
+  r = restore(path, which, stage, weights)
   return Classifier(r.model, r.labels, image_size=r.config.image_size, resize=r.config.data.resize,
                     activation=r.config.head.activation, thresholds=r.thresholds,
-                    checkpoint=f"{r.stage}/{r.step}")
+                    checkpoint=r.name)

@@ -186,7 +186,9 @@ class VGG(nnx.Module):
       for i in range(1, n + 1):
         x = getattr(self, f"block{b}_conv{i}")(x)
         if self.batch_norm:
-          x = getattr(self, f"block{b}_bn{i}")(x, use_running_average=not train)
+          # Training: each layer's own mode (use_running_average, set per layer by a stage that
+          # freezes some blocks' batch norm); inference: always the running statistics.
+          x = getattr(self, f"block{b}_bn{i}")(x, use_running_average=None if train else True)
         x = jax.nn.relu(x)
       x = max_pool_2x2(x)
     return x

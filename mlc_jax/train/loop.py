@@ -76,6 +76,9 @@ class Stage:
   val: Any              # a feed: .epoch() -> padded host batches with 'mask'
   augment: Any = None   # config.augment for 'image' inputs
   activation: str = "sigmoid"
+  ema_decay: float = 0.0       # > 0: an exponential moving average of the weights, validated too
+  ema_warmup: bool = False
+  accumulate_steps: int = 1    # micro-batches per optimizer update (tx wrapped in MultiSteps)
 
 
 @dataclasses.dataclass
@@ -93,11 +96,13 @@ def prepare(stage, config, mesh):
   """Splits stage.model by the stage's filters, places the parts as config.param_sharding says,
   and jits the stage's steps over the mesh."""
   graphdef, trainable, stats, frozen = nnx.split(stage.model, stage.trainable, stage.stats, ...)
-  shardings = state_lib.layout(config, mesh, stage.tx, trainable, stats)
+  shardings = state_lib.layout(config, mesh, stage.tx, trainable, stats, ema=stage.ema_decay > 0)
   frozen_shardings = parallel.state_shardings(frozen, mesh, config)
   spec = steps.StepSpec(graphdef=graphdef, tx=stage.tx, loss_fn=stage.loss_fn, mesh=mesh,
                         inputs=stage.inputs, stats_filter=stage.stats, augment=stage.augment,
-                        activation=stage.activation)
+                        activation=stage.activation, ema_decay=float(stage.ema_decay),
+                        ema_warmup=bool(stage.ema_warmup),
+                        accumulate_steps=int(stage.accumulate_steps))
   return Prepared(spec=spec, state=state_lib.place(trainable, stats, stage.tx, shardings),
                   frozen=parallel.place(frozen, frozen_shardings), shardings=shardings,
                   train_step=steps.make_train_step(spec, shardings, frozen_shardings),
@@ -152,27 +157,43 @@ class _Saver:
     self.stage, self.filters, self.shardings = stage, split_filters, shardings
 
   def model_state(self, state):
+    """The full model's pure dict with the state's weights (the 'model' item)."""
     nnx.update(self.stage.model, state.trainable, state.stats)
     return checkpoints.model_state(self.stage.model)
 
+  def ema_state(self, state):
+    """The same with the moving average's weights (the 'ema' item), or None without one."""
+    if state.ema is None:
+      return None
+    pure = self.model_state(state.ema_weights())
+    nnx.update(self.stage.model, state.trainable, state.stats)  # the model keeps the weights
+    return pure
+
   def save(self, mngr, step, state, counters, metrics=None):
     train = {"opt_state": state.opt_state, "counters": _counters(**counters)}
-    mngr.save(step, self.model_state(state), train, metrics=metrics)
+    mngr.save(step, self.model_state(state), train, metrics=metrics, ema=self.ema_state(state))
 
   def restore(self, mngr, state, counters):
     """(step, state, counters) of the newest intact checkpoint, or (None, state, counters)."""
     abstract_train = {"opt_state": checkpoints.abstract_of(state.opt_state),
                       "counters": _counters(**counters)}
-    step, restored = mngr.restore_latest_intact(
-        checkpoints.abstract_of(self.model_state(state)), abstract_train)
+    target = checkpoints.abstract_of(self.model_state(state))
+    step, restored = mngr.restore_latest_intact(target, abstract_train,
+                                                target if state.ema is not None else None)
     if step is None:
       return None, state, counters
+    ema = None
+    if state.ema is not None:
+      checkpoints.load_model_state(self.stage.model, restored["ema"])
+      _, ema_trainable, ema_stats, _ = nnx.split(self.stage.model, *self.filters, ...)
+      # split's states hold the model's own Variables: copy them before the model item loads
+      ema = jax.tree.map(lambda x: x, {"trainable": ema_trainable, "stats": ema_stats})
     checkpoints.load_model_state(self.stage.model, restored["model"])
     _, trainable, stats, _ = nnx.split(self.stage.model, *self.filters, ...)
     c = {k: type(counters[k])(np.asarray(v)) for k, v in restored["train"]["counters"].items()}
     state = state_lib.place(trainable, stats, self.stage.tx, self.shardings,
                             opt_state=restored["train"]["opt_state"], loss_sum=c["loss_sum"],
-                            loss_steps=c["loss_steps"])
+                            loss_steps=c["loss_steps"], ema=ema)
     return step, state, c
 
 
@@ -189,8 +210,9 @@ def _summed_loss(state):
 def fit(run, stage):
   """Trains one stage to its end (or early stop), resuming from its latest intact checkpoint."""
   config, mesh, name = run.config, run.mesh, stage.name
-  mode = BEST_METRICS[config.checkpoint.best_metric]
-  mngr = checkpoints.Manager(run.workdir, name, config.checkpoint.best_metric)
+  best_metric = checkpoints.best_metric_of(config, name)
+  mode = BEST_METRICS[best_metric]
+  mngr = checkpoints.Manager(run.workdir, name, best_metric)
   spe, epochs = stage.train.steps_per_epoch, int(stage.config.epochs)
   p = prepare(stage, config, mesh)
   state, frozen, shardings = p.state, p.frozen, p.shardings
@@ -248,23 +270,22 @@ def fit(run, stage):
         train_seconds = time.time() - t_epoch
         train_loss, _, _ = _summed_loss(state)
         _check_finite(train_loss, name, step, mngr)
-        val_loss, scores, labels = run_validation(eval_step, state, frozen, stage.val, mesh)
-        row = {"stage": name, "epoch": epoch + 1, "step": step, "train_loss": train_loss,
-               "val_loss": val_loss}
-        row.update(_val_metrics(scores, labels, config))
-        row.update(learning_rate=float(stage.schedule(step)), train_images=images,
+        row = {"stage": name, "epoch": epoch + 1, "step": step, "train_loss": train_loss}
+        row.update(_validation_row(eval_step, state, frozen, stage.val, mesh, config))
+        row.update(learning_rate=float(stage.schedule(step // stage.accumulate_steps)),
+                   train_images=images,
                    images_per_second=round((images - skipped) / max(train_seconds, 1e-9), 1),
                    seconds=round(time.time() - t_epoch, 2))
-        c["best"], c["bad_epochs"] = track_best(config.checkpoint.best_metric, c["best"],
-                                                c["bad_epochs"], row[config.checkpoint.best_metric])
+        c["best"], c["bad_epochs"] = track_best(best_metric, c["best"], c["bad_epochs"],
+                                                row[best_metric])
         halt = patience > 0 and c["bad_epochs"] >= patience
         c.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_steps=0, stopped=int(halt))
         state = _reset_sums(state, shardings)
-        saver.save(mngr, step, state, c, metrics={"val_loss": val_loss, "val_mAP": row["val_mAP"]})
+        saver.save(mngr, step, state, c, metrics={k: row[k] for k in BEST_METRICS if k in row})
         _log_epoch(run, row)
         if halt:
           logging.info("%s: early stop after epoch %d (%d epochs without improvement of %s)",
-                       name, epoch + 1, patience, config.checkpoint.best_metric)
+                       name, epoch + 1, patience, best_metric)
         if stop.requested(True) and c["epoch"] < epochs and not halt:
           mngr.wait()
           stop.exit(f"{name}: stopped by {stop.signal_name} after epoch {epoch + 1}; saved "
@@ -277,11 +298,20 @@ def fit(run, stage):
   return state
 
 
-def _val_metrics(scores, labels, config):
+def _validation_row(eval_step, state, frozen, feed, mesh, config):
+  """val_loss and the validation metrics of the weights, and of their EMA (suffix _ema)."""
   k = int(config.eval.k)
-  m = metrics.compute(scores, labels, k=k, threshold=float(config.eval.threshold),
-                      topk_min_score=bool(config.eval.topk_min_score))
-  return {f"val_{name}": float(m[name]) for name in ("mAP", f"CF1_top{k}", f"OF1_top{k}")}
+  row = {}
+  for suffix, weights in (("", state), ("_ema", state.ema_weights() if state.ema else None)):
+    if weights is None:
+      continue
+    loss, scores, labels = run_validation(eval_step, weights, frozen, feed, mesh)
+    m = metrics.compute(scores, labels, k=k, threshold=float(config.eval.threshold),
+                        topk_min_score=bool(config.eval.topk_min_score))
+    row[f"val_loss{suffix}"] = loss
+    row.update({f"val_{name}{suffix}": float(m[name])
+                for name in ("mAP", f"CF1_top{k}", f"OF1_top{k}")})
+  return row
 
 
 def _log_epoch(run, row):

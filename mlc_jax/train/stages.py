@@ -53,17 +53,43 @@ def head_stage(config, model, train=None, val=None, steps_per_epoch=None):
                     train=train, val=val, activation=config.head.activation)
 
 
+def batch_norm_modes(model, groups, policy):
+  """Sets each BatchNorm layer's training mode by finetune.batch_norm -> the filter of the batch
+  statistics the stage updates.
+
+  frozen_blocks_inference: a layer whose scale is frozen (its block's group) normalises with its
+  running statistics and never updates them, as in the features and head stages; the others use
+  and update batch statistics. all_inference: every layer on running statistics (timm's
+  freeze_bn). train: every layer on batch statistics.
+  """
+  training = set()
+  for path, module in model.iter_modules():
+    if isinstance(module, nnx.BatchNorm):
+      name = optim.path_string(path)
+      trains = policy == "train" or (policy == "frozen_blocks_inference"
+                                     and groups.spec(f"{name}/scale") is not None)
+      module.use_running_average = not trains
+      if trains:
+        training.add(name)
+  return nnx.All(nnx.BatchStat, lambda path, _: optim.path_string(path[:-1]) in training)
+
+
 def finetune_stage(config, model, train=None, val=None, steps_per_epoch=None):
-  """The finetune stage as a loop.Stage: the top finetune.unfreeze_blocks blocks and the head
-  train on augmented images, the rest stays frozen; batch statistics update."""
+  """The finetune stage as a loop.Stage: finetune.param_groups and unfreeze_blocks say what trains
+  on augmented images and at which rate, the rest stays frozen (batch norm: finetune.batch_norm);
+  an EMA of the weights (finetune.ema_decay) and gradient accumulation as configured."""
   spe = steps_per_epoch or (train.steps_per_epoch if train is not None else 1)
-  return loop.Stage(name="finetune", config=config.finetune, model=model,
-                    trainable=optim.trainable_filter(config.finetune.unfreeze_blocks,
-                                                     config.model.include_top),
-                    stats=nnx.BatchStat, inputs="image", loss_fn=losses.for_config(config),
-                    tx=optim.make(config.finetune, spe),
-                    schedule=optim.schedule(config.finetune, spe), train=train, val=val,
-                    augment=config.augment, activation=config.head.activation)
+  f = config.finetune
+  groups = optim.ParamGroups.for_stage(f)
+  return loop.Stage(name="finetune", config=f, model=model, trainable=groups.trainable(),
+                    stats=batch_norm_modes(model, groups, f.get("batch_norm", "train")),
+                    inputs="image", loss_fn=losses.for_config(config),
+                    tx=optim.make(f, spe, groups),
+                    schedule=optim.schedule(f, max(1, spe // int(f.get("accumulate_steps", 1)))),
+                    train=train, val=val, augment=config.augment,
+                    activation=config.head.activation, ema_decay=float(f.get("ema_decay", 0.0)),
+                    ema_warmup=bool(f.get("ema_warmup", False)),
+                    accumulate_steps=int(f.get("accumulate_steps", 1)))
 
 
 def run_head(run):

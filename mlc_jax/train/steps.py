@@ -38,6 +38,9 @@ class StepSpec:
   stats_filter: Any     # nnx filter of the batch statistics the step updates
   augment: Any = None   # config.augment for 'image' steps; None = no augmentation
   activation: str = "sigmoid"
+  ema_decay: float = 0.0      # > 0: state.ema follows the weights after every optimizer update
+  ema_warmup: bool = False    # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
+  accumulate_steps: int = 1   # micro-batches per optimizer update (tx is optax.MultiSteps)
 
 
 def _logits(spec, model, batch, *, train, key=None):
@@ -66,9 +69,26 @@ def train_step(spec, state, frozen, batch, base_key, step):
 
   (loss, stats), grads = jax.value_and_grad(loss_of, has_aux=True)(state.trainable, state.stats)
   updates, opt_state = spec.tx.update(grads, state.opt_state, state.trainable)
-  return state.replace(trainable=optax.apply_updates(state.trainable, updates), stats=stats,
-                       opt_state=opt_state, loss_sum=state.loss_sum + loss,
-                       loss_steps=state.loss_steps + 1)
+  trainable = optax.apply_updates(state.trainable, updates)
+  ema = state.ema
+  if spec.ema_decay > 0:
+    ema = _ema_update(spec, ema, {"trainable": trainable, "stats": stats}, step)
+  return state.replace(trainable=trainable, stats=stats, opt_state=opt_state, ema=ema,
+                       loss_sum=state.loss_sum + loss, loss_steps=state.loss_steps + 1)
+
+
+def _ema_update(spec, ema, weights, step):
+  """ema * decay + weights * (1 - decay), after each optimizer update (every accumulate_steps)."""
+  updates = (step + 1) // spec.accumulate_steps  # optimizer updates done, this one included
+  decay = jnp.float32(spec.ema_decay)
+  if spec.ema_warmup:
+    n = updates.astype(jnp.float32) if hasattr(updates, "astype") else jnp.float32(updates)
+    decay = jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+  moved = jax.tree.map(lambda e, w: e * decay + w.astype(e.dtype) * (1.0 - decay), ema, weights)
+  if spec.accumulate_steps == 1:
+    return moved
+  updated = (step + 1) % spec.accumulate_steps == 0  # the weights changed at this micro-step
+  return jax.tree.map(lambda m, e: jnp.where(updated, m, e), moved, ema)
 
 
 def eval_step(spec, state, frozen, batch):

@@ -1,0 +1,239 @@
+"""The one check of a config: `validate` fails before any work with the key, the value and the fix."""
+import math
+import os
+import re
+
+from mlc_jax import config as defaults
+from mlc_jax.data import registry
+from mlc_jax.errors import UserError
+
+CHOICES, STAGES, get = defaults.CHOICES, defaults.STAGES, defaults.get
+
+
+class _Checker:
+  """Collects the checks of one config; `fail` raises at the first bad field."""
+
+  def __init__(self, config):
+    self.config = config
+
+  def value(self, key):
+    return get(self.config, key)
+
+  def fail(self, key, value, fix):
+    raise UserError(f"{key}={value!r}: {fix}")
+
+  def choice(self, key):
+    value = self.value(key)
+    if value not in CHOICES[key]:
+      self.fail(key, value, f"choose one of {', '.join(repr(c) for c in CHOICES[key])}")
+
+  def number(self, key, low=None, high=None, *, integer=False, low_open=False, high_open=False,
+             fix=""):
+    value = self.value(key)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and integer:
+      ok = float(value).is_integer()
+    if ok and low is not None:
+      ok = value > low if low_open else value >= low
+    if ok and high is not None:
+      ok = value < high if high_open else value <= high
+    if not ok:
+      lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
+      hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
+      want = " and ".join(p for p in (lo, hi) if p)
+      kind = "an integer" if integer else "a number"
+      self.fail(key, value, fix or f"must be {kind}" + (f" {want}" if want else ""))
+
+  def boolean(self, key):
+    if not isinstance(self.value(key), bool):
+      self.fail(key, self.value(key), "must be True or False")
+
+  def existing(self, key, kind="file", empty_ok=True):
+    value = self.value(key)
+    if not value and empty_ok:
+      return
+    path = os.path.expanduser(str(value))
+    exists = os.path.isdir(path) if kind == "folder" else os.path.isfile(path)
+    if not exists:
+      self.fail(key, value, f"no such {kind}; give an existing {kind}" +
+                (" or '' for the default" if empty_ok else ""))
+
+
+def check_keys(config, reference=None):
+  """UserError naming the first key of config that the defaults lack, and the nearest valid keys."""
+  known = defaults.flatten(reference if reference is not None else defaults.get_config())
+  sections = {k.rpartition(".")[0] for k in known}
+  for key in defaults.flatten(config):
+    if key not in known and key not in sections:
+      raise UserError(defaults.unknown_key_message(key, known))
+
+
+def _check_stages(c):
+  stages = tuple(c.value("stages"))
+  bad = [s for s in stages if s not in STAGES]
+  if bad:
+    c.fail("stages", stages, f"{bad} unknown; choose from {STAGES}")
+  if len(set(stages)) != len(stages) or list(stages) != [s for s in STAGES if s in stages]:
+    ordered = tuple(s for s in STAGES if s in stages)
+    c.fail("stages", stages, f"stages run in the fixed order {STAGES}; write {ordered}")
+  if not stages:
+    c.fail("stages", stages, f"name at least one of {STAGES}")
+
+
+def _check_weights(c, key):
+  value = c.value(key)
+  if value in ("", "imagenet"):
+    return
+  if not str(value).lower().endswith((".h5", ".hdf5", ".safetensors")):
+    c.fail(key, value, "give 'imagenet', '' (from scratch), a Keras .h5 file or a .safetensors file")
+  c.existing(key)
+
+
+def _check_pure(config):
+  """The checks that need nothing but the config."""
+  check_keys(config)
+  c = _Checker(config)
+  c.number("seed", integer=True)
+  if config.dataset not in registry.DATASETS:
+    c.fail("dataset", config.dataset, f"unknown; known datasets: {', '.join(registry.names())}")
+  c.number("image_size", 32, integer=True, fix="must be an integer >= 32 (VGG pools five times)")
+  for key in ("batch_size", "eval_batch_size", "head.batch_size"):
+    c.number(key, 1, integer=True)
+  _check_stages(c)
+  c.boolean("distributed")
+  c.number("fsdp_min_size", 1, integer=True)
+  for key in CHOICES:
+    c.choice(key)
+  c.number("data.val_fraction", 0, 1, low_open=True, high_open=True)
+  c.number("data.test_fraction", 0, 1, high_open=True)
+  c.number("data.shuffle_buffer", 1, integer=True)
+  c.number("data.cache_mb", 0)
+  for key in ("data.shapes_train", "data.shapes_val", "data.shapes_test"):
+    c.number(key, 1, integer=True)
+  c.number("data.shapes_image_size", 16, integer=True)
+  c.number("data.shapes_seed", integer=True)
+  for key in ("data.include_difficult", "data.keep_unlabeled", "augment.flip",
+              "model.batch_norm", "model.include_top", "finetune.nesterov", "eval.topk_min_score",
+              "eval.tune_thresholds"):
+    c.boolean(key)
+  if config.dataset in ("folder", "nus_wide") and not config.data.manual_dir:
+    c.fail("data.manual_dir", "", f"dataset={config.dataset} needs the folder of its images "
+           "(see BUILD.md)")
+  c.existing("data.manual_dir", "folder")
+  c.existing("data.csv")
+  c.existing("data.labels_file")
+  c.number("augment.zoom", 0, 1, high_open=True,
+           fix="must be in [0, 1): the crop's side is drawn from [1 - zoom, 1]")
+  c.number("augment.rotation", -180, 180, fix="must be within +-180 degrees")
+  c.number("augment.noise", 0, fix="must be >= 0 (a standard deviation in 0-255 pixel units)")
+  c.number("augment.color_jitter", 0, 1)
+  c.number("model.width", 0, low_open=True)
+  _check_weights(c, "model.weights")
+  if config.model.weights == "imagenet" and config.model.batch_norm:
+    c.fail("model.weights", "imagenet", "Keras's ImageNet files have no batch-norm variant; give "
+           "a torchvision vgg*_bn safetensors file or set model.batch_norm=False")
+  if config.model.include_top and config.model.weights and int(config.image_size) != 224:
+    c.fail("model.include_top", True, f"ImageNet's fc1 takes 224 px images and image_size is "
+           f"{config.image_size}: set image_size=224 or model.include_top=False")
+  c.number("head.hidden", 0, integer=True)
+  c.number("head.dropout", 0, 1, high_open=True)
+  for stage in ("head", "finetune"):
+    c.number(f"{stage}.epochs", 0, integer=True)
+    c.number(f"{stage}.learning_rate", 0, low_open=True)
+  unfreeze_blocks(config.finetune.unfreeze_blocks)
+  c.number("finetune.momentum", 0, 1, high_open=True)
+  c.number("finetune.weight_decay", 0)
+  c.number("finetune.grad_clip", 0)
+  c.number("finetune.warmup_epochs", 0)
+  c.number("finetune.accumulate_steps", 1, integer=True)
+  c.number("finetune.ema_decay", 0, 1, high_open=True)
+  c.boolean("finetune.ema_warmup")
+  check_param_groups(config.finetune.param_groups)
+  if config.checkpoint.best_metric.endswith("_ema") and not config.finetune.ema_decay:
+    c.fail("checkpoint.best_metric", config.checkpoint.best_metric,
+           "ranks EMA weights, but finetune.ema_decay=0 keeps none; set finetune.ema_decay "
+           "(e.g. 0.9997) or best_metric val_loss / val_mAP")
+  c.number("loss.label_smoothing", 0, 1, high_open=True)
+  for key in ("loss.focal_gamma", "loss.gamma_pos", "loss.gamma_neg"):
+    c.number(key, 0)
+  c.number("loss.clip", 0, 1, high_open=True)
+  c.number("checkpoint.every_steps", 0, integer=True)
+  c.number("early_stopping_patience", 0, integer=True)
+  c.number("log_every_steps", 1, integer=True)
+  c.number("eval.k", 1, integer=True)
+  c.number("eval.threshold", 0, 1)
+  c.number("eval.examples", 0, integer=True)
+  c.existing("eval.mapping")
+  c.existing("eval.synonyms")
+  _check_weights(c, "eval.baseline_weights")
+
+
+def check_param_groups(groups, key="finetune.param_groups"):
+  """[(compiled regex, None | {'lr_mult', 'wd_mult'})] of finetune.param_groups (UserError naming
+  a malformed entry)."""
+  out = []
+  for i, entry in enumerate(groups or ()):
+    if not isinstance(entry, (tuple, list)) or len(entry) != 2 or not isinstance(entry[0], str):
+      raise UserError(f"{key}[{i}]={entry!r}: each group is (regex, None or {{'lr_mult': m, "
+                      "'wd_mult': w}), e.g. (('head/.*', {'lr_mult': 10.0}),)")
+    pattern, spec = entry
+    try:
+      regex = re.compile(pattern)
+    except re.error as e:
+      raise UserError(f"{key}[{i}]: {pattern!r} is not a regular expression ({e})") from None
+    if spec is not None:
+      if not hasattr(spec, "keys") or set(spec.keys()) - {"lr_mult", "wd_mult"}:
+        raise UserError(f"{key}[{i}]: {spec!r} must be None (frozen) or a dict with lr_mult "
+                        "and/or wd_mult")
+      spec = {k: float(spec[k]) for k in ("lr_mult", "wd_mult") if k in spec}
+      if any(v < 0 for v in spec.values()):
+        raise UserError(f"{key}[{i}]: {spec} multipliers must be >= 0")
+    out.append((regex, spec))
+  return out
+
+
+def unfreeze_blocks(value):
+  """finetune.unfreeze_blocks ('0'-'5', 0-5 or 'all') -> int 0-5 or 'all' (UserError otherwise)."""
+  text = str(value).strip().lower()
+  if text == "all":
+    return "all"
+  if isinstance(value, bool) or text not in {str(i) for i in range(6)}:
+    raise UserError(f"finetune.unfreeze_blocks={value!r}: must be 0-5 or 'all' "
+                    "(e.g. --config.finetune.unfreeze_blocks=2)")
+  return int(text)
+
+
+def eval_batch_size(config, mesh):
+  """config.eval_batch_size rounded up to a multiple of the mesh's devices (padding is masked)."""
+  n = int(mesh.size) if mesh is not None else 1
+  return -(-int(config.eval_batch_size) // n) * n
+
+
+def _check_mesh(config, mesh):
+  n = int(mesh.size)
+  for key in ("batch_size", "head.batch_size"):
+    value = int(get(config, key))
+    if value % n:
+      raise UserError(f"{key}={value} does not split over the {n} devices; use a multiple of {n} "
+                      f"(e.g. {max(n, value // n * n)})")
+
+
+def _check_source(config, source):
+  num_classes = len(source.labels)
+  if int(config.eval.k) > num_classes:
+    raise UserError(f"eval.k={config.eval.k} exceeds the {num_classes} classes of "
+                    f"{config.dataset}; set eval.k to at most {num_classes}")
+
+
+def validate(config, mesh=None, source=None):
+  """Fails before any work on a bad config (UserError naming the key, the value and the fix).
+
+  Without mesh and source only the config itself is checked; with a mesh the batch sizes are
+  checked against its devices; with the dataset's Source, eval.k against its classes.
+  """
+  _check_pure(config)
+  if mesh is not None:
+    _check_mesh(config, mesh)
+  if source is not None:
+    _check_source(config, source)
+  return config
