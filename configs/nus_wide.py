@@ -5,7 +5,8 @@
 
 The proposal's recipe: VGG16 with ImageNet weights at 224 px, head on bottleneck features
 (RMSprop, BCE), then SGD lr 1e-4 momentum 0.9 on the top block, batch 64. Many images carry
-none of the 81 concepts; data.keep_unlabeled decides whether they stay (all-zero targets).
+none of the 81 concepts: dropped, as published results do, unless data.keep_unlabeled=True
+(then they train as all-negative, and eval.protocol='literature' still leaves the test ones out).
 """
 from mlc_jax import config as defaults
 

@@ -134,3 +134,21 @@ def test_relative_paths_are_resolved_when_recorded(tmp_path, monkeypatch):
   assert resolved.data.data_dir == ""  # '' keeps meaning "the default"
   c.model.weights = "imagenet"
   assert config_lib.resolve_paths(c).model.weights == "imagenet"
+
+
+def test_a_renamed_key_says_what_replaced_it():
+  c = config_lib.get_config()
+  with c.data.unlocked():
+    c.data.include_difficult = False
+  with pytest.raises(UserError, match=r"data.include_difficult.*now data.difficult .*'negative'"):
+    config_lib.validate(c)
+
+
+@pytest.mark.parametrize("key,bad", [("eval.protocol", "paper"), ("data.difficult", "drop"),
+                                     ("data.unlisted", "absent")])
+def test_protocol_choices_are_checked(key, bad):
+  c = config_lib.get_config()
+  section, _, field = key.rpartition(".")
+  c[section][field] = bad
+  with pytest.raises(UserError, match=rf"{key}='{bad}': choose one of"):
+    config_lib.validate(c)

@@ -75,8 +75,13 @@ def test_nus_wide_counts_missing_bad_and_unlabeled(tmp_path, keep):
   assert source.num_examples["train"] + source.num_examples["val"] == usable_train
   assert source.num_examples["test"] == 3 - (0 if keep else 1)
   got = _collect(source, "test", config)
-  expected = np.array([r for r in test if keep or any(r)], np.float32)
-  assert sorted(map(tuple, got)) == sorted(map(tuple, expected))
+  # the literature protocol leaves a kept unlabeled test image out: its target is unknown (-1)
+  expected = np.array([r if any(r) else [-1] * len(r) for r in test if keep or any(r)], np.int8)
+  assert got.dtype == np.int8 and sorted(map(tuple, got)) == sorted(map(tuple, expected))
+  config.eval.protocol = "all"  # every stored image counts: the kept one as all-negative
+  source = registry.get(config)
+  got = _collect(source, "test", config)
+  assert sorted(map(tuple, got)) == sorted(map(tuple, np.array([r for r in test if keep or any(r)])))
   both = np.concatenate([_collect(source, "train", config), _collect(source, "val", config)])
   expected = np.array([r for r in train[:4] if keep or any(r)], np.float32)
   assert sorted(map(tuple, both)) == sorted(map(tuple, expected))
@@ -123,12 +128,41 @@ ROWS = [("img0.jpg", ["cat"], "train"), ("img1.jpg", ["cat", "dog"], "train"),
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
 def test_folder_skips_bad_files_and_builds_multi_hot(tmp_path, fmt):
   config = _folder(tmp_path, ROWS, fmt=fmt)
+  config.data.keep_unlabeled = True  # img4 lists no label
   source = registry.get(config)
   assert source.labels == ["bird", "cat", "dog"]  # sorted labels of the file, no labels.txt
   assert source.num_examples == {"train": 3, "val": 1, "test": 2}
   assert sorted(os.path.basename(s["path"]) for s in source.skipped) == ["empty.jpg", "notes.jpg", "truncated.jpg"]
   np.testing.assert_array_equal(_collect(source, "test", config), [[0, 0, 0], [1, 1, 0]])
   np.testing.assert_array_equal(_collect(source, "val", config), [[1, 0, 1]])
+
+
+MARKED = [("img0.jpg", ["cat", "-dog"], "train"), ("img1.jpg", ["?cat", "dog"], "train"),
+          ("img2.jpg", ["bird", "?dog", "-cat"], "val"), ("img3.jpg", ["-bird"], "val"),
+          ("img4.jpg", [], "test"), ("img5.jpg", ["?bird", "cat"], "test")]
+
+
+@pytest.mark.parametrize("unlisted,keep", [("negative", False), ("unknown", True)])
+def test_folder_explicit_negatives_and_unknowns(tmp_path, unlisted, keep):
+  # Hand-made targets (labels bird, cat, dog): listed 1, -listed 0, ?listed -1, unlisted 0 or -1
+  config = _folder(tmp_path, MARKED)
+  config.data.unlisted, config.data.keep_unlabeled = unlisted, keep
+  source = registry.get(config)
+  assert source.labels == ["bird", "cat", "dog"]
+  u = 0 if unlisted == "negative" else -1
+  expected = {"train": [[u, 1, 0], [u, -1, 1]], "val": [[1, 0, -1], [0, u, u]],
+              "test": ([[u, u, u]] if keep else []) + [[-1, 1, u]]}
+  rows_of = lambda m: sorted(map(tuple, np.asarray(m).reshape(-1, 3).tolist()))  # TFDS reorders
+  for split, rows in expected.items():
+    assert rows_of(source.label_matrix(split)) == rows_of(rows), split
+  assert rows_of(_collect(source, "val", config)) == rows_of(expected["val"])
+
+
+def test_folder_label_marked_twice_names_the_line(tmp_path):
+  rows = [("img0.jpg", ["cat", "-cat"], "train"), ("img1.jpg", ["dog"], "val"),
+          ("img2.jpg", ["dog"], "test")]
+  with pytest.raises(UserError, match=r"labels.csv line 2: label 'cat' is marked twice"):
+    registry.get(_folder(tmp_path, rows))
 
 
 def test_folder_labels_txt_and_user_errors(tmp_path):

@@ -251,7 +251,7 @@ def test_non_finite_loss_stops_with_the_last_checkpoint_intact(shapes_config, tm
   def nan_labels_in_second_epoch(*args, epoch=0, **kw):
     for batch in real(*args, epoch=epoch, **kw):
       if kw.get("train") and epoch == 1:
-        batch = dict(batch, labels=np.full_like(batch["labels"], np.nan))
+        batch = dict(batch, labels=np.full(batch["labels"].shape, np.nan, np.float32))
       yield batch
 
   monkeypatch.setattr(pipeline, "batches", nan_labels_in_second_epoch)

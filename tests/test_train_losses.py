@@ -87,3 +87,164 @@ def test_softmax_cross_entropy_matches_numpy():
   log_softmax = z - np.log(np.exp(z).sum(-1, keepdims=True))
   np.testing.assert_allclose(losses.softmax_cross_entropy(LOGITS, LABELS),
                              -(y * log_softmax).sum(-1).mean(), rtol=1e-5)
+
+
+# --- Unknown (-1) label entries and padded rows -------------------------------------------------
+# A batch as the pipeline yields it: int8 targets with ~30% unknown entries, two padded rows
+# (mask False) whose logits and labels are garbage that must not count.
+U_LOGITS = RNG.normal(0, 3, (9, 7)).astype(np.float32)
+U_LABELS = np.where(RNG.random((9, 7)) < 0.3, -1, RNG.random((9, 7)) < 0.4).astype(np.int8)
+U_MASK = np.array([True, True, False, True, True, True, False, True, True])
+SIGMOID_LOSSES = {  # name -> (fn, kwargs): every sigmoid loss, with non-default settings
+    "bce": (losses.bce, {}),
+    "focal": (losses.focal, {"gamma": 2.0}),
+    "asl": (losses.asl, {"gamma_pos": 1.0, "gamma_neg": 4.0, "clip": 0.05}),
+    "asl_noclip": (losses.asl, {"gamma_pos": 0.0, "gamma_neg": 2.0, "clip": 0.0}),
+}
+
+
+def _entry_ref(name, x, y, kw):
+  """One entry's loss in float64 from the papers' formulas (y already smoothed)."""
+  p = 1 / (1 + np.exp(-float(x)))
+  if name == "bce":
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))
+  if name == "focal":
+    g = kw["gamma"]
+    return -(y * (1 - p) ** g * np.log(p) + (1 - y) * p ** g * np.log(1 - p))
+  clip = kw["clip"]
+  p_m = max(p - clip, 0.0)
+  return -(y * (1 - p) ** kw["gamma_pos"] * np.log(p)
+           + (1 - y) * p_m ** kw["gamma_neg"] * np.log(max(1 - p_m, 1e-8)))
+
+
+def _known_ref(name, logits, labels, mask, kw, ls=0.0):
+  """Entry by entry: sum over known entries of valid rows / their count."""
+  total, count = 0.0, 0
+  for i in range(labels.shape[0]):
+    for j in range(labels.shape[1]):
+      if (mask is not None and not mask[i]) or labels[i, j] == -1:
+        continue
+      y = float(labels[i, j]) * (1 - ls) + ls / 2
+      total += _entry_ref(name, logits[i, j], y, kw)
+      count += 1
+  return total / max(count, 1)
+
+
+def _softmax_ref(logits, labels, mask):
+  """Entry by entry: the softmax and the target run over the known classes of each valid image;
+  the mean runs over the valid images with at least one known class."""
+  total, count = 0.0, 0
+  for i in range(labels.shape[0]):
+    known = [j for j in range(labels.shape[1]) if labels[i, j] != -1]
+    if (mask is not None and not mask[i]) or not known:
+      continue
+    x = logits[i, known].astype(np.float64)
+    log_p = x - x.max() - np.log(np.exp(x - x.max()).sum())
+    y = labels[i, known].astype(np.float64)
+    y = y / max(y.sum(), 1.0)
+    total += -(y * log_p).sum()
+    count += 1
+  return total / max(count, 1)
+
+
+@pytest.mark.parametrize("ls", [0.0, 0.2])
+@pytest.mark.parametrize("name", sorted(SIGMOID_LOSSES))
+def test_sigmoid_losses_average_over_known_entries_of_valid_rows(name, ls):
+  assert 0.2 < np.mean(U_LABELS == -1) < 0.4
+  fn, kw = SIGMOID_LOSSES[name]
+  got = fn(U_LOGITS, U_LABELS, U_MASK, label_smoothing=ls, **kw)
+  np.testing.assert_allclose(got, _known_ref(name, U_LOGITS, U_LABELS, U_MASK, kw, ls), rtol=1e-5)
+  got = fn(U_LOGITS, U_LABELS, label_smoothing=ls, **kw)  # mask None: every row is valid
+  np.testing.assert_allclose(got, _known_ref(name, U_LOGITS, U_LABELS, None, kw, ls), rtol=1e-5)
+
+
+@pytest.mark.parametrize("ls", [0.0, 0.2])
+@pytest.mark.parametrize("name", sorted(SIGMOID_LOSSES))
+def test_without_unknowns_value_is_mean_over_classes_then_valid_images(name, ls):
+  # The pre-unknown definition: mean over classes, then mean over the valid images.
+  fn, kw = SIGMOID_LOSSES[name]
+  labels = (U_LABELS == 1).astype(np.float32)
+  per_label = np.vectorize(lambda x, y: _entry_ref(name, x, y, kw))(
+      U_LOGITS, labels * (1 - ls) + ls / 2)
+  old = per_label.mean(-1)[U_MASK].mean()
+  np.testing.assert_allclose(fn(U_LOGITS, labels, U_MASK, label_smoothing=ls, **kw), old,
+                             rtol=1e-6)
+
+
+def test_softmax_cross_entropy_over_known_classes():
+  labels = U_LABELS.copy()
+  labels[4] = -1  # an all-unknown valid image: not counted at all
+  got = losses.softmax_cross_entropy(U_LOGITS, labels, U_MASK)
+  np.testing.assert_allclose(got, _softmax_ref(U_LOGITS, labels, U_MASK), rtol=1e-5)
+  # Without unknowns: the per-image mean over valid images, as before.
+  labels = (U_LABELS == 1).astype(np.float32)
+  y = labels / np.maximum(labels.sum(-1, keepdims=True), 1)
+  z = U_LOGITS - U_LOGITS.max(-1, keepdims=True)
+  log_softmax = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  np.testing.assert_allclose(losses.softmax_cross_entropy(U_LOGITS, labels, U_MASK),
+                             -(y * log_softmax).sum(-1)[U_MASK].mean(), rtol=1e-6)
+
+
+def test_unknown_entries_hand_computation():
+  logits = np.array([[0.0, 2.0], [7.0, -1.0], [5.0, 5.0]], np.float32)
+  labels = np.array([[1, -1], [-1, 0], [1, 1]], np.int8)
+  mask = np.array([True, True, False])
+  # Known entries of valid rows: (0, 0) y=1 x=0 -> ln 2; (1, 1) y=0 x=-1 -> ln(1 + e^-1).
+  want = (np.log(2) + np.log1p(np.exp(-1))) / 2
+  assert float(losses.bce(logits, labels, mask)) == pytest.approx(want, rel=1e-6)
+  # With smoothing s=0.2 the known targets become 0.9 and 0.1.
+  sp = lambda x: np.log1p(np.exp(x))  # -log_sigmoid(-x); loss = y sp(-x) + (1-y) sp(x)
+  want = (0.9 * sp(-0.0) + 0.1 * sp(0.0) + 0.1 * sp(1.0) + 0.9 * sp(-1.0)) / 2
+  got = losses.bce(logits, labels, mask, label_smoothing=0.2)
+  assert float(got) == pytest.approx(want, rel=1e-6)
+  # Softmax: class 2 (unknown, logit 5) is out of the normaliser -> softmax([0, 0])[0] = 1/2.
+  value = losses.softmax_cross_entropy(np.array([[0.0, 0.0, 5.0]]), np.array([[1, 0, -1]]))
+  assert float(value) == pytest.approx(np.log(2), rel=1e-6)
+  # Nothing known: 0, not 0/0.
+  for fn, kw in SIGMOID_LOSSES.values():
+    assert float(fn(logits, np.full((3, 2), -1, np.int8), mask, **kw)) == 0.0
+  assert float(losses.softmax_cross_entropy(logits, np.full((3, 2), -1, np.int8), mask)) == 0.0
+
+
+def _all_losses():
+  yield from ((name, fn, kw) for name, (fn, kw) in sorted(SIGMOID_LOSSES.items()))
+  yield "focal_gamma_half", losses.focal, {"gamma": 0.5}  # infinite derivative of p**0.5 at p=0
+  yield "softmax", losses.softmax_cross_entropy, {}
+
+
+@pytest.mark.parametrize("name,fn,kw", list(_all_losses()), ids=[n for n, _, _ in _all_losses()])
+def test_gradient_is_zero_at_unknown_entries_and_padded_rows(name, fn, kw):
+  import jax
+  logits = U_LOGITS.copy()
+  unknown = U_LABELS == -1
+  logits[unknown] = np.where(RNG.random(unknown.sum()) < 0.5, 100.0, -100.0)  # saturated
+  logits[2], logits[6] = 1e4, np.nan  # the padded rows: saturated, and garbage
+  grad = np.asarray(jax.grad(lambda x: fn(x, U_LABELS, U_MASK, **kw))(logits))
+  assert np.all(np.isfinite(grad))
+  assert np.all(grad[unknown] == 0.0)
+  assert np.all(grad[~U_MASK] == 0.0)
+  assert np.any(grad[~unknown & U_MASK[:, None]] != 0.0)
+  value = fn(logits, U_LABELS, U_MASK, **kw)
+  assert np.isfinite(float(value))
+
+
+@pytest.mark.parametrize("name,fn,kw", list(_all_losses()), ids=[n for n, _, _ in _all_losses()])
+def test_label_dtypes_give_the_same_value(name, fn, kw):
+  binary = U_LABELS == 1
+  values = [float(fn(U_LOGITS, binary.astype(dt), U_MASK, **kw))
+            for dt in (np.int8, np.bool_, np.float32, np.int32)]
+  assert values == pytest.approx([values[0]] * 4, rel=1e-7, abs=0)
+  values = [float(fn(U_LOGITS, U_LABELS.astype(dt), U_MASK, **kw))
+            for dt in (np.int8, np.float32, np.int32)]
+  assert values == pytest.approx([values[0]] * 3, rel=1e-7, abs=0)
+
+
+def test_from_config_losses_skip_unknown_entries():
+  c = default_config()
+  for name, kw in (("bce", {}), ("focal", {"gamma": float(c.loss.focal_gamma)}),
+                   ("asl", {"gamma_pos": float(c.loss.gamma_pos),
+                            "gamma_neg": float(c.loss.gamma_neg), "clip": float(c.loss.clip)})):
+    c.loss.name, c.loss.label_smoothing = name, 0.1
+    got = losses.from_config(c.loss)(U_LOGITS, U_LABELS, U_MASK)
+    np.testing.assert_allclose(got, _known_ref(name, U_LOGITS, U_LABELS, U_MASK, kw, 0.1),
+                               rtol=1e-5)

@@ -30,7 +30,13 @@ CHOICES = {
     "checkpoint.best_metric": tuple(BEST_METRICS),
     "eval.baseline_reduce": ("max", "sum"),
     "eval.unknown_tags": ("error", "ignore"),
+    "eval.protocol": ("literature", "all"),
+    "data.difficult": ("ignore", "positive", "negative"),
+    "data.unlisted": ("negative", "unknown"),
 }
+# Keys that were renamed: an old config names them -> the message says what to write instead.
+RENAMED = {"data.include_difficult": "data.difficult ('ignore', 'positive' or 'negative'; "
+                                     "include_difficult=True was 'positive', False 'negative')"}
 
 
 def get_config():
@@ -58,8 +64,10 @@ def get_config():
   c.data.shuffle_buffer = 10_000
   c.data.cache_mb = 2048.0      # splits whose decoded images fit (per process) are decoded once and
                                 # served from host memory; larger ones stream through tf.data; 0 = never
-  c.data.include_difficult = True  # voc: count objects marked difficult as labels (TFDS `labels`) or not
-  c.data.keep_unlabeled = True  # nus_wide/folder: keep images with none of the labels (all-zero target)
+  c.data.difficult = "ignore"   # voc training targets of difficult-only objects: ignore (-1, no loss), positive, negative
+  c.data.keep_unlabeled = False # coco/nus_wide/folder: train on images with none of the labels (all-zero target);
+                                # False leaves them out of training (nus_wide: not built; others: target -1)
+  c.data.unlisted = "negative"  # folder: labels a row does not mention are negatives, or unknown (-1)
   c.data.csv = ""               # folder: the label file (CSV filename,labels or .jsonl); "" = manual_dir/labels.csv
   c.data.label_separator = " "  # folder: separator between labels inside the CSV labels column
   c.data.labels_file = ""       # folder: labels.txt with one class per line; "" = the labels seen in the file
@@ -144,6 +152,8 @@ def get_config():
 
   # Evaluation (mlc_jax/eval).
   c.eval = ml_collections.ConfigDict()
+  c.eval.protocol = "literature" # val/test targets as papers evaluate: voc difficult-only labels unknown, coco/nus_wide
+                                 # images without labels left out; "all": every stored image and label counts
   c.eval.k = 3                   # top-k metrics; at most the number of classes
   c.eval.threshold = 0.5
   c.eval.topk_min_score = False  # top-k variant: False = exactly k labels per image; True = ML-GCN (also score >= threshold)
@@ -193,6 +203,8 @@ def unknown_key_message(key, known):
     section = key.rpartition(".")[0]
     near = [k for k in known if k.rpartition(".")[0] == section][:6]
   hint = f"; did you mean {', '.join(near)}?" if near else ""
+  if key in RENAMED:
+    hint = f"; it is now {RENAMED[key]}"
   return f"unknown config key {key!r}{hint} (every key and its default: mlc_jax/config/__init__.py)"
 
 

@@ -112,7 +112,7 @@ def _check_pure(config):
     c.number(key, 1, integer=True)
   c.number("data.shapes_image_size", 16, integer=True)
   c.number("data.shapes_seed", integer=True)
-  for key in ("data.include_difficult", "data.keep_unlabeled", "augment.flip",
+  for key in ("data.keep_unlabeled", "augment.flip",
               "model.batch_norm", "model.include_top", "finetune.nesterov", "eval.topk_min_score",
               "eval.tune_thresholds"):
     c.boolean(key)

@@ -19,13 +19,14 @@ TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
 log = logging.getLogger(__name__)
 
 
-def labelled_image_features():
-  """The TFDS features of a builder over local files: the image, its file name, its label indices."""
+def labelled_image_features(*id_lists):
+  """The TFDS features of a builder over local files: the image, its file name, its label indices
+  (and further lists of label indices named by id_lists)."""
+  ids = lambda: tfds.features.Sequence(tfds.features.Scalar(dtype=np.int64))
   return tfds.features.FeaturesDict({
       "image": tfds.features.Image(shape=(None, None, 3)),
       "image/filename": tfds.features.Text(),
-      "labels": tfds.features.Sequence(tfds.features.Scalar(dtype=np.int64)),
-  })
+      "labels": ids(), **{name: ids() for name in id_lists}})
 
 
 def read_image(path):

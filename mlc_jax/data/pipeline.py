@@ -149,7 +149,7 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
     pad = (steps - start_batch) * local - real
     if pad > 0:
       blank = {"image": tf.zeros([image_size, image_size, 3], tf.uint8),
-               "labels": tf.zeros([len(source.labels)], tf.float32), "mask": tf.constant(False),
+               "labels": tf.zeros([len(source.labels)], tf.int8), "mask": tf.constant(False),
                "index": tf.constant(-1, tf.int32)}
       ds = ds.concatenate(tf.data.Dataset.from_tensors(blank).repeat(pad))
   ds = ds.batch(local, drop_remainder=True, num_parallel_calls=DECODE_THREADS)
@@ -163,7 +163,7 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
 
 
 def decoded_split(source, split, config):
-  """(images uint8 (n, S, S, 3), labels float32 (n, C)): this process's share of split, decoded
+  """(images uint8 (n, S, S, 3), labels int8 (n, C)): this process's share of split, decoded
   once in stored order and kept on the source; None when it would exceed data.cache_mb."""
   index, count = _process()
   size, method = int(config.image_size), config.data.resize
@@ -198,7 +198,7 @@ def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch, offs
 
 
 def batches(source, split, *, batch_size, train, config, seed=0, epoch=0, start_batch=0):
-  """Iterator of numpy dicts {'image': uint8 (B, H, W, 3), 'labels': float32 (B, C), 'mask': bool (B,)}.
+  """Iterator of numpy dicts {'image': uint8 (B, H, W, 3), 'labels': int8 (B, C), 'mask': bool (B,)}.
 
   B = batch_size // jax.process_count(). train: shuffled by (seed, epoch), remainder dropped;
   otherwise stored order with the last batch padded (mask False) and 'index': int32 (B,), each

@@ -19,11 +19,14 @@ from mlc_jax.data.source import SPLITS
 
 
 def split_stats(labels, names):
-  """Statistics of one split's (N, C) multi-hot matrix."""
-  per_image = labels.sum(axis=1).astype(int)
-  counts = labels.sum(axis=0).astype(int)
+  """Statistics of one split's (N, C) targets (1 present, 0 absent, -1 unknown)."""
+  present, unknown = labels == 1, labels == -1
+  per_image = present.sum(axis=1).astype(int)
+  counts = present.sum(axis=0).astype(int)
   return {
       "images": int(labels.shape[0]),
+      "images_without_known_labels": int(unknown.all(axis=1).sum()) if labels.shape[1] else 0,
+      "unknown_entries": {n: int(c) for n, c in zip(names, unknown.sum(axis=0))},
       "label_frequency": {n: int(c) for n, c in zip(names, counts)},
       "labels_per_image_mean": float(per_image.mean()) if len(per_image) else 0.0,
       "labels_per_image_histogram": {str(k): int(v) for k, v in
@@ -44,7 +47,7 @@ def contact_sheet(config, source, path, count=16):
     ax.axis("off")
     if i < n:
       ax.imshow(np.clip(images[i], 0, 255).astype(np.uint8))
-      names = [source.labels[j] for j in np.flatnonzero(batch["labels"][i])]
+      names = [source.labels[j] for j in np.flatnonzero(batch["labels"][i] == 1)]
       ax.set_title("\n".join([", ".join(names[k:k + 2]) for k in range(0, len(names), 2)]) or "(none)",
                    fontsize=7)
   fig.suptitle(f"{source.name}: augmented training images", fontsize=9)

@@ -1,9 +1,12 @@
-"""`Source`: one dataset's labels, split sizes and a reader of (encoded image, multi-hot) pairs.
+"""`Source`: one dataset's labels, split sizes and a reader of (encoded image, target) pairs.
 
 Every dataset is a TFDS dataset; a Source maps our split names (train/val/test) to TFDS split
-strings (e.g. val carved from train as `train[N:]`) and turns the dataset's label field into a
-multi-hot vector. Images stay encoded here: the pipeline decodes them with mlc_jax.data.images so
-training and prediction see identical pixels.
+strings (e.g. val carved from train as `train[N:]`) and turns the dataset's label fields into an
+int8 target per image: 1 present, 0 absent, -1 unknown (a VOC difficult-only object, an image the
+protocol leaves out, an entry a partial annotation does not state). Losses and metrics use the
+known entries only, so an image whose target is all -1 is left out of both: that is how a
+protocol drops images without changing the stored splits. Images stay encoded here: the pipeline
+decodes them with mlc_jax.data.images so training and prediction see identical pixels.
 """
 import hashlib
 import json
@@ -18,6 +21,7 @@ from jax.experimental import multihost_utils
 from mlc_jax.errors import UserError
 
 SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("val", "test")  # the splits evaluation protocols (eval.protocol) apply to
 
 
 def carve(builder, split, val_fraction, *, name):
@@ -37,11 +41,16 @@ def carve(builder, split, val_fraction, *, name):
 class Source:
   """A TFDS-backed dataset as the pipeline sees it.
 
-  labels: class names; num_examples: {'train', 'val', 'test'} -> count; skipped: files left out
-  when the dataset was built, as [{'path', 'reason'}]; notes: dataset-specific counts for reports.
+  labels: class names; num_examples: {'train', 'val', 'test'} -> stored count; skipped: files left
+  out when the dataset was built, as [{'path', 'reason'}]; notes: dataset-specific counts for
+  reports; protocol: how the targets were made ({'split', 'unlabeled_images', 'difficult', ...},
+  recorded with every evaluation).
+  label_fn(example) -> the class ids present; target_fn(example, split) -> int8 (C,) target with
+  -1 for unknown entries (default: the multi-hot of label_fn, nothing unknown).
   """
 
-  def __init__(self, name, builder, splits, label_fn, labels, *, skipped=(), notes=None, options=None):
+  def __init__(self, name, builder, splits, label_fn, labels, *, skipped=(), notes=None, options=None,
+               target_fn=None, protocol=None):
     self.name = name
     self.builder = builder
     self.splits = dict(splits)
@@ -50,6 +59,8 @@ class Source:
     self.skipped = list(skipped)
     self.notes = dict(notes or {})
     self.options = dict(options or {})
+    self.target_fn = target_fn
+    self.protocol = dict(protocol or {})
     self.decoded = {}  # the pipeline's in-memory copies of decoded splits (data.cache_mb)
     self.num_examples = {}
     for split, spec in self.splits.items():
@@ -71,7 +82,7 @@ class Source:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
   def read(self, split, *, process_index=0, process_count=1, shuffle_seed=None):
-    """tf.data.Dataset of {'image': encoded bytes, 'labels': float32 (C,) multi-hot, 'index'}.
+    """tf.data.Dataset of {'image': encoded bytes, 'labels': int8 (C,) target (1/0/-1)}.
 
     process_index/count: this process's even share of the split (tfds.even_splits).
     shuffle_seed: shuffle the order of files deterministically; None keeps the stored order.
@@ -86,21 +97,35 @@ class Source:
                                  read_config=read_config,
                                  decoders={"image": tfds.decode.SkipDecoding()})
     def convert(example):
-      return {"image": example["image"], "labels": self.multi_hot(example)}
+      return {"image": example["image"], "labels": self.targets(example, split)}
 
     return ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
+  def targets(self, example, split):
+    """int8 (C,) target of one stored example of `split` (inside tf.data): 1, 0 or -1 unknown."""
+    if self.target_fn is not None:
+      return tf.reshape(tf.cast(self.target_fn(example, split), tf.int8), [len(self.labels)])
+    return tf.cast(self.multi_hot(example), tf.int8)
+
   def multi_hot(self, example):
-    """float32 (C,) multi-hot target of one stored example (inside tf.data)."""
-    num_classes = len(self.labels)
-    ids = tf.cast(self.label_fn(example), tf.int32)
-    multi_hot = tf.minimum(tf.reduce_sum(tf.one_hot(ids, num_classes), axis=0), 1.0)
-    return tf.reshape(multi_hot, [num_classes])
+    """float32 (C,) multi-hot of the class ids label_fn gives (inside tf.data)."""
+    return multi_hot(self.label_fn(example), len(self.labels))
 
   def label_matrix(self, split):
-    """float32 (N, C) numpy multi-hot labels of a split, in stored order (no image decoding)."""
+    """int8 (N, C) numpy targets of a split, in stored order (no image decoding)."""
     rows = [ex["labels"] for ex in self.read(split).map(lambda e: {"labels": e["labels"]}).as_numpy_iterator()]
-    return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.float32)
+    return np.stack(rows) if rows else np.zeros((0, len(self.labels)), np.int8)
+
+
+def multi_hot(ids, num_classes):
+  """float32 (C,) multi-hot of a vector of class ids (inside tf.data)."""
+  hot = tf.minimum(tf.reduce_sum(tf.one_hot(tf.cast(ids, tf.int32), num_classes), axis=0), 1.0)
+  return tf.reshape(hot, [num_classes])
+
+
+def unknown_if_empty(target):
+  """The target, or all -1 when it has no positive: the image is left out (no loss, no metric)."""
+  return tf.where(tf.reduce_any(target == 1), target, tf.fill(tf.shape(target), tf.constant(-1, target.dtype)))
 
 
 def tfds_builder(config, hint):

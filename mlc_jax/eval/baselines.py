@@ -15,7 +15,7 @@ from absl import logging
 from mlc_jax import config as config_lib, models, parallel, workdir as workdir_lib
 from mlc_jax.data import registry
 from mlc_jax.errors import UserError
-from mlc_jax.eval import report, results, scoring
+from mlc_jax.eval import protocol, report, results, scoring
 from mlc_jax.models.imagenet import IMAGENET_WNIDS
 
 REDUCE = config_lib.CHOICES["eval.baseline_reduce"]
@@ -116,7 +116,9 @@ def baseline(config, workdir, split="test"):
   meta = {"kind": "baseline", "dataset": config.dataset, "split": split, "weights": weights,
           "mapping": path.name if path.parent.name == "resources" else str(path),
           "reduce": config.eval.baseline_reduce,
-          "mapped": [source.labels[i] for i in mapped], "unmapped": unmapped}
+          "mapped": [source.labels[i] for i in mapped], "unmapped": unmapped,
+          "protocol": dict(protocol.record(cfg, source, split, labels[:, mapped]),
+                           backbone=f"{config.model.arch.upper()} (ImageNet, unmodified)")}
   out = workdir_lib.eval_dir(workdir, split)
   with workdir_lib.staged(out / "baseline") as staging:
     m = results.save(staging, scores, labels, source.labels, meta, config, columns=mapped,

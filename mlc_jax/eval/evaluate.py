@@ -20,7 +20,7 @@ from absl import logging
 from mlc_jax import checkpoints, config as config_lib, metrics, parallel, workdir as workdir_lib
 from mlc_jax.data import registry
 from mlc_jax.errors import UserError
-from mlc_jax.eval import plots, prediction_files, report, results, scoring
+from mlc_jax.eval import plots, prediction_files, protocol, report, results, scoring
 
 SPLITS = ("train", "val", "test")
 # Keys an evaluation may take from the given config: they cannot change the model's numbers.
@@ -117,7 +117,8 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   meta = {"kind": "model", "dataset": config.dataset, "split": split, "activation": activation,
           "checkpoint": f"step {restored.step} of the {restored.stage} stage ({which}){weights}",
           "stage": restored.stage, "step": restored.step, "weights": restored.weights,
-          "digest": _digest(config, restored.stage, restored.step, split)}
+          "digest": _digest(config, restored.stage, restored.step, split),
+          "protocol": protocol.record(config, source, split, y)}
   out = workdir_lib.eval_dir(workdir, split)
   with workdir_lib.staged(out) as staging:
     m = results.save(staging, scores, y, restored.labels, meta, config, images=images,
@@ -155,7 +156,9 @@ def evaluate_predictions(workdir, path, split="test", config=None):
   meta = {"kind": "predictions", "dataset": config.dataset, "split": split,
           "file": pathlib.Path(path).name, "synonyms": synonyms_file or "tag_synonyms.json",
           "unknown_tags": config.eval.get("unknown_tags", "error"),
-          "unknown_tag_count": stats.get("unknown_tags", 0)}
+          "unknown_tag_count": stats.get("unknown_tags", 0),
+          "protocol": dict(protocol.record(config, source, split, y), image_size="n/a",
+                           backbone=f"external predictions ({pathlib.Path(path).name})")}
   out = workdir_lib.eval_dir(workdir, split)
   with workdir_lib.staged(out / f"predictions_{pathlib.Path(path).stem}") as staging:
     m = results.save(staging, scores, y, source.labels, meta, config)

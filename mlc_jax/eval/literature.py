@@ -1,14 +1,35 @@
-"""Published results (resources/literature.json) and the markdown table that sets ours beside them."""
+"""Published results (resources/literature.json) and the markdown table that sets ours beside them.
+
+Each published row records its protocol (split, image counts, unlabeled images, difficult objects,
+top-3 variant, image size, backbone, CF1 and AP definitions); `differences` compares it with the
+protocol our evaluation writes to metrics.json, so the table says, row by row, whether the numbers
+were measured the way ours were.
+"""
 import importlib.resources
 import json
 
 TOP3 = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 TOPK_WORDS = {"exact": "exactly 3 labels per image",
-              "min_score": "top 3 with probability >= 0.5 (ML-GCN code)"}
+              "min_score": "top 3 with probability >= 0.5",
+              "beam_leq3": "up to 3 labels (beam search, no minimum length)",
+              "unstated": "unstated"}
+# the protocol fields every published row records, in the order differences reports them
+FIELDS = ("split", "images", "unlabeled_images", "difficult", "topk", "image_size", "backbone",
+          "cf1_definition", "ap")
+LABELS = {"split": "split", "images": "image counts", "unlabeled_images": "unlabeled images",
+          "difficult": "difficult", "topk": "top-3", "image_size": "image size",
+          "backbone": "backbone", "cf1_definition": "CF1", "ap": "AP"}
+TOPK_SHORT = {"exact": "exactly 3", "min_score": "top 3 with p >= 0.5",
+              "beam_leq3": "up to 3 via beam search"}
+# our metrics.json words for difficult objects -> the literature's
+OUR_DIFFICULT = {"unknown (-1) at evaluation": "ignored", "positive": "positive",
+                 "negative": "negative", "n/a": "n/a"}
+DIFFICULT_WORDS = {"ignored": "ignored at evaluation", "positive": "positive", "negative": "negative"}
+UNKNOWN_OURS = "unknown: our protocol not recorded"
 
 
 def load():
-  """The parsed literature.json: {'sources': {method: {...}}, 'datasets': {name: [rows]}}."""
+  """The parsed literature.json: {'sources': {method: {...}}, 'datasets': {name: [rows]}, ...}."""
   text = importlib.resources.files("mlc_jax").joinpath("resources/literature.json").read_text()
   return json.loads(text)
 
@@ -17,10 +38,127 @@ def _pct(value):
   return "" if value is None else f"{value:.1f}"
 
 
-def table(dataset, ours, *, k=3, topk_min_score=False):
+def _unstated(value):
+  return isinstance(value, str) and (value == "unstated" or value.startswith("unstated ("))
+
+
+def _hint(value):
+  """' (hint)' of an 'unstated (hint)' value, '' for a bare 'unstated'."""
+  return value[len("unstated"):]
+
+
+def _core(value):
+  """What is compared of a free-text value: the part before ' (', lower case."""
+  return str(value).split(" (")[0].strip().lower()
+
+
+def _test_part(split):
+  """'val2014' of 'train2014 (...) / val2014 as test': the set the numbers are measured on."""
+  part = split.rsplit(" / ", 1)[-1].strip()
+  return part[:-len(" as test")].strip() if part.endswith(" as test") else part
+
+
+def _images(theirs, ours):
+  """(phrase, definite) pairs for the train and test image counts."""
+  if _unstated(theirs):
+    return [(f"image counts unstated{_hint(theirs)}", False)]
+  out = []
+  for part in ("test", "train"):
+    t, o = theirs.get(part), ours.get(part)
+    if t is None:
+      out.append((f"{part} images unstated", False))
+    elif o is None:
+      out.append((f"{part} images: ours not recorded", False))
+    elif t != o:
+      extra = f" (+{ours['val']:,} validation)" if part == "train" and ours.get("val") else ""
+      out.append((f"{part} images: theirs {t:,}, ours {o:,}{extra}", True))
+  return out
+
+
+def _field(key, theirs, ours):
+  """(phrase, definite) pairs saying how field `key` differs; [] when it is the same or n/a."""
+  label = LABELS[key]
+  if theirs == "n/a" or ours == "n/a":
+    return []
+  if _unstated(theirs):
+    return [(f"{label} unstated{_hint(theirs)}", False)]
+  if ours is None:
+    return [(f"{label}: ours not recorded", False)]
+  if key == "images":
+    return _images(theirs, ours)
+  if key == "split":
+    t, o = _test_part(theirs), _test_part(ours)
+    return [] if t.lower() == o.lower() else [(f"split: theirs {t}, ours {o}", True)]
+  if key == "topk":
+    same = theirs == ours
+    t, o = TOPK_SHORT.get(theirs, theirs), TOPK_SHORT.get(ours, ours)
+  elif key == "difficult":
+    o_word = OUR_DIFFICULT.get(ours, ours)
+    if o_word == "n/a":
+      return []
+    same = theirs == o_word
+    t, o = DIFFICULT_WORDS.get(theirs, theirs), DIFFICULT_WORDS.get(o_word, o_word)
+  elif key == "image_size":
+    same = theirs == ours
+    t, o = f"{theirs} px", f"{ours} px"
+  elif key == "ap":
+    same = _core(theirs) == _core(ours)
+    t, o = _core(theirs), _core(ours)
+  else:  # free text: backbone, cf1_definition, unlabeled_images
+    same = str(theirs).strip().lower() == str(ours).strip().lower()
+    t, o = theirs, ours
+  return [] if same else [(f"{label}: theirs {t}, ours {o}", True)]
+
+
+def _compare(row_protocol, ours):
+  out = []
+  for key in FIELDS:
+    out += _field(key, row_protocol.get(key, "unstated"), ours.get(key))
+  return out
+
+
+def differences(row_protocol, ours):
+  """Short phrases saying how a published row's protocol differs from ours; [] = the same protocol.
+
+  row_protocol: a row's 'protocol' dict from literature.json; ours: the 'protocol' dict our
+  evaluation writes (split, images {train, val, test}, unlabeled_images, difficult, topk,
+  image_size, backbone, cf1_definition, ap). A field the paper leaves unstated gives 'X unstated';
+  a field that applies to neither side ('n/a' on either) gives nothing.
+  """
+  return [phrase for phrase, _ in _compare(row_protocol, ours)]
+
+
+def same_protocol(row_protocol, ours):
+  """The table's 'same protocol as ours?' cell: 'yes', 'no: ...' or 'unknown: ...'.
+
+  'no' when some field differs for certain (the unstated ones are listed too); 'unknown' when the
+  only gaps are fields the paper leaves unstated or our protocol lacks; ours None = not recorded.
+  """
+  if ours is None:
+    return UNKNOWN_OURS
+  found = _compare(row_protocol, ours)
+  if not found:
+    return "yes"
+  verdict = "no" if any(definite for _, definite in found) else "unknown"
+  return f"{verdict}: " + "; ".join(phrase for phrase, _ in found)
+
+
+def _source_line(lit, row):
+  src, ver = lit["sources"][row["method"]], row.get("verification", {})
+  parts = [f"- {row['method']}: {src['paper']}, arXiv:{src['arxiv']}"]
+  parts += [src["note"]] if src.get("note") else []
+  parts += [row["table"]] if row.get("table") else []
+  if ver:
+    parts.append(f"figures: {ver.get('figures', 'unknown')}, protocol: {ver.get('protocol', 'none')}")
+  return "; ".join(parts)
+
+
+def table(dataset, ours, protocol=None, *, k=3, topk_min_score=False):
   """Markdown for `dataset` (a registry name), or '' when the file has no published numbers for it.
 
   ours: [(name, metrics dict from metrics.compute)], metrics as fractions; rows print percentages.
+  protocol: our evaluation's protocol dict (metrics.json), None when not recorded (older results);
+  the last column compares each published row's protocol with it.
   """
   lit = load()
   rows = lit["datasets"].get(dataset)
@@ -28,13 +166,15 @@ def table(dataset, ours, *, k=3, topk_min_score=False):
     return ""
   with_top3 = any("top3" in r for r in rows)
   header = ["method", "mAP"] + ([f"{m}@3" for m in TOP3] + ["top-3 variant"] if with_top3 else [])
+  header.append("same protocol as ours?")
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in rows:
     cells = [r["method"], _pct(r.get("mAP"))]
     if with_top3:
       top3 = r.get("top3", {})
-      variant = TOPK_WORDS.get(r.get("topk"), "") + ("" if r.get("topk_known", True) else " (inferred)")
+      variant = TOPK_WORDS.get(r["protocol"]["topk"], "")
       cells += [_pct(top3.get(m)) for m in TOP3] + [variant if top3 else ""]
+    cells.append(same_protocol(r["protocol"], protocol))
     lines.append("| " + " | ".join(cells) + " |")
   ours_variant = TOPK_WORDS["min_score" if topk_min_score else "exact"]
   for name, m in ours:
@@ -44,10 +184,9 @@ def table(dataset, ours, *, k=3, topk_min_score=False):
         cells += [_pct(100 * m[f"{n}_top3"]) for n in TOP3] + [ours_variant]
       else:  # our top-k is another k: not comparable, leave the cells empty
         cells += [""] * len(TOP3) + [f"(ours use k={k})"]
+    cells.append("")
     lines.append("| " + " | ".join(cells) + " |")
-  cited = sorted({r["method"] for r in rows})
-  refs = [f"- {m}: {lit['sources'][m]['paper']}, arXiv:{lit['sources'][m]['arxiv']}"
-          + (f"; {lit['sources'][m]['backbone']}" if lit['sources'][m].get('backbone') else "")
-          + (f"; {lit['sources'][m]['note']}" if lit['sources'][m].get('note') else "")
-          for m in cited]
-  return "\n".join(lines + ["", "Sources:"] + refs) + "\n"
+  refs = [_source_line(lit, r) for r in sorted(rows, key=lambda r: r["method"])]
+  notes = ["", "No published figure here was checked against the paper's own table; 'figures' and "
+           "'protocol' say where each row's come from (resources/literature.json, 'about').", ""]
+  return "\n".join(lines + notes + ["Sources:"] + refs) + "\n"

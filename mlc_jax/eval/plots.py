@@ -40,11 +40,12 @@ def precision_recall(scores, labels):
 
 def pr_curves(scores, labels, names, ap, path, n=3):
   """Precision-recall curves of the n best and n worst classes by AP (classes with positives)."""
-  ranked = [i for i in np.argsort(-np.asarray(ap)) if labels[:, i].sum() > 0]
+  ranked = [i for i in np.argsort(-np.asarray(ap)) if (labels[:, i] == 1).any()]
   picks = ranked[:n] + [i for i in ranked[-n:] if i not in ranked[:n]]
   fig, ax = plt.subplots(figsize=(6, 5))
   for rank, i in enumerate(picks):
-    p, r = precision_recall(scores[:, i], labels[:, i])
+    known = labels[:, i] != -1  # each class's curve over its known images, as its AP
+    p, r = precision_recall(scores[known, i], labels[known, i])
     style = "-" if rank < n else "--"
     ax.step(r, p, style, where="pre", label=f"{names[i]} (AP {100 * ap[i]:.1f})")
   ax.set_xlabel("recall")

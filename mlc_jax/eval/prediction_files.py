@@ -156,7 +156,7 @@ def read(path, labels, filenames, *, synonyms=None, ignored=(), unknown_tags="er
 
 
 def split_examples(source, split):
-  """(file names, multi-hot labels float32 (N, C)) of a split, in the pipeline's stored order."""
+  """(file names, int8 targets (N, C), -1 unknown) of a split, in the pipeline's stored order."""
   features = source.builder.info.features
   if "image/filename" not in features:
     raise UserError(f"dataset {source.name} stores no image file names, so a predictions file "
@@ -164,10 +164,10 @@ def split_examples(source, split):
   ds = source.builder.as_dataset(split=source.splits[split], shuffle_files=False,
                                  decoders={"image": tfds.decode.SkipDecoding()})
   def convert(example):
-    return {"name": example["image/filename"], "labels": source.multi_hot(example)}
+    return {"name": example["image/filename"], "labels": source.targets(example, split)}
 
   names, rows = [], []
   for ex in ds.map(convert).as_numpy_iterator():
     names.append(ex["name"].decode("utf-8"))
     rows.append(ex["labels"])
-  return names, (np.stack(rows) if rows else np.zeros((0, len(source.labels)), np.float32))
+  return names, (np.stack(rows) if rows else np.zeros((0, len(source.labels)), np.int8))

@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 
 from mlc_jax import metrics, workdir as workdir_lib
-from mlc_jax.eval import literature
+from mlc_jax.eval import literature, protocol
 
 # (key, label, percent?) rows of the summary table
 SUMMARY = [("mAP", "mAP", True)] + [(m, m, True) for m in ("CP", "CR", "CF1", "OP", "OR", "OF1")] + [
@@ -137,7 +137,8 @@ def write(eval_dir):
              else f"exactly the top {k} labels of every image")
   out = [f"# Evaluation: {meta['dataset']}, split {meta['split']}\n",
          f"{meta['num_images']} images, {len(first[1]['names'])} classes. Rates in percent. "
-         f"Threshold {meta['threshold']}; top-{k} metrics use {variant}.\n"]
+         f"Threshold {meta['threshold']}; top-{k} metrics use {variant}.\n",
+         *protocol.lines(meta.get("protocol"))]
   if model is not None:
     mmeta = model[0]["meta"]
     out += ["## Fine-tuned model\n",
@@ -159,11 +160,12 @@ def write(eval_dir):
     ours.append(("ours, fine-tuned VGG16", model[0]["metrics"]))
   if base is not None:
     ours.append(("ours, ImageNet VGG16 baseline", base[0]["metrics"]))
-  table = literature.table(meta["dataset"], ours, k=k, topk_min_score=meta["topk_min_score"])
+  table = literature.table(meta["dataset"], ours, meta.get("protocol"), k=k,
+                           topk_min_score=meta["topk_min_score"])
   if table:
     out += ["## Published results\n",
-            "Other backbones and image sizes (see sources); the baseline row covers only its mapped "
-            "classes.\n", table]
+            "The last column says how each published row's protocol differs from ours; the baseline "
+            "row covers only its mapped classes.\n", table]
   if base is not None:
     out.append(_baseline_section(base, model, eval_dir / "baseline"))
   for _, pred in preds:

@@ -63,7 +63,7 @@ def save(directory, scores, labels, names, meta, config, *, columns=None, images
   directory.mkdir(parents=True, exist_ok=True)
   (directory / "metrics.json").write_text(json.dumps(jsonable(doc), indent=1))
   np.savez_compressed(directory / "scores.npz", scores=scores.astype(np.float32),
-                      labels=labels.astype(np.float32), names=np.asarray(names), columns=columns)
+                      labels=labels.astype(np.int8), names=np.asarray(names), columns=columns)
   plots.ap_bars(per_class, directory / "ap_per_class.png")
   plots.pr_curves(s, y, kept, np.asarray(m["AP"]), directory / "pr_curves.png")
   if images is not None and len(images):

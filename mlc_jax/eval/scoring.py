@@ -10,7 +10,7 @@ from mlc_jax.data import pipeline
 
 
 def scorer(model, config, mesh, activation="sigmoid"):
-  """fn(source, split, keep_images=16) -> (scores float32 (N, K), labels float32 (N, C), first images).
+  """fn(source, split, keep_images=16) -> (scores float32 (N, K), labels int8 (N, C) 1/0/-1, first images).
 
   Parameters are replicated over the mesh's 'data' axis and batches split over it (the batch is
   config.eval_batch_size rounded up to a multiple of the devices); the function compiles once for
@@ -39,6 +39,6 @@ def scorer(model, config, mesh, activation="sigmoid"):
     order = np.argsort(np.concatenate(index), kind="stable")  # the split's stored order
     images = np.concatenate(kept)[:keep_images] if kept else np.zeros((0, 1, 1, 3), np.uint8)
     return (np.concatenate(scores)[order].astype(np.float32),
-            np.concatenate(labels)[order].astype(np.float32), images)
+            np.concatenate(labels)[order].astype(np.int8), images)
 
   return score

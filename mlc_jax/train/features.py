@@ -1,7 +1,7 @@
 """The bottleneck cache: one forward pass of the frozen backbone over every split, and its feed.
 
-WORKDIR/features/KEY/{split}_features.npy (float32 (N, D)) and {split}_labels.npy (float32
-(N, C)), opened memory-mapped. KEY hashes everything that changes the numbers: the model config,
+WORKDIR/features/KEY/{split}_features.npy (float32 (N, D)) and {split}_labels.npy (int8
+(N, C), 1/0/-1 unknown), opened memory-mapped. KEY hashes everything that changes the numbers: the model config,
 the backbone's actual parameter values (so the weights file, or the seed of a from-scratch
 backbone, is covered exactly), the dataset fingerprint, the image size, the resize method and the
 compute dtype. A cache is written to a temporary directory and renamed, so it is valid or absent;
@@ -87,7 +87,7 @@ def _write_split(directory, split, source, config, mesh, forward, state, batch_s
     if feats is None:
       f_path, l_path = _paths(directory, split)
       feats = np.lib.format.open_memmap(f_path, "w+", np.float32, (n, out.shape[-1]))
-      labels = np.lib.format.open_memmap(l_path, "w+", np.float32, (n, classes))
+      labels = np.lib.format.open_memmap(l_path, "w+", np.int8, (n, classes))
     feats[index[mask]] = out[mask]
     labels[index[mask]] = y[mask]
   if seen != n:
@@ -157,6 +157,6 @@ class Feed:
       mask = rows < n
       picked = np.minimum(rows, n - 1)
       x = np.asarray(self.features[picked], np.float32)
-      y = np.asarray(self.labels[picked], np.float32)
+      y = np.asarray(self.labels[picked], np.int8)
       x[~mask], y[~mask] = 0, 0
       yield {"features": x, "labels": y, "mask": mask}

@@ -4,6 +4,10 @@ Label file (data.csv; default MANUAL_DIR/labels.csv):
   CSV with a header `filename,labels[,split]`; labels joined by data.label_separator (default " "),
   filename relative to data.manual_dir; split (optional) is train, val or test.
   or JSON lines (.jsonl/.json): {"filename": "a.jpg", "labels": ["cat", "dog"], "split": "train"}.
+  A label token `cat` marks a present label, `-cat` an explicit negative (absent), `?cat` an
+  unknown one (-1: no loss, left out of that class's metrics). Labels a row does not mention are
+  negatives, or unknown with data.unlisted='unknown' (a partial annotation). A row without any
+  token is an image with no labels: kept with data.keep_unlabeled=True, else left out.
 Label names: data.labels_file, else MANUAL_DIR/labels.txt, else every label the file uses (sorted).
 Without a split column, test (data.test_fraction) and val (data.val_fraction) are chosen by a
 hash of the filename: deterministic and stable when rows are added or reordered.
@@ -19,10 +23,11 @@ import hashlib
 import json
 import os
 
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
-from mlc_jax.data.source import SPLITS, Source, prepare
+from mlc_jax.data.source import SPLITS, Source, multi_hot, prepare
 from mlc_jax.errors import UserError
 
 
@@ -61,8 +66,16 @@ def _fraction(filename):
   return int(hashlib.sha1(filename.encode()).hexdigest()[:12], 16) / 16 ** 12
 
 
+def _token(token):
+  """('' present | '-' absent | '?' unknown, label name) of one label token."""
+  if token[:1] in ("-", "?") and len(token) > 1:
+    return token[0], token[1:]
+  return "", token
+
+
 def read_manifest(config):
-  """(labels, {split: [(filename, label ids)]}) after checking every row; UserError names file and line."""
+  """(labels, {split: [(filename, present ids, absent ids, unknown ids)]}) after checking every
+  row; UserError names file and line."""
   d = config.data
   root = d.manual_dir
   if not root or not os.path.isdir(root):
@@ -79,16 +92,24 @@ def read_manifest(config):
       names = [x.strip() for x in f if x.strip()]
     where = labels_file
   else:
-    names, where = sorted({x for _, _, labels, _ in rows for x in labels}), None
+    names = sorted({_token(x)[1] for _, _, labels, _ in rows for x in labels})
+    where = None
   index = {n: i for i, n in enumerate(names)}
   has_split = any(split for *_, split in rows)
   splits = {s: [] for s in SPLITS}
   for line, filename, labels, split in rows:
     if not filename:
       raise UserError(f"{path} line {line}: empty filename")
-    for label in labels:
+    ids = {"": set(), "-": set(), "?": set()}
+    for token in labels:
+      mark, label = _token(token)
       if label not in index:
         raise UserError(f"{path} line {line}: label {label!r} is not in {where}; add it there or fix the row")
+      for other, seen in ids.items():
+        if other != mark and index[label] in seen:
+          raise UserError(f"{path} line {line}: label {label!r} is marked twice ({other or 'present'}"
+                          f" and {mark}); give it once: cat (present), -cat (absent) or ?cat (unknown)")
+      ids[mark].add(index[label])
     if not os.path.exists(os.path.join(root, filename)):
       raise UserError(f"{path} line {line}: image {os.path.join(root, filename)} does not exist")
     if not labels and not d.keep_unlabeled:
@@ -99,7 +120,7 @@ def read_manifest(config):
     else:
       u = _fraction(filename)
       split = "test" if u < d.test_fraction else "val" if u < d.test_fraction + d.val_fraction else "train"
-    splits[split].append((filename, sorted({index[x] for x in labels})))
+    splits[split].append((filename, sorted(ids[""]), sorted(ids["-"]), sorted(ids["?"])))
   if has_split and not splits["val"]:  # carve val from train by the same stable hash
     train = splits["train"]
     splits["val"] = [r for r in train if _fraction(r[0]) < d.val_fraction]
@@ -121,12 +142,13 @@ class FolderConfig(tfds.core.BuilderConfig):
 
 class LabelledFolder(tfds.core.GeneratorBasedBuilder):
   """The user's image folder with multi-label annotations."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First version.", "1.1.0": "Explicit negatives and unknown labels."}
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=labelled_image_features(), metadata=tfds.core.MetadataDict(), description=__doc__)
+        features=labelled_image_features("negatives", "unknown"),
+        metadata=tfds.core.MetadataDict(), description=__doc__)
 
   def _split_generators(self, dl_manager):
     del dl_manager  # the files are local
@@ -135,12 +157,13 @@ class LabelledFolder(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, items):
     skipped = SkipLog()
-    for filename, ids in items:
+    for filename, present, absent, unknown in items:
       data, reason = read_image(os.path.join(self.builder_config.root, filename))
       if data is None:
         skipped.add(os.path.join(self.builder_config.root, filename), reason)
         continue
-      yield filename, {"image": data, "image/filename": filename, "labels": ids}
+      yield filename, {"image": data, "image/filename": filename, "labels": present,
+                       "negatives": absent, "unknown": unknown}
     self.info.metadata["skipped"] = self.info.metadata["skipped"] + skipped.items
 
 
@@ -152,5 +175,21 @@ def source(config):
   cfg = FolderConfig(name="m" + hashlib.sha256(key.encode()).hexdigest()[:16], root=root,
                      names=tuple(names), splits=splits)
   b = prepare(LabelledFolder(config=cfg, data_dir=config.data.data_dir or None), name="folder")
+  unlisted = config.data.unlisted
   return Source("folder", b, {s: s for s in SPLITS}, lambda ex: ex["labels"], names,
-                skipped=b.info.metadata["skipped"], options={"manifest": cfg.name})
+                target_fn=lambda ex, split: targets(ex, len(names), unlisted),
+                skipped=b.info.metadata["skipped"],
+                options={"manifest": cfg.name, "unlisted": unlisted},
+                protocol={"split": "the label file's split column, or by filename hash",
+                          "difficult": "n/a", "unlisted_labels": unlisted,
+                          "unlabeled_images": "kept" if config.data.keep_unlabeled else "dropped"})
+
+
+def targets(example, num_classes, unlisted):
+  """int8 (C,) target of a stored row: listed 1, -listed 0, ?listed -1, unlisted 0 or -1."""
+  present = multi_hot(example["labels"], num_classes)
+  absent = multi_hot(example["negatives"], num_classes)
+  unknown = multi_hot(example["unknown"], num_classes)
+  rest = -1.0 if unlisted == "unknown" else 0.0
+  listed = tf.where(present > 0, 1.0, tf.where(absent > 0, 0.0, rest))
+  return tf.cast(tf.where(unknown > 0, -1.0, listed), tf.int8)

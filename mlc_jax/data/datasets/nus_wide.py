@@ -6,8 +6,10 @@
     MANUAL_DIR/Flickr/<folder>/<file>.jpg                      the images (or the same tree at MANUAL_DIR/)
 
 Official split: 161,789 train / 107,859 test. Images missing from the user's copy are counted and
-left out; unreadable files are skipped and counted; images with none of the concepts are kept
-(all-zero target) or dropped by data.keep_unlabeled. All counts go into the dataset's metadata
+left out; unreadable files are skipped and counted; images with none of the concepts are dropped
+when the dataset is built, or kept (all-zero target) with data.keep_unlabeled=True. Published
+results drop them from test: under eval.protocol='literature' the kept ones get an unknown (-1)
+target in val and test, which every metric leaves out. All counts go into the dataset's metadata
 and the data report. Validation is carved from train (data.val_fraction).
 """
 import dataclasses
@@ -16,7 +18,7 @@ import os
 import tensorflow_datasets as tfds
 
 from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
-from mlc_jax.data.source import Source, carve, prepare
+from mlc_jax.data.source import EVAL_SPLITS, Source, carve, multi_hot, prepare, unknown_if_empty
 from mlc_jax.errors import UserError
 
 INSTRUCTIONS = """Request NUS-WIDE from https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html
@@ -56,7 +58,7 @@ def read_split(root, split, concepts):
 @dataclasses.dataclass
 class NusWideConfig(tfds.core.BuilderConfig):
   """keep_unlabeled: keep images with none of the 81 concepts."""
-  keep_unlabeled: bool = True
+  keep_unlabeled: bool = False
 
 
 class NusWide(tfds.core.GeneratorBasedBuilder):
@@ -117,6 +119,18 @@ def source(config):
   splits["test"] = "test"
   notes = {"missing_images": dict(meta["missing"]), "images_without_labels": dict(meta["unlabeled"]),
            "images_without_labels_kept": bool(meta["keep_unlabeled"])}
-  return Source("nus_wide", b, splits, lambda ex: ex["labels"], meta["labels"],
+  labels, protocol, kept = meta["labels"], config.eval.protocol, bool(meta["keep_unlabeled"])
+  drop = protocol == "literature"
+
+  def target_fn(example, split):
+    target = multi_hot(example["labels"], len(labels))
+    return unknown_if_empty(target) if drop and split in EVAL_SPLITS else target
+
+  return Source("nus_wide", b, splits, lambda ex: ex["labels"], labels, target_fn=target_fn,
                 skipped=meta["skipped"], notes=notes,
-                options={"val_fraction": config.data.val_fraction, "config": name})
+                options={"val_fraction": config.data.val_fraction, "config": name,
+                         "protocol": protocol},
+                protocol={"split": "official Train less a validation tail / official Test",
+                          "difficult": "n/a",
+                          "unlabeled_images": "dropped" if drop or not kept else "kept",
+                          "unlabeled_images_train": "kept" if kept else "dropped"})
