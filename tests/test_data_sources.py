@@ -179,3 +179,98 @@ def test_folder_labels_txt_and_user_errors(tmp_path):
   no_test = [r for r in ROWS if r[2] != "test"]
   with pytest.raises(UserError, match="split 'test' of .*labels.csv is empty"):
     registry.get(_folder(tmp_path / "c", no_test))
+
+
+def _manifest(tmp_path, lines, copies=()):
+  """A folder config over img0..img5 (distinct bytes) plus copies [(new name, of)], with the
+  label file lines as given (header included)."""
+  config = _folder(tmp_path, [])
+  root = tmp_path / "images"
+  for name, of in copies:
+    (root / name).write_bytes((root / of).read_bytes())
+  (root / "labels.csv").write_text("\n".join(lines) + "\n")
+  return config, str(root / "labels.csv")
+
+
+def test_folder_same_path_in_two_splits_names_both_lines(tmp_path):
+  from mlc_jax.data.datasets import folder
+  lines = ["filename,labels,split", "img0.jpg,cat,train", "img1.jpg,dog,val", "img2.jpg,cat,test",
+           "./img0.jpg,dog,test"]
+  config, csv_path = _manifest(tmp_path, lines)
+  with pytest.raises(UserError) as e:
+    folder.read_manifest(config)
+  assert str(e.value) == (
+      f"{csv_path} lines 2 and 5: the same image 'img0.jpg' and './img0.jpg' is in train (line 2)"
+      " and in test (line 5), so the test split would score an image the model trained or was tuned"
+      " on; keep one of the two rows")
+  config, csv_path = _manifest(tmp_path / "b", lines[:4] + ["img1.jpg,dog,train"])
+  with pytest.raises(UserError) as e:
+    folder.read_manifest(config)
+  assert str(e.value) == (
+      f"{csv_path} lines 3 and 5: the same image 'img1.jpg' is in val (line 3) and in train"
+      " (line 5), so the validation split would score an image the model trained on; keep one of"
+      " the two rows")
+
+
+def test_folder_same_bytes_in_two_splits_is_a_leak(tmp_path):
+  from mlc_jax.data.datasets import folder
+  lines = ["filename,labels,split", "img0.jpg,cat,train", "img1.jpg,dog,val", "img2.jpg,cat,test",
+           "twin.jpg,cat,test"]
+  config, csv_path = _manifest(tmp_path, lines, copies=[("twin.jpg", "img0.jpg")])
+  with pytest.raises(UserError) as e:
+    folder.read_manifest(config)
+  assert str(e.value) == (
+      f"{csv_path} lines 2 and 5: 'img0.jpg' (train, line 2) and 'twin.jpg' (test, line 5) are the"
+      " same image (identical bytes), so the test split would score an image the model trained or"
+      " was tuned on; delete one of the two files and its row, or give both rows the same split")
+  # No split column: by the filename hash a.jpg (0.339) is train and f.jpg (0.018) test.
+  lines = ["filename,labels", "a.jpg,cat", "f.jpg,dog", "img1.jpg,cat"]
+  config, csv_path = _manifest(tmp_path / "b", lines, copies=[("a.jpg", "img0.jpg"),
+                                                               ("f.jpg", "img0.jpg")])
+  with pytest.raises(UserError) as e:
+    folder.read_manifest(config)
+  assert str(e.value) == (
+      f"{csv_path} lines 2 and 3: 'a.jpg' (train, line 2) and 'f.jpg' (test, line 3) are the"
+      " same image (identical bytes), so the test split would score an image the model trained or"
+      " was tuned on; delete one of the two files and its row, or add a split column that gives"
+      " both rows the same split")
+
+
+def test_folder_duplicate_row_names_both_lines(tmp_path):
+  from mlc_jax.data.datasets import folder
+  lines = ["filename,labels,split", "img0.jpg,cat,train", "img1.jpg,dog,val", "img2.jpg,cat,test",
+           "img0.jpg,cat,train"]
+  config, csv_path = _manifest(tmp_path, lines)
+  with pytest.raises(UserError) as e:
+    folder.read_manifest(config)
+  assert str(e.value) == (f"{csv_path} lines 2 and 5: duplicate row, image 'img0.jpg' is listed"
+                          " twice (both in train); delete one of the two rows")
+  # Without a split column both land in one split: once TFDS's "Two examples share the same
+  # hashed key!"; a.jpg hashes to train.
+  lines = ["filename,labels", "a.jpg,cat", "img1.jpg,dog", "a.jpg,dog"]
+  config, csv_path = _manifest(tmp_path / "b", lines, copies=[("a.jpg", "img0.jpg")])
+  with pytest.raises(UserError) as e:
+    folder.read_manifest(config)
+  assert str(e.value) == (f"{csv_path} lines 2 and 4: duplicate row, image 'a.jpg' is listed"
+                          " twice (both in train); delete one of the two rows")
+
+
+def test_folder_near_duplicate_in_one_split_is_a_warning(tmp_path, caplog):
+  from mlc_jax.data.datasets import folder
+  # No val rows: val is carved from train by the filename hash. With data.val_fraction=0.26
+  # img1.jpg (0.257) goes to val, img5.jpg (0.275) stays; twin.jpg (0.227) alone would go but
+  # follows img0.jpg (0.474), the first of its identical files.
+  lines = ["filename,labels,split", "img0.jpg,cat,train", "twin.jpg,cat,train",
+           "img1.jpg,dog,train", "img5.jpg,dog,train", "img2.jpg,cat,test"]
+  config, csv_path = _manifest(tmp_path, lines, copies=[("twin.jpg", "img0.jpg")])
+  config.data.val_fraction = 0.26
+  with caplog.at_level("WARNING", logger="mlc_jax.data.datasets.folder"):
+    _, splits, near = folder.read_manifest(config)
+  assert near == ["train: img0.jpg (line 2) = twin.jpg (line 3)"]
+  assert {s: sorted(r[0] for r in rows) for s, rows in splits.items()} == {
+      "train": ["img0.jpg", "img5.jpg", "twin.jpg"], "val": ["img1.jpg"], "test": ["img2.jpg"]}
+  assert [r.getMessage() for r in caplog.records if r.name == "mlc_jax.data.datasets.folder"] == [
+      f"{csv_path}: img0.jpg (line 2) and twin.jpg (line 3) are the same image (identical bytes) in"
+      " train; it counts twice there"]
+  source = registry.get(config)  # the data report prints the source's notes
+  assert source.notes == {"near_duplicates": ["train: img0.jpg (line 2) = twin.jpg (line 3)"]}

@@ -226,3 +226,65 @@ def test_bad_inputs(run, tmp_path):
     predict.predict_cli(workdir, str(bad))
   with pytest.raises(UserError, match=r"\.csv or \.jsonl"):
     predict.predict_cli(workdir, str(bad), output=str(tmp_path / "p.xlsx"))
+
+
+def _inputs_folder(root):
+  """a.png, b.webp and dir.jpg/inner.png (16 px images), notes.txt, a broken symlink gone.jpg,
+  an empty directory plain/ and a directory dir.jpg named like an image."""
+  rng = np.random.default_rng(0)
+  image = lambda: Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+  (root / "dir.jpg").mkdir(parents=True)
+  (root / "plain").mkdir()
+  image().save(root / "a.png")
+  image().save(root / "b.webp", lossless=True)
+  image().save(root / "dir.jpg" / "inner.png")
+  (root / "notes.txt").write_text("not an image")
+  (root / "gone.jpg").symlink_to(root / "nowhere.jpg")
+  return root
+
+
+def test_list_images_reports_each_file_left_out(tmp_path):
+  root = _inputs_folder(tmp_path / "in")
+  paths, skipped = predict.list_images(root)
+  assert paths == [str(root / "a.png"), str(root / "b.webp"), str(root / "dir.jpg" / "inner.png")]
+  assert skipped == [
+      (str(root / "dir.jpg"), "directory", "a directory named like an image, not an image file"),
+      (str(root / "gone.jpg"), "broken symlink",
+       f"broken symlink (points to {root / 'nowhere.jpg'}, which does not exist)"),
+      (str(root / "notes.txt"), "unsupported type",
+       "unsupported type (.txt); images are .jpg .jpeg .png .gif .bmp .webp")]
+  assert predict.summarize(skipped) == "1 unsupported type (.txt), 1 broken symlink, 1 directory"
+  assert predict.image_io.to_array(root / "b.webp").shape == (16, 16, 3)  # decodable, so kept
+  # A glob takes every file it matches (prediction reports notes.txt) and reports the rest.
+  paths, skipped = predict.list_images(str(root / "*"))
+  assert paths == [str(root / "a.png"), str(root / "b.webp"), str(root / "notes.txt")]
+  assert [(p, kind) for p, kind, _ in skipped] == [(str(root / "dir.jpg"), "directory"),
+                                                   (str(root / "gone.jpg"), "broken symlink")]
+  only_text = tmp_path / "text"
+  only_text.mkdir()
+  (only_text / "a.txt").write_text("x")
+  with pytest.raises(UserError, match=r"matches no image files \(skipped 1: 1 unsupported type "
+                                      r"\(\.txt\)\)"):
+    predict.list_images(only_text)
+
+
+def test_predict_cli_summary_counts_each_kind(tmp_path, monkeypatch, capsys):
+  root = _inputs_folder(tmp_path / "in")
+  (root / "broken.png").write_bytes(b"not a png")
+
+  class Stub:  # restore.load's classifier without a trained run: the score is the mean pixel
+    labels = ["bright"]
+
+    def predict(self, arrays):
+      return np.array([[a.mean() / 255] for a in arrays], np.float32)
+
+  monkeypatch.setattr(predict.restore, "load", lambda *args: Stub())
+  result = predict.predict_cli(tmp_path / "run", root)
+  err = capsys.readouterr().err
+  assert result["filenames"] == [str(root / n) for n in ("a.png", "b.webp", "dir.jpg/inner.png")]
+  assert [p for p, _ in result["skipped"]] == [
+      str(root / n) for n in ("dir.jpg", "gone.jpg", "notes.txt", "broken.png")]
+  assert err.splitlines()[-1] == ("predicted 3 images; 4 of 7 files skipped: 1 unsupported type "
+                                  "(.txt), 1 broken symlink, 1 directory, 1 undecodable")
+  for name in ("dir.jpg", "gone.jpg", "notes.txt", "broken.png"):
+    assert f"skipped {root / name}: " in err

@@ -17,33 +17,89 @@ from mlc_jax.data import images as image_io
 from mlc_jax.errors import UserError
 from mlc_jax.inference import restore
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what tf.io.decode_image reads
 CHUNK = 256  # images decoded and predicted at a time by predict_cli (bounds host memory)
+# Why a file under --images was not predicted: the kinds the summary line counts, in its order.
+UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, UNDECODABLE = (
+    "unsupported type", "broken symlink", "directory", "not a regular file", "undecodable")
+KINDS = (UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, UNDECODABLE)
 
 
-def gather_images(images):
-  """A path, folder, glob (or a list of them) -> sorted list of file paths (UserError if none).
+def _suffix(path):
+  """The lower-case extension of path, or 'no extension'."""
+  return pathlib.Path(path).suffix.lower() or "no extension"
 
-  A folder gives its image files (by suffix, recursively); a glob gives every file it matches,
-  so a file that is not an image is reported by prediction rather than silently left out.
+
+def _not_a_file(path):
+  """(kind, reason) of a path that is not a regular file, or None when it is one."""
+  if os.path.islink(path) and not os.path.exists(path):
+    return BROKEN_LINK, f"broken symlink (points to {os.readlink(path)}, which does not exist)"
+  if os.path.isdir(path):
+    return DIRECTORY, "a directory named like an image, not an image file"
+  if not os.path.isfile(path):
+    return SPECIAL, "not a regular file (a device, pipe or socket)"
+  return None
+
+
+def list_images(images):
+  """A path, folder, glob (or a list of them) -> (sorted file paths, [(path, kind, reason)]).
+
+  A folder gives its image files (by suffix, recursively) and reports every other entry: a file
+  of another type, a broken symlink, a directory named like an image. A glob gives every file it
+  matches (a file that is not an image is reported by prediction) and reports the broken
+  symlinks and image-named directories it matches. UserError when nothing is left to predict.
   """
   specs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
-  found = []
+  found, skipped = [], []
+
+  def take(path, listed_by_suffix):
+    problem = _not_a_file(path)
+    if problem is None and (not listed_by_suffix or _suffix(path) in IMAGE_SUFFIXES):
+      found.append(path)
+    elif problem is None:
+      skipped.append((path, UNSUPPORTED, f"unsupported type ({_suffix(path)}); images are "
+                      + " ".join(IMAGE_SUFFIXES)))
+    elif problem[0] != DIRECTORY or _suffix(path) in IMAGE_SUFFIXES:
+      skipped.append((path, *problem))  # other directories hold files; those are listed
+
   for spec in specs:
     spec = os.path.expanduser(str(spec))
     if os.path.isdir(spec):
-      found += sorted(str(p) for p in pathlib.Path(spec).rglob("*")
-                      if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+      for p in sorted(str(p) for p in pathlib.Path(spec).rglob("*")):
+        take(p, listed_by_suffix=True)
     elif os.path.isfile(spec):
       found.append(spec)
     elif glob.has_magic(spec):
-      found += sorted(p for p in glob.glob(spec, recursive=True) if os.path.isfile(p))
+      for p in sorted(glob.glob(spec, recursive=True)):
+        take(p, listed_by_suffix=False)
+    elif os.path.islink(spec):
+      raise UserError(f"--images={spec} is a broken symlink (it points to {os.readlink(spec)})")
     else:
       raise UserError(f"--images={spec}: no such file or folder")
   if not found:
-    raise UserError(f"--images={images} matches no image files; pass a file, a folder or a glob "
-                    "like 'photos/*.jpg'")
-  return list(dict.fromkeys(found))  # the same file named twice is predicted once
+    left = f" (skipped {len(skipped)}: {summarize(skipped)})" if skipped else ""
+    raise UserError(f"--images={images} matches no image files{left}; pass a file, a folder or a "
+                    "glob like 'photos/*.jpg'")
+  return list(dict.fromkeys(found)), skipped  # the same file named twice is predicted once
+
+
+def gather_images(images):
+  """list_images without the report: the sorted file paths to predict (UserError if none)."""
+  return list_images(images)[0]
+
+
+def summarize(skipped):
+  """'1 unsupported type (.txt), 1 broken symlink, ...' from [(path, kind, reason)], by kind."""
+  parts = []
+  for kind in KINDS:
+    paths = [p for p, k, _ in skipped if k == kind]
+    if not paths:
+      continue
+    text = f"{len(paths)} {kind}"
+    if kind == UNSUPPORTED:
+      text += f" ({', '.join(dict.fromkeys(_suffix(p) for p in paths))})"
+    parts.append(text)
+  return ", ".join(parts)
 
 
 def read_images(paths):
@@ -87,10 +143,12 @@ def format_top_k(filename, top):
 def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None):
   """--mode=predict: prints each image's top-k labels; --output writes every label's score.
 
-  Unreadable images are reported on stderr and skipped; the rest are predicted. Returns
-  {'filenames': [...], 'scores': float32 (N, C), 'labels': [...], 'skipped': [(path, reason)]}.
+  Every file left out is reported on stderr with its reason (unsupported type, broken symlink,
+  directory named like an image, undecodable) and counted by kind in the summary line; the rest
+  are predicted. Returns {'filenames': [...], 'scores': float32 (N, C), 'labels': [...],
+  'skipped': [(path, reason)]}.
   """
-  paths = gather_images(images)
+  paths, listed = list_images(images)
   if output is not None and pathlib.Path(output).suffix.lower() not in (".csv", ".jsonl", ".json"):
     raise UserError(f"--output={output}: use a .csv or .jsonl file name")  # before the slow part
   if top_k < 1:
@@ -98,12 +156,16 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
   classifier = restore.load(workdir, which, stage)
   labels = list(classifier.labels)
   k = min(top_k, len(labels))
-  filenames, chunks, skipped = [], [], []
+  for path, _, reason in listed:
+    print(f"skipped {path}: {reason}", file=sys.stderr)
+  filenames, chunks, skipped = [], [], list(listed)
   for start in range(0, len(paths), CHUNK):
     kept, arrays, bad = read_images(paths[start:start + CHUNK])
     for path, reason in bad:
       print(f"skipped {path}: {reason}", file=sys.stderr)
-    skipped += bad
+    # a file the glob matched under another extension counts as one of unsupported type
+    skipped += [(p, UNDECODABLE if _suffix(p) in IMAGE_SUFFIXES else UNSUPPORTED, r)
+                for p, r in bad]
     if not kept:
       continue
     scores = np.asarray(classifier.predict(arrays), dtype=np.float32)
@@ -112,12 +174,17 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
       print(format_top_k(name, [(labels[i], float(row[i])) for i in order]))
     filenames += kept
     chunks.append(scores)
+  total = len(paths) + len(listed)
   if not filenames:
-    raise UserError(f"none of the {len(paths)} files of --images={images} could be read as images")
+    raise UserError(f"none of the {total} files of --images={images} could be read as images "
+                    f"({summarize(skipped)})")
+  summary = f"predicted {len(filenames)} images"
   if skipped:
-    print(f"{len(skipped)} of {len(paths)} files skipped (unreadable)", file=sys.stderr)
+    summary += f"; {len(skipped)} of {total} files skipped: {summarize(skipped)}"
+  print(summary, file=sys.stderr)
   scores = np.concatenate(chunks)
   if output is not None:
     write_predictions(output, filenames, scores, labels)
     print(f"wrote {len(filenames)} predictions to {output}", file=sys.stderr)
-  return {"filenames": filenames, "scores": scores, "labels": labels, "skipped": skipped}
+  return {"filenames": filenames, "scores": scores, "labels": labels,
+          "skipped": [(p, r) for p, _, r in skipped]}

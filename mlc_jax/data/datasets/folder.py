@@ -21,6 +21,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 
 import tensorflow as tf
@@ -29,6 +30,8 @@ import tensorflow_datasets as tfds
 from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
 from mlc_jax.data.source import SPLITS, Source, multi_hot, prepare
 from mlc_jax.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 def _rows(path, separator):
@@ -73,9 +76,83 @@ def _token(token):
   return "", token
 
 
+def _same_path(path, placed):
+  """UserError naming both lines when two rows name the same file (compared after normpath):
+  in two splits it is a test leak, in one split an exact duplicate row."""
+  first = {}
+  for line, filename, split in placed:
+    key = os.path.normpath(filename)
+    if key not in first:
+      first[key] = (line, filename, split)
+      continue
+    line0, filename0, split0 = first[key]
+    names = repr(filename) if filename == filename0 else f"{filename0!r} and {filename!r}"
+    if split != split0:
+      raise UserError(f"{path} lines {line0} and {line}: the same image {names} is in {split0} "
+                      f"(line {line0}) and in {split} (line {line}), so {_leak(split0, split)}; "
+                      "keep one of the two rows")
+    raise UserError(f"{path} lines {line0} and {line}: duplicate row, image {names} is listed "
+                    f"twice (both in {split}); delete one of the two rows")
+
+
+def _leak(a, b):
+  """What an image in splits a and b spoils."""
+  if "test" in (a, b):
+    return "the test split would score an image the model trained or was tuned on"
+  return "the validation split would score an image the model trained on"
+
+
+def _digest(filename):
+  """sha256 hex of a file's bytes (read once, in chunks); None when it is empty or unreadable
+  (the builder skips and lists those)."""
+  try:
+    if os.path.getsize(filename) == 0:
+      return None
+    with open(filename, "rb") as f:
+      return hashlib.file_digest(f, "sha256").hexdigest()
+  except OSError:
+    return None
+
+
+def _same_content(path, placed, has_split):
+  """Files with the same bytes under two names, from (line, filename, final split, sha256) of
+  each kept row. In two splits: UserError naming both lines (a test leak by content). In one
+  split: a warning naming both files; returns those pairs as strings for the data report."""
+  groups = {}
+  for line, filename, split, digest in sorted(placed):
+    if digest is not None:
+      groups.setdefault(digest, []).append((line, filename, split))
+  leaks, near = [], []
+  for group in groups.values():
+    line0, filename0, split0 = group[0]
+    for line, filename, split in group[1:]:
+      pair = (line0, filename0, split0, line, filename, split)
+      (leaks if split != split0 else near).append(pair)
+  if leaks:
+    line0, filename0, split0, line, filename, split = leaks[0]
+    more = f" ({len(leaks) - 1} more such pairs)" if len(leaks) > 1 else ""
+    raise UserError(f"{path} lines {line0} and {line}: {filename0!r} ({split0}, line {line0}) and "
+                    f"{filename!r} ({split}, line {line}) are the same image (identical bytes), so "
+                    f"{_leak(split0, split)}{more}; delete one of the two files and its row, or "
+                    + ("give both rows the same split" if has_split else
+                       "add a split column that gives both rows the same split"))
+  out = []
+  for line0, filename0, split0, line, filename, _ in near:
+    log.warning("%s: %s (line %d) and %s (line %d) are the same image (identical bytes) in %s; "
+                "it counts twice there", path, filename0, line0, filename, line, split0)
+    out.append(f"{split0}: {filename0} (line {line0}) = {filename} (line {line})")
+  return out
+
+
 def read_manifest(config):
-  """(labels, {split: [(filename, present ids, absent ids, unknown ids)]}) after checking every
-  row; UserError names file and line."""
+  """(labels, {split: [(filename, present ids, absent ids, unknown ids)]}, near duplicates) after
+  checking every row; UserError names file and line.
+
+  Two rows naming one file (after os.path.normpath) or two files with the same bytes stop with
+  both lines when they fall in two splits (the test split would measure memorised images), and
+  two rows naming one file stop in one split too (a duplicate row). Two names of the same bytes
+  in one split are a warning; near duplicates lists them as 'split: a (line i) = b (line j)'.
+  """
   d = config.data
   root = d.manual_dir
   if not root or not os.path.isdir(root):
@@ -97,6 +174,8 @@ def read_manifest(config):
   index = {n: i for i, n in enumerate(names)}
   has_split = any(split for *_, split in rows)
   splits = {s: [] for s in SPLITS}
+  placed = []  # (line, filename, split) of every row, kept or not, for the duplicate checks
+  kept = {}  # filename -> line of the rows that go into the dataset
   for line, filename, labels, split in rows:
     if not filename:
       raise UserError(f"{path} line {line}: empty filename")
@@ -112,24 +191,34 @@ def read_manifest(config):
       ids[mark].add(index[label])
     if not os.path.exists(os.path.join(root, filename)):
       raise UserError(f"{path} line {line}: image {os.path.join(root, filename)} does not exist")
-    if not labels and not d.keep_unlabeled:
-      continue
     if has_split:
       if split not in SPLITS:
         raise UserError(f"{path} line {line}: split {split!r} must be one of {SPLITS}")
     else:
       u = _fraction(filename)
       split = "test" if u < d.test_fraction else "val" if u < d.test_fraction + d.val_fraction else "train"
+    placed.append((line, filename, split))
+    if not labels and not d.keep_unlabeled:
+      continue
+    kept[filename] = line
     splits[split].append((filename, sorted(ids[""]), sorted(ids["-"]), sorted(ids["?"])))
+  _same_path(path, placed)
+  digests = {f: _digest(os.path.join(root, f)) for f in kept}  # each file read once
   if has_split and not splits["val"]:  # carve val from train by the same stable hash
+    first = {}  # identical files follow the first of them, so the carve splits no such pair
+    for f in sorted(kept, key=kept.get):
+      first.setdefault(digests[f] or f, f)
+    u = lambda r: _fraction(first[digests[r[0]] or r[0]])
     train = splits["train"]
-    splits["val"] = [r for r in train if _fraction(r[0]) < d.val_fraction]
-    splits["train"] = [r for r in train if _fraction(r[0]) >= d.val_fraction]
+    splits["val"] = [r for r in train if u(r) < d.val_fraction]
+    splits["train"] = [r for r in train if u(r) >= d.val_fraction]
+  near = _same_content(path, [(kept[r[0]], r[0], s, digests[r[0]])
+                              for s, items in splits.items() for r in items], has_split)
   for split, items in splits.items():
     if not items:
       fix = "add rows with that split" if has_split else "set data.test_fraction/val_fraction above 0"
       raise UserError(f"folder: split {split!r} of {path} is empty; {fix}")
-  return names, splits
+  return names, splits, near
 
 
 @dataclasses.dataclass
@@ -169,7 +258,7 @@ class LabelledFolder(tfds.core.GeneratorBasedBuilder):
 
 def source(config):
   """Source for the user's folder (built into data_dir on first use, rebuilt when the manifest changes)."""
-  names, splits = read_manifest(config)
+  names, splits, near = read_manifest(config)
   root = os.path.abspath(config.data.manual_dir)
   key = json.dumps([root, names, splits], sort_keys=True)
   cfg = FolderConfig(name="m" + hashlib.sha256(key.encode()).hexdigest()[:16], root=root,
@@ -179,6 +268,7 @@ def source(config):
   return Source("folder", b, {s: s for s in SPLITS}, lambda ex: ex["labels"], names,
                 target_fn=lambda ex, split: targets(ex, len(names), unlisted),
                 skipped=b.info.metadata["skipped"],
+                notes={"near_duplicates": near} if near else None,  # shown by --mode=data_report
                 options={"manifest": cfg.name, "unlisted": unlisted},
                 protocol={"split": "the label file's split column, or by filename hash",
                           "difficult": "n/a", "unlisted_labels": unlisted,
