@@ -29,11 +29,14 @@ if str(ROOT) not in sys.path:
 
 def subprocess_env(xla_flags="", **extra):
   """The environment for a test's subprocess run: this one's (the compile cache and flags, no
-  distributed settings), on the CPU, with xla_flags added and `extra` set."""
+  distributed settings), on the CPU, without Keras, with xla_flags added and `extra` set."""
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
   env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{QUICK_COMPILE} {xla_flags}".strip(),
               **extra})
+  # Keras hidden: TensorFlow's import would load it for nothing (tests/without_keras/keras)
+  env["PYTHONPATH"] = os.pathsep.join(
+      [str(ROOT / "tests" / "without_keras")] + [p for p in [env.get("PYTHONPATH", "")] if p])
   return env
 
 
