@@ -1,7 +1,8 @@
 """Subprocess side of tests/test_parallel.py: runs that need their own JAX runtime.
 
   python tests/parallel_run.py devices CONFIG_JSON OUT.npz WORKDIR  (XLA_FLAGS: 4 host devices)
-  python tests/parallel_run.py train CONFIG_JSON WORKDIR     (one process of a jax.distributed run)
+  python tests/parallel_run.py train CONFIG_JSON WORKDIR [CONFIG_JSON WORKDIR ...]
+                                                   (one process of a jax.distributed runtime)
 
 `devices` runs the package's finetune step for a few steps on a 1-device mesh and on a mesh of
 every (fake) device (parameters replicated, then split with param_sharding='fsdp'), from the
@@ -104,11 +105,12 @@ def main():
   if mode == "devices":
     devices(config, target)
     demo_batches(config, sys.argv[4])
-  elif mode == "train":
+  elif mode == "train":  # train CONFIG WORKDIR [CONFIG WORKDIR ...]: the runs one after another
     from mlc_jax import runner
-    runner.train_and_evaluate(config, target)
-    print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
-                      "devices": jax.device_count()}), flush=True)
+    for config_json, workdir in zip(sys.argv[2::2], sys.argv[3::2]):
+      runner.train_and_evaluate(ml_collections.ConfigDict(json.loads(config_json)), workdir)
+      print(json.dumps({"process": jax.process_index(), "processes": jax.process_count(),
+                        "devices": jax.device_count(), "workdir": workdir}), flush=True)
   else:
     raise SystemExit(f"unknown mode {mode!r}")
 

@@ -92,11 +92,13 @@ def test_four_devices_match_one(shapes_config, tmp_path):
     assert four["metrics"][name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
 
 
-def _launch(config, workdir, processes=2, timeout=600):
-  """Starts the processes of one jax.distributed run on localhost; -> their (rc, stdout, stderr)."""
+def _launch(runs, processes=2, timeout=600):
+  """Starts the processes of one jax.distributed runtime on localhost, each training the
+  [(config, workdir)] runs one after another; -> their (rc, stdout, stderr)."""
   port = _free_port()
+  args = [a for config, workdir in runs for a in (config.to_json(), str(workdir))]
   procs = [subprocess.Popen(
-      [sys.executable, WORKER, "train", config.to_json(), str(workdir)], cwd=ROOT,
+      [sys.executable, WORKER, "train", *args], cwd=ROOT,
       env=_env(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                JAX_PROCESS_ID=str(i)),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
@@ -124,14 +126,10 @@ def one_process_head(shapes_config, tmp_path_factory):
   return models.flat_params(checkpoints.restore_model(workdir, "head", "latest").model)
 
 
-@pytest.mark.parametrize("param_sharding", ["replicated", "fsdp"])
-def test_two_processes_train_and_checkpoint(shapes_config, tmp_path, param_sharding,
-                                            one_process_head):
-  from flax import nnx
+LAYOUTS = ("replicated", "fsdp")
 
-  from mlc_jax import checkpoints, models
-  from mlc_jax.eval import evaluate
-  from mlc_jax.train import optim
+
+def _two_process_config(shapes_config, param_sharding):
   config = _tiny(shapes_config, unfreeze_blocks="1")
   # The feature cache and the eval outputs are written by process 0 only (evaluation once: its
   # restore does not depend on how training laid the parameters out).
@@ -141,12 +139,37 @@ def test_two_processes_train_and_checkpoint(shapes_config, tmp_path, param_shard
   # fsdp: each process holds half of every array of >= 512 elements; the checkpoint is written
   # from the halves and must restore whole in one process.
   config.param_sharding, config.fsdp_min_size = param_sharding, 512
-  workdir = tmp_path / "run"
-  results = _launch(config, workdir)
+  return config
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(shapes_config, tmp_path_factory):
+  """Both layouts trained by one pair of jax.distributed processes (one start-up for both):
+  -> {layout: (config, workdir)} and the processes' (rc, stdout, stderr)."""
+  runs = {layout: (_two_process_config(shapes_config, layout),
+                   tmp_path_factory.mktemp(f"two_processes_{layout}") / "run") for layout in LAYOUTS}
+  return runs, _launch([runs[layout] for layout in LAYOUTS])
+
+
+@pytest.mark.parametrize("param_sharding", LAYOUTS)
+def test_two_processes_train_and_checkpoint(shapes_config, param_sharding, two_process_runs,
+                                            one_process_head):
+  from flax import nnx
+
+  from mlc_jax import checkpoints, models
+  from mlc_jax.eval import evaluate
+  from mlc_jax.train import optim
+  runs, results = two_process_runs
+  config, workdir = runs[param_sharding]
+  evaluates = "evaluate" in config.stages
   for i, (rc, _, stderr) in enumerate(results):
     assert rc == 0, f"process {i}:\n{stderr[-3000:]}"
-  reports = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in results]
-  assert [(r["process"], r["processes"], r["devices"]) for r in reports] == [(0, 2, 2), (1, 2, 2)]
+  # one JSON line per run from each process, in run order
+  reports = [[json.loads(line) for line in out.splitlines() if line.startswith("{")]
+             for _, out, _ in results]
+  index = LAYOUTS.index(param_sharding)
+  assert [(r[index]["process"], r[index]["processes"], r[index]["devices"], r[index]["workdir"])
+          for r in reports] == [(0, 2, 2, str(workdir)), (1, 2, 2, str(workdir))]
   assert "test:" in results[0][1] and "test:" not in results[1][1]  # the summary: process 0 only
 
   # Only process 0 wrote the log: one row per stage's one epoch, one TensorBoard event file.
