@@ -81,3 +81,18 @@ def shapes_config(tmp_path_factory):
   config = tiny_shapes_config(tmp_path_factory.mktemp("shapes_data"))
   registry.get(config)  # generate now, so tests that use it time only their own work
   return config
+
+
+_APPLY = {}
+
+
+def forward(model, images):
+  """The model under jax.jit through nnx.split/merge, as training and prediction run it."""
+  import jax
+  import numpy as np
+  from flax import nnx
+  if "apply" not in _APPLY:
+    _APPLY["apply"] = jax.jit(lambda graphdef, state, x: nnx.merge(graphdef, state)(x),
+                              static_argnums=0)
+  graphdef, state = nnx.split(model)
+  return np.asarray(_APPLY["apply"](graphdef, state, images))

@@ -1,5 +1,4 @@
 """The VGG backbone, the head and the multi-label model: names, shapes, widths, dtypes, batch norm."""
-import functools
 import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -11,21 +10,11 @@ import optax
 import pytest
 from flax import nnx
 
-from conftest import default_config
+from conftest import default_config, forward
 from mlc_jax.errors import UserError
 from mlc_jax.models import (Head, MultiLabelModel, VGG, block_of, build_backbone, build_model,
                             flat_params, load_backbone_weights)
 from mlc_jax.models.vgg import preprocess
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(graphdef, state, images):
-  return nnx.merge(graphdef, state)(images)
-
-
-def forward(model, images):
-  graphdef, state = nnx.split(model)
-  return np.asarray(_apply(graphdef, state, images))
 
 
 def param_count(model):

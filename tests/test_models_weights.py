@@ -8,7 +8,6 @@ import threading
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -18,7 +17,7 @@ from mlc_jax.inference.classifier import load_imagenet
 from mlc_jax.errors import UserError
 from mlc_jax.models import VGG, imagenet, load_backbone_weights
 from mlc_jax.models import weights as weights_lib
-from conftest import default_config
+from conftest import default_config, forward
 
 TOL = 1e-4
 
@@ -28,17 +27,6 @@ def keras():
   import keras as k  # noqa: PLC0415 - TensorFlow starts only for the tests that need it
   k.utils.set_random_seed(0)  # Keras's own initial kernels, which randomise() rescales
   return k
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(graphdef, state, images):
-  return nnx.merge(graphdef, state)(images)
-
-
-def forward(model, images):
-  """The model under jax.jit through nnx.split/merge, as training and prediction run it."""
-  graphdef, state = nnx.split(model)
-  return np.asarray(_apply(graphdef, state, images))
 
 
 def randomise(model, seed):
