@@ -274,3 +274,25 @@ def test_folder_near_duplicate_in_one_split_is_a_warning(tmp_path, caplog):
       " train; it counts twice there"]
   source = registry.get(config)  # the data report prints the source's notes
   assert source.notes == {"near_duplicates": ["train: img0.jpg (line 2) = twin.jpg (line 3)"]}
+
+
+def test_folder_digests_are_read_once_and_follow_changed_files(tmp_path, monkeypatch):
+  # A relaunch on an unchanged folder hashes no image again; a rewritten file is hashed anew and
+  # a copy made into another split is then caught as a leak.
+  from mlc_jax.data.datasets import folder
+  lines = ["filename,labels,split", "img0.jpg,cat,train", "img1.jpg,dog,val", "img2.jpg,cat,test"]
+  config, _ = _manifest(tmp_path, lines)
+  hashed = []
+  real = folder._digest
+  monkeypatch.setattr(folder, "_digest", lambda path: hashed.append(os.path.basename(path)) or real(path))
+  folder.read_manifest(config)
+  assert sorted(hashed) == ["img0.jpg", "img1.jpg", "img2.jpg"]
+  hashed.clear()
+  folder.read_manifest(config)
+  assert hashed == []
+  root = tmp_path / "images"
+  (root / "img2.jpg").write_bytes((root / "img0.jpg").read_bytes())  # now a copy of a train image
+  os.utime(root / "img2.jpg", ns=(1, 1))  # a new mtime even on a coarse clock
+  with pytest.raises(UserError, match="are the same image"):
+    folder.read_manifest(config)
+  assert hashed == ["img2.jpg"]

@@ -114,6 +114,42 @@ def _digest(filename):
     return None
 
 
+def _digests(root, files, data_dir):
+  """{filename: sha256 or None} of the files under root. Each file is read once: the digests are
+  kept in DATA_DIR/labelled_folder_digests.json by absolute path, size and mtime, so a relaunch
+  on an unchanged folder reads no image here."""
+  cache_path = os.path.join(os.path.expanduser(data_dir), "labelled_folder_digests.json")
+  try:
+    with open(cache_path, encoding="utf-8") as f:
+      cache = json.load(f)
+  except (OSError, ValueError):
+    cache = {}
+  out, changed = {}, False
+  for name in files:
+    full = os.path.abspath(os.path.join(root, name))
+    try:
+      st = os.stat(full)
+      stamp = [st.st_size, st.st_mtime_ns]
+    except OSError:
+      stamp = None
+    entry = cache.get(full)
+    if stamp is None or entry is None or entry[:2] != stamp:
+      entry = (stamp or [0, 0]) + [_digest(full)]
+      cache[full] = entry
+      changed = changed or stamp is not None
+    out[name] = entry[2]
+  if changed:
+    try:
+      os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+      tmp = f"{cache_path}.tmp{os.getpid()}"
+      with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(cache, f)
+      os.replace(tmp, cache_path)
+    except OSError:  # a read-only data_dir: digests are recomputed next time
+      pass
+  return out
+
+
 def _same_content(path, placed, has_split):
   """Files with the same bytes under two names, from (line, filename, final split, sha256) of
   each kept row. In two splits: UserError naming both lines (a test leak by content). In one
@@ -203,7 +239,7 @@ def read_manifest(config):
     kept[filename] = line
     splits[split].append((filename, sorted(ids[""]), sorted(ids["-"]), sorted(ids["?"])))
   _same_path(path, placed)
-  digests = {f: _digest(os.path.join(root, f)) for f in kept}  # each file read once
+  digests = _digests(root, kept, d.data_dir or tfds.core.constants.DATA_DIR)
   if has_split and not splits["val"]:  # carve val from train by the same stable hash
     first = {}  # identical files follow the first of them, so the carve splits no such pair
     for f in sorted(kept, key=kept.get):
