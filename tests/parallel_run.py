@@ -1,6 +1,6 @@
 """Subprocess side of tests/test_parallel.py: runs that need their own JAX runtime.
 
-  python tests/parallel_run.py devices CONFIG_JSON OUT.npz WORKDIR  (XLA_FLAGS: 4 host devices)
+  python tests/parallel_run.py devices CONFIG_JSON OUT.npz  (XLA_FLAGS: 4 host devices)
   python tests/parallel_run.py train CONFIG_JSON WORKDIR [CONFIG_JSON WORKDIR ...]
                                                    (one process of a jax.distributed runtime)
 
@@ -8,8 +8,8 @@
 every (fake) device (parameters replicated, then split with param_sharding='fsdp'), from the
 same initial state and the same batches, and saves each run's per-step losses, final parameters,
 the rows each device's shard of a batch holds, and how much of the parameters and optimizer state
-one device holds; then it trains features, head and evaluate in WORKDIR with the demo's
-eval_batch_size=250 (not a multiple of 4). `train` is runner.train_and_evaluate; the distributed runtime comes from the
+one device holds (the demo's eval_batch_size on 4 devices is checked on tests/trained_run.py's
+run). `train` is runner.train_and_evaluate; the distributed runtime comes from the
 environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
 """
 import json
@@ -90,21 +90,12 @@ def devices(config, out):
   np.savez(out, **result)
 
 
-def demo_batches(config, workdir):
-  """features, head and evaluate with the demo's eval_batch_size=250 on every (fake) device."""
-  from mlc_jax import runner
-  c = ml_collections.ConfigDict(config.to_dict())
-  c.stages, c.eval_batch_size, c.head.epochs = ("features", "head", "evaluate"), 250, 1
-  runner.train_and_evaluate(c, workdir)
-
-
 def main():
   """Dispatches on argv[1]."""
   mode, target = sys.argv[1], sys.argv[3]
   config = ml_collections.ConfigDict(json.loads(sys.argv[2]))
   if mode == "devices":
     devices(config, target)
-    demo_batches(config, sys.argv[4])
   elif mode == "train":  # train CONFIG WORKDIR [CONFIG WORKDIR ...]: the runs one after another
     from mlc_jax import runner
     for config_json, workdir in zip(sys.argv[2::2], sys.argv[3::2]):

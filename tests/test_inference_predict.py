@@ -1,6 +1,6 @@
 """mlc_jax.load, Classifier.predict/top_k/predict_labels and --mode=predict on a tiny trained run.
 
-The run trains in another process (tests/trained_run.py, 2 host devices); here it is restored on
+The run trains in another process (tests/trained_run.py, 4 host devices); here it is restored on
 one CPU device and compared with the scores evaluation saved (eval/test/scores.npz) and with the
 raw arrays of the Orbax checkpoint.
 """

@@ -5,7 +5,6 @@ XLA_FLAGS=--xla_force_host_platform_device_count=4, and two jax.distributed proc
 localhost (a local coordinator, one CPU device each) launched the way BUILD.md describes.
 """
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -46,9 +45,9 @@ def test_four_devices_match_one(shapes_config, tmp_path):
   config = _tiny(shapes_config, unfreeze_blocks="2", learning_rate=0.01)
   config.model.batch_norm = True
   config.fsdp_min_size = 512  # the tiny model's kernels are small; fsdp splits all but biases/BN
-  out, workdir = tmp_path / "runs.npz", tmp_path / "demo_batches"
+  out = tmp_path / "runs.npz"
   proc = subprocess.run(
-      [sys.executable, WORKER, "devices", config.to_json(), str(out), str(workdir)], cwd=ROOT,
+      [sys.executable, WORKER, "devices", config.to_json(), str(out)], cwd=ROOT,
       timeout=600,
       env=_env("--xla_force_host_platform_device_count=4"), capture_output=True,
       text=True)
@@ -83,11 +82,23 @@ def test_four_devices_match_one(shapes_config, tmp_path):
       moved += update > 1e-6
     assert moved >= len(names) // 2  # the steps really trained
 
-  # The demo's eval_batch_size=250 on 4 devices: padded to 252 (masked), the same numbers as 1 device.
+
+def test_demo_eval_batch_on_four_devices_equals_one_device(shapes_config, tmp_path_factory,
+                                                          tmp_path):
+  # The session's trained run (tests/trained_run.py) ran features, head and evaluate on 4 (fake)
+  # devices with the demo's eval_batch_size=250: padded to 252 (masked), the numbers must be a
+  # 1-device evaluation's (made here, on a copy of that workdir).
+  import shutil
+
   from mlc_jax.eval import evaluate
+  from trained_run import trained_workdir
+  workdir, config = trained_workdir(shapes_config, tmp_path_factory)
+  assert int(config.eval_batch_size) == 250
   four = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())
   assert four["meta"]["num_images"] == shapes_config.data.shapes_test
-  one = evaluate.evaluate(str(workdir), split="test")
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  one = evaluate.evaluate(str(copy), split="test")
   for name in ("mAP", "CF1_top3", "OF1_top3", "lrap"):
     assert four["metrics"][name] == pytest.approx(one[name], rel=1e-5, abs=1e-6), name
 

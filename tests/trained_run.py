@@ -1,7 +1,9 @@
 """One tiny trained run per test session, shared by the inference tests (predict, export).
 
-It trains in a subprocess on 2 (forced) host devices, so every test that restores it also checks
-that a run trained on several devices loads on this process's single CPU device.
+It trains in a subprocess on 4 (forced) host devices with the demo's eval_batch_size=250 (not a
+multiple of 4: padded and masked), so every test that restores it also checks that a run trained
+on several devices loads on this process's single CPU device, and tests/test_parallel.py checks
+its 4-device evaluation against a 1-device one.
 """
 import fcntl
 import json
@@ -36,6 +38,7 @@ def run_config(shapes_config):
   c.model.batch_norm = True
   c.head.epochs = 1
   c.head.learning_rate = 1e-3
+  c.eval_batch_size = 250  # the demo's
   return c
 
 
@@ -50,7 +53,7 @@ def trained_workdir(shapes_config, tmp_path_factory):
     with open(root / "trained_run.lock", "w") as lock:
       fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the one training
       if not done.exists():
-        env = subprocess_env("--xla_force_host_platform_device_count=2")
+        env = subprocess_env("--xla_force_host_platform_device_count=4")
         proc = subprocess.run([sys.executable, "-c", TRAIN, config.to_json(), str(workdir)],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-3000:]
