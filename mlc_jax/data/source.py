@@ -46,11 +46,12 @@ class Source:
   reports; protocol: how the targets were made ({'split', 'unlabeled_images', 'difficult', ...},
   recorded with every evaluation).
   label_fn(example) -> the class ids present; target_fn(example, split) -> int8 (C,) target with
-  -1 for unknown entries (default: the multi-hot of label_fn, nothing unknown).
+  -1 for unknown entries (default: the multi-hot of label_fn, nothing unknown); unlabeled_unknown:
+  the splits whose images without any label are left out (target all -1), as a protocol drops them.
   """
 
   def __init__(self, name, builder, splits, label_fn, labels, *, skipped=(), notes=None, options=None,
-               target_fn=None, protocol=None):
+               target_fn=None, protocol=None, unlabeled_unknown=()):
     self.name = name
     self.builder = builder
     self.splits = dict(splits)
@@ -60,6 +61,7 @@ class Source:
     self.notes = dict(notes or {})
     self.options = dict(options or {})
     self.target_fn = target_fn
+    self.unlabeled_unknown = frozenset(unlabeled_unknown)
     self.protocol = dict(protocol or {})
     self.decoded = {}  # the pipeline's in-memory copies of decoded splits (data.cache_mb)
     self.num_examples = {}
@@ -104,8 +106,12 @@ class Source:
   def targets(self, example, split):
     """int8 (C,) target of one stored example of `split` (inside tf.data): 1, 0 or -1 unknown."""
     if self.target_fn is not None:
-      return tf.reshape(tf.cast(self.target_fn(example, split), tf.int8), [len(self.labels)])
-    return tf.cast(self.multi_hot(example), tf.int8)
+      target = tf.reshape(tf.cast(self.target_fn(example, split), tf.int8), [len(self.labels)])
+    else:
+      target = tf.cast(self.multi_hot(example), tf.int8)
+    if split in self.unlabeled_unknown:  # no positive: the image is left out (no loss, no metric)
+      target = tf.where(tf.reduce_any(target == 1), target, tf.constant(-1, tf.int8))
+    return target
 
   def multi_hot(self, example):
     """float32 (C,) multi-hot of the class ids label_fn gives (inside tf.data)."""
@@ -122,10 +128,6 @@ def multi_hot(ids, num_classes):
   hot = tf.minimum(tf.reduce_sum(tf.one_hot(tf.cast(ids, tf.int32), num_classes), axis=0), 1.0)
   return tf.reshape(hot, [num_classes])
 
-
-def unknown_if_empty(target):
-  """The target, or all -1 when it has no positive: the image is left out (no loss, no metric)."""
-  return tf.where(tf.reduce_any(target == 1), target, tf.fill(tf.shape(target), tf.constant(-1, target.dtype)))
 
 
 def tfds_builder(config, hint):

@@ -9,8 +9,7 @@ val and test ones get an unknown (-1) target, which every metric leaves out; und
 all-zero one (each adds k false positives to exactly-top-k precision). In train they are left out
 (-1) unless data.keep_unlabeled=True.
 """
-from mlc_jax.data.source import (EVAL_SPLITS, Source, carve, multi_hot, prepare, tfds_builder,
-                                 unknown_if_empty)
+from mlc_jax.data.source import EVAL_SPLITS, Source, carve, prepare, tfds_builder
 
 # COCO 2014 images with an annotation, as the literature counts them (train2014 / val2014)
 LITERATURE_COUNTS_2014 = {"train": 82_081, "test": 40_137}
@@ -26,15 +25,10 @@ def source(config):
   splits["test"] = "validation"
   labels = b.info.features["objects"]["label"].names
   protocol, keep = config.eval.protocol, bool(config.data.keep_unlabeled)
-  drop = {"train": not keep, **{s: protocol == "literature" for s in EVAL_SPLITS}}
-
-  def target_fn(example, split):
-    target = multi_hot(example["objects"]["label"], len(labels))
-    return unknown_if_empty(target) if drop[split] else target
-
+  dropped = (() if keep else ("train",)) + (EVAL_SPLITS if protocol == "literature" else ())
   kept = "kept" if keep else "dropped"
   return Source(config.dataset, b, splits, lambda ex: ex["objects"]["label"], labels,
-                target_fn=target_fn,
+                unlabeled_unknown=dropped,
                 options={"val_fraction": config.data.val_fraction, "protocol": protocol,
                          "keep_unlabeled": keep},
                 protocol={"split": f"train{config.dataset[5:]} less a validation tail / "

@@ -18,7 +18,7 @@ import os
 import tensorflow_datasets as tfds
 
 from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
-from mlc_jax.data.source import EVAL_SPLITS, Source, carve, multi_hot, prepare, unknown_if_empty
+from mlc_jax.data.source import EVAL_SPLITS, Source, carve, prepare
 from mlc_jax.errors import UserError
 
 INSTRUCTIONS = """Request NUS-WIDE from https://lms.comp.nus.edu.sg/wp-content/uploads/2019/research/nuswide/NUS-WIDE.html
@@ -121,12 +121,8 @@ def source(config):
            "images_without_labels_kept": bool(meta["keep_unlabeled"])}
   labels, protocol, kept = meta["labels"], config.eval.protocol, bool(meta["keep_unlabeled"])
   drop = protocol == "literature"
-
-  def target_fn(example, split):
-    target = multi_hot(example["labels"], len(labels))
-    return unknown_if_empty(target) if drop and split in EVAL_SPLITS else target
-
-  return Source("nus_wide", b, splits, lambda ex: ex["labels"], labels, target_fn=target_fn,
+  return Source("nus_wide", b, splits, lambda ex: ex["labels"], labels,
+                unlabeled_unknown=EVAL_SPLITS if drop else (),
                 skipped=meta["skipped"], notes=notes,
                 options={"val_fraction": config.data.val_fraction, "config": name,
                          "protocol": protocol},
