@@ -19,8 +19,8 @@ def _tiny_model(include_top=False):
   return models.build_model(c, 3)
 
 
-def _trainable_layers(model, unfreeze, include_top=False):
-  state = nnx.state(model, optim.trainable_filter(unfreeze, include_top))
+def _trainable_layers(model, unfreeze):
+  state = nnx.state(model, optim.trainable_filter(unfreeze))
   return sorted({"/".join(map(str, path[:2])) for path, _ in nnx.to_flat_state(state)})
 
 
@@ -42,11 +42,11 @@ def test_all_and_include_top():
   model = _tiny_model(include_top=True)
   flat = nnx.to_flat_state(nnx.state(model, nnx.Param))
   everything = sorted({"/".join(map(str, p[:2])) for p, _ in flat})
-  assert _trainable_layers(model, "all", True) == everything
+  assert _trainable_layers(model, "all") == everything
   # fc1/fc2 sit above block 5: they train as soon as one block does, never with 0.
-  assert "backbone/fc1" in _trainable_layers(model, "1", True)
-  assert "backbone/fc2" in _trainable_layers(model, "1", True)
-  assert _trainable_layers(model, "0", True) == HEAD
+  assert "backbone/fc1" in _trainable_layers(model, "1")
+  assert "backbone/fc2" in _trainable_layers(model, "1")
+  assert _trainable_layers(model, "0") == HEAD
 
 
 @pytest.mark.parametrize("bad", ["6", "-1", "two", 2.5, True])

@@ -97,13 +97,9 @@ def tree_path_string(path):
   return "/".join(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
-def trainable_filter(unfreeze_blocks, include_top=False):
-  """The NNX filter of what trains for `unfreeze_blocks` alone (the shorthand's groups).
-
-  include_top is accepted for the callers that name it: the shorthand's groups already freeze
-  fc1/fc2 exactly when they should.
-  """
-  del include_top
+def trainable_filter(unfreeze_blocks):
+  """The NNX filter of what trains for `unfreeze_blocks` alone (the shorthand's groups; they
+  freeze fc1/fc2 of a model with the ImageNet top exactly when they should)."""
   return ParamGroups(unfreeze_groups(unfreeze_blocks)).trainable()
 
 
@@ -132,8 +128,7 @@ def _scale_by_keras_adam(b1=0.9, b2=0.999, eps=KERAS_EPSILON):
 
   def init(params):
     zeros = jax.tree.map(jnp.zeros_like, params)
-    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros,
-                                  nu=jax.tree.map(jnp.zeros_like, params))
+    return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
 
   def update(updates, state, params=None):
     del params
