@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import image_fixtures
 import mlc_jax
 from mlc_jax import cli
+from mlc_jax.data import images as images_lib
 from mlc_jax.inference import export
 from mlc_jax.errors import UserError
 from trained_run import split_files, trained_workdir
@@ -35,6 +37,17 @@ np.save("out_all.npy", model.predict(images, batch_size=4))
 np.save("out_call.npy", np.asarray(model.function.call(model.params, images[:4])))
 top = model.top_k(sys.argv[1:], k=2)
 print("TOP", [[label for label, _ in row] for row in top])
+import json
+names = json.load(open("fixtures.json"))
+arrays = {}
+for name in names:
+  try:
+    arrays[name.replace(".", "_")] = model.load("fixtures/" + name)
+  except ValueError as e:
+    print("REFUSED", e)
+np.savez("fixture_arrays.npz", **arrays)
+sys.argv = ["serve.py", "--k=2", *["fixtures/" + name for name in names]]
+serve.main()
 loaded = [m for m in sys.modules if m.split(".")[0] in BLOCKED and sys.modules[m] is not None]
 assert not loaded, loaded
 """
@@ -72,6 +85,9 @@ def test_exported_function_matches_classifier_with_jax_alone(exported, tmp_path)
   paths, _ = split_files(config, "test", tmp_path / "images", limit=7)
   images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
   np.save(out / "images.npy", images)
+  expected, bomb = image_fixtures.write(out / "fixtures", 32)
+  names = sorted(expected) + [bomb]
+  (out / "fixtures.json").write_text(json.dumps(names))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
   proc = subprocess.run([sys.executable, "-c", SERVE, *paths[:3]], cwd=out, env=env,
                         capture_output=True, text=True, timeout=300)
@@ -84,6 +100,25 @@ def test_exported_function_matches_classifier_with_jax_alone(exported, tmp_path)
     np.testing.assert_allclose(got, reference[:rows], rtol=1e-5, atol=1e-5)
   top = [[label for label, _ in row] for row in classifier.top_k(paths[:3], k=2)]
   assert f"TOP {top}" in proc.stdout
+
+  # the same file, the same pixels: the server's reader against numpy's truth and the package
+  served = np.load(out / "fixture_arrays.npz")
+  assert sorted(served.files) == sorted(n.replace(".", "_") for n in expected)
+  assert f"REFUSED image fixtures/{bomb}: too large (12000 x 12000" in proc.stdout
+  assert f"skipped image fixtures/{bomb}: too large" in proc.stderr  # the CLI predicts the rest
+  for name, want in expected.items():
+    ours = images_lib.load(out / "fixtures" / name, 32)
+    if want.shape[:2] == (32, 32):  # no resize: exactly the truth, on both sides
+      np.testing.assert_array_equal(served[name.replace(".", "_")], want, err_msg=name)
+      np.testing.assert_array_equal(ours, want, err_msg=name)
+    else:  # resized by XLA there and TensorFlow here: one level at most
+      assert np.abs(served[name.replace(".", "_")].astype(int) - ours).max() <= 1, name
+  np.testing.assert_array_equal(served["exif6_jpg"], served["upright_png"])
+  upright = classifier.predict([out / "fixtures" / "exif6.jpg", out / "fixtures" / "upright.png"])
+  np.testing.assert_array_equal(upright[0], upright[1])  # the EXIF-6 photo is predicted upright
+  lines = {l.split()[0]: l.split()[1:] for l in proc.stdout.splitlines() if l.startswith("fixtures/")}
+  assert sorted(lines) == sorted("fixtures/" + n for n in expected)
+  assert lines["fixtures/exif6.jpg"] == lines["fixtures/upright.png"]
 
 
 def test_export_bad_output(exported, tmp_path):

@@ -60,6 +60,9 @@ def get_config():
   c.data.data_dir = ""          # TFDS data_dir; "" = TFDS default (~/tensorflow_datasets)
   c.data.manual_dir = ""        # nus_wide: the NUS-WIDE tree; folder: the image folder
   c.data.resize = "plain"       # plain: resize to image_size (the proposal); crop: keep aspect, centre crop
+  c.data.exif_orientation = True  # apply a photo's EXIF orientation (folder, predict, serve.py;
+                                 # COCO/VOC/NUS-WIDE are read as stored, as the papers' loaders do)
+  c.data.max_pixels = 90_000_000 # larger images (width x height in the header) are skipped, never decoded
   c.data.val_fraction = 0.1     # share of train carved out (deterministically) as validation where a dataset has none
   c.data.shuffle_buffer = 10_000
   c.data.cache_mb = 2048.0      # splits whose decoded images fit (per process) are decoded once and

@@ -108,11 +108,12 @@ def _check_pure(config):
   c.number("data.test_fraction", 0, 1, high_open=True)
   c.number("data.shuffle_buffer", 1, integer=True)
   c.number("data.cache_mb", 0)
+  c.number("data.max_pixels", 1, integer=True)
   for key in ("data.shapes_train", "data.shapes_val", "data.shapes_test"):
     c.number(key, 1, integer=True)
   c.number("data.shapes_image_size", 16, integer=True)
   c.number("data.shapes_seed", integer=True)
-  for key in ("data.keep_unlabeled", "augment.flip",
+  for key in ("data.keep_unlabeled", "data.exif_orientation", "augment.flip",
               "model.batch_norm", "model.include_top", "finetune.nesterov", "eval.topk_min_score",
               "eval.tune_thresholds"):
     c.boolean(key)

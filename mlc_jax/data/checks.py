@@ -1,9 +1,12 @@
 """Checking image files once, when a dataset is built: what is skipped is counted, never fatal.
 
-A builder calls `read_image(path)` for each listed file; a zero-byte, truncated, corrupt or
-non-image file gives (None, reason), the builder records {'path', 'reason'} in the dataset's
-metadata, logs it once, and leaves the file out. The files that pass are exactly the ones
-TensorFlow's decoder (mlc_jax.data.images.decode) reads, so the pipeline never meets a bad file.
+A builder calls `read_image(path)` for each listed file; a zero-byte, truncated, corrupt,
+too large (data.max_pixels) or non-image file gives (None, reason), the builder records
+{'path', 'reason'} in the dataset's metadata, logs it once, and leaves the file out. A readable
+file is read by mlc_jax.data.reader (EXIF orientation, 16-bit and palette rules) and stored as
+bytes that TensorFlow's decoder (mlc_jax.data.images.decode) turns into exactly those pixels:
+its own bytes when they already do, else a PNG of the reader's array. So the pipeline never meets
+a bad file and trains on the pixels `--mode=predict` and serve.py see for the same file.
 """
 import io
 import logging
@@ -12,10 +15,10 @@ import os
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-# Formats tf.io.decode_image reads; others that Pillow opens are re-encoded as PNG.
-TF_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
+from mlc_jax.data import images, reader
+
 log = logging.getLogger(__name__)
 
 
@@ -29,29 +32,31 @@ def labelled_image_features(*id_lists):
       "labels": ids(), **{name: ids() for name in id_lists}})
 
 
-def read_image(path):
+def read_image(path, *, exif=True, max_pixels=reader.DEFAULT_MAX_PIXELS):
   """(encoded bytes, None) for a readable image; (None, reason) for a file to skip."""
   try:
-    data = open(path, "rb").read()
+    with open(path, "rb") as f:
+      data = f.read()
   except OSError as e:
     return None, f"cannot be read ({e.strerror})"
-  if not data:
-    return None, "empty file (0 bytes)"
   try:
-    with Image.open(io.BytesIO(data)) as im:
-      fmt = im.format
-      im.load()  # decodes every pixel: raises on truncated or corrupt data
-      if fmt not in TF_FORMATS:
-        buffer = io.BytesIO()
-        im.convert("RGB").save(buffer, format="PNG")
-        data = buffer.getvalue()
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-    return None, f"not a readable image ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-  try:
-    tf.io.decode_image(data, channels=3, expand_animations=False)
-  except (tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
-    return None, f"TensorFlow cannot decode it ({e.message.splitlines()[0]})"
+    array = reader.read(data, exif=exif, max_pixels=max_pixels)
+  except reader.ImageError as e:
+    return None, str(e)
+  if not _decodes_to(data, array):
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    data = buffer.getvalue()
   return data, None
+
+
+def _decodes_to(data, array):
+  """Whether the pipeline's decoder turns data into exactly array."""
+  try:
+    decoded = images.decode(data).numpy()
+  except (tf.errors.InvalidArgumentError, tf.errors.OpError):
+    return False
+  return decoded.shape == array.shape and np.array_equal(decoded, array)
 
 
 class SkipLog:

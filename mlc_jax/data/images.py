@@ -1,21 +1,31 @@
 """Decode and resize one image, the same way for training, evaluation and prediction.
 
-The tf.data pipeline maps these functions over a dataset; `Classifier.predict` calls them eagerly
-on paths, PIL images or arrays, so a picture gets identical pixels on both paths.
+The tf.data pipeline maps `decode` and `resize` over stored bytes; `--mode=predict` and
+`Classifier.predict` read paths and PIL images with mlc_jax.data.reader (EXIF orientation, the
+pixel limit, 16-bit and palette rules) and resize them with the same `resize`. Dataset builders
+store bytes that `decode` turns into exactly the reader's pixels (data.checks.read_image), and
+JPEGs are decoded with the accurate integer DCT, which gives Pillow's pixels bit for bit, so a
+picture gets identical pixels on every path.
 """
-import re
-
 import numpy as np
 import tensorflow as tf
 
+from mlc_jax.data import reader
 from mlc_jax.errors import UserError
 
 RESIZE_METHODS = ("plain", "crop")
 
 
 def decode(image_bytes):
-  """JPEG/PNG/GIF/BMP bytes -> uint8 (H, W, 3) tensor (grey and RGBA become RGB)."""
-  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  """JPEG/PNG/GIF/BMP/WebP bytes -> uint8 (H, W, 3) tensor (grey and RGBA become RGB).
+
+  JPEGs use the accurate integer DCT (TensorFlow's default, INTEGER_FAST, differs from Pillow and
+  libjpeg's own default by up to 10 levels); other formats take tf.io.decode_image.
+  """
+  image = tf.cond(
+      tf.io.is_jpeg(image_bytes),
+      lambda: tf.io.decode_jpeg(image_bytes, channels=3, dct_method="INTEGER_ACCURATE"),
+      lambda: tf.io.decode_image(image_bytes, channels=3, expand_animations=False))
   image.set_shape([None, None, 3])
   return image
 
@@ -40,23 +50,27 @@ def resize(image, image_size, method="plain"):
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def to_array(item):
+def to_array(item, *, exif=True, max_pixels=reader.DEFAULT_MAX_PIXELS):
   """A path, PIL image or uint8/float (H, W, 3 or 4 or 1) array -> uint8 (H, W, 3) numpy array.
 
-  Raises UserError naming the item when it cannot be read as an image.
+  Paths and PIL images go through mlc_jax.data.reader (exif: apply EXIF orientation; max_pixels:
+  the pixel limit). Raises UserError naming the item when it cannot be read as an image.
   """
   if isinstance(item, (str, bytes)) or hasattr(item, "__fspath__"):
     path = str(item.decode() if isinstance(item, bytes) else item)
     try:
-      data = tf.io.read_file(path)
-      return decode(data).numpy()
-    except (tf.errors.NotFoundError, FileNotFoundError):
-      raise UserError(f"image {path} does not exist") from None
-    except (tf.errors.InvalidArgumentError, tf.errors.OpError) as e:
-      raise UserError(f"image {path} cannot be decoded ({_tf_reason(e)}); "
-                      "remove it or replace it with a JPEG/PNG/GIF/BMP file") from None
+      return reader.read(path, exif=exif, max_pixels=max_pixels)
+    except reader.ImageError as e:
+      if e.kind == reader.MISSING:
+        raise UserError(f"image {path} does not exist") from None
+      fix = "" if e.kind == reader.TOO_LARGE else (
+          "; remove it or replace it with a JPEG/PNG/GIF/BMP/WebP file")
+      raise UserError(f"image {path}: {e}{fix}") from None
   if hasattr(item, "convert") and hasattr(item, "size"):  # PIL.Image
-    return np.asarray(item.convert("RGB"), dtype=np.uint8)
+    try:
+      return reader.to_rgb(item, exif=exif, max_pixels=max_pixels)
+    except reader.ImageError as e:
+      raise UserError(f"PIL image: {e}") from None
   array = np.asarray(item)
   if array.ndim == 2:
     array = array[..., None]
@@ -71,12 +85,6 @@ def to_array(item):
   return array[..., :3]
 
 
-def _tf_reason(error):
-  """TensorFlow's message without its {{function_node ...}} and [Op:...] decorations."""
-  text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]( name:)?", "", error.message.splitlines()[0])
-  return text.strip() or type(error).__name__
-
-
-def load(item, image_size, method="plain"):
+def load(item, image_size, method="plain", *, exif=True, max_pixels=reader.DEFAULT_MAX_PIXELS):
   """to_array + resize: what evaluation feeds the model for this item, as uint8 numpy."""
-  return resize(to_array(item), image_size, method).numpy()
+  return resize(to_array(item, exif=exif, max_pixels=max_pixels), image_size, method).numpy()

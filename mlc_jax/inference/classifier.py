@@ -29,12 +29,13 @@ def _is_single(images):
 class Classifier:
   """Model + labels. `predict` returns float32 (N, C) probabilities; the model maps uint8 -> logits.
 
-  Images are decoded and resized with mlc_jax.data.images, as in training, unless they already
-  are a uint8 (N, image_size, image_size, 3) array.
+  Images are read with mlc_jax.data.reader (EXIF orientation when exif_orientation, images over
+  max_pixels refused by name) and resized with mlc_jax.data.images, as in training, unless they
+  already are a uint8 (N, image_size, image_size, 3) array.
   """
 
   def __init__(self, model, labels, *, image_size, resize="plain", activation="sigmoid",
-               thresholds=None, checkpoint=None):
+               thresholds=None, checkpoint=None, exif_orientation=True, max_pixels=None):
     if activation not in ACTIVATIONS:
       raise UserError(f"activation={activation!r} is not one of {ACTIVATIONS}")
     if resize not in CHOICES["data.resize"]:
@@ -43,6 +44,8 @@ class Classifier:
     self.labels = [str(label) for label in labels]
     self.image_size = int(image_size)
     self.resize = resize
+    self.exif_orientation = bool(exif_orientation)
+    self.max_pixels = max_pixels  # None: mlc_jax.data.reader.DEFAULT_MAX_PIXELS
     self.activation = activation
     self.checkpoint = checkpoint  # 'STAGE/STEP' of a restored run (what `thresholds` were tuned for)
     self.thresholds = None
@@ -64,9 +67,14 @@ class Classifier:
     items = list(images)
     if not items:
       return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
-    # Lazy: the image reader imports TensorFlow (~2 s); uint8 arrays of the right size skip it.
+    # Lazy: the resize imports TensorFlow (~2 s); uint8 arrays of the right size skip it.
     from mlc_jax.data import images as images_lib
-    return np.stack([images_lib.load(item, self.image_size, self.resize) for item in items])
+    from mlc_jax.data import reader
+    limit = reader.DEFAULT_MAX_PIXELS if self.max_pixels is None else int(self.max_pixels)
+    # one image decoded at a time: memory is bounded by the largest allowed image
+    return np.stack([images_lib.load(item, self.image_size, self.resize,
+                                     exif=self.exif_orientation, max_pixels=limit)
+                     for item in items])
 
   def predict(self, images, batch_size=32):
     """float32 (N, C) probabilities (sigmoid per label, or softmax) for the images."""

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from mlc_jax import models
+from mlc_jax.data import reader
 from mlc_jax.errors import UserError
 from mlc_jax.inference import restore
 
@@ -92,6 +93,10 @@ def preprocessing_spec(config, thresholds):
       "image_size": int(config.image_size),
       "resize": config.data.resize,
       "interpolation": "bilinear, antialiased (tf.image.resize antialias=True), rounded to uint8",
+      "decode": "mlc_jax.data.reader: EXIF orientation when exif_orientation; 16-bit keeps the "
+                "high byte; palette to its colours; grey replicated; alpha dropped",
+      "exif_orientation": bool(config.data.get("exif_orientation", True)),
+      "max_pixels": int(config.data.get("max_pixels", reader.DEFAULT_MAX_PIXELS)),
       "input": {"dtype": "uint8", "layout": "NHWC", "channels": "RGB", "range": [0, 255]},
       "normalization": f"{convention} (inside the function: do not normalise)",
       "activation": config.head.activation,

@@ -14,15 +14,17 @@ import sys
 import numpy as np
 
 from mlc_jax.data import images as image_io
+from mlc_jax.data import reader
 from mlc_jax.errors import UserError
 from mlc_jax.inference import restore
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what tf.io.decode_image reads
-CHUNK = 256  # images decoded and predicted at a time by predict_cli (bounds host memory)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what the reader takes
+CHUNK = 256  # images predicted at a time by predict_cli (each decoded and resized on its own)
 # Why a file under --images was not predicted: the kinds the summary line counts, in its order.
-UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, UNDECODABLE = (
-    "unsupported type", "broken symlink", "directory", "not a regular file", "undecodable")
-KINDS = (UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, UNDECODABLE)
+UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, TOO_LARGE, UNDECODABLE = (
+    "unsupported type", "broken symlink", "directory", "not a regular file", "too large",
+    "undecodable")
+KINDS = (UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, TOO_LARGE, UNDECODABLE)
 
 
 def _suffix(path):
@@ -102,15 +104,24 @@ def summarize(skipped):
   return ", ".join(parts)
 
 
-def read_images(paths):
-  """Decodes paths -> (kept paths, uint8 arrays, [(path, reason)] of the unreadable ones)."""
+def read_images(paths, image_size, method="plain", *, exif=True,
+                max_pixels=reader.DEFAULT_MAX_PIXELS):
+  """paths -> (kept paths, uint8 (S, S, 3) arrays, [(path, kind, reason)] of the skipped ones).
+
+  Each image is decoded and resized before the next is read, so memory is bounded by the largest
+  image data.max_pixels allows, not by the number of paths; a larger one is never decoded.
+  """
   kept, arrays, skipped = [], [], []
   for path in paths:
     try:
-      arrays.append(image_io.to_array(path))
-      kept.append(path)
-    except UserError as e:
-      skipped.append((path, str(e)))
+      array = reader.read(path, exif=exif, max_pixels=max_pixels)
+    except reader.ImageError as e:
+      kind = TOO_LARGE if e.kind == reader.TOO_LARGE else (
+          UNDECODABLE if _suffix(path) in IMAGE_SUFFIXES else UNSUPPORTED)
+      skipped.append((path, kind, str(e)))
+      continue
+    arrays.append(image_io.resize(array, image_size, method).numpy())
+    kept.append(path)
   return kept, arrays, skipped
 
 
@@ -144,7 +155,7 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
   """--mode=predict: prints each image's top-k labels; --output writes every label's score.
 
   Every file left out is reported on stderr with its reason (unsupported type, broken symlink,
-  directory named like an image, undecodable) and counted by kind in the summary line; the rest
+  directory named like an image, too large for data.max_pixels, undecodable) and counted by kind in the summary line; the rest
   are predicted. Returns {'filenames': [...], 'scores': float32 (N, C), 'labels': [...],
   'skipped': [(path, reason)]}.
   """
@@ -160,15 +171,16 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
     print(f"skipped {path}: {reason}", file=sys.stderr)
   filenames, chunks, skipped = [], [], list(listed)
   for start in range(0, len(paths), CHUNK):
-    kept, arrays, bad = read_images(paths[start:start + CHUNK])
-    for path, reason in bad:
+    kept, arrays, bad = read_images(
+        paths[start:start + CHUNK], classifier.image_size, classifier.resize,
+        exif=classifier.exif_orientation,
+        max_pixels=classifier.max_pixels or reader.DEFAULT_MAX_PIXELS)
+    for path, _, reason in bad:
       print(f"skipped {path}: {reason}", file=sys.stderr)
-    # a file the glob matched under another extension counts as one of unsupported type
-    skipped += [(p, UNDECODABLE if _suffix(p) in IMAGE_SUFFIXES else UNSUPPORTED, r)
-                for p, r in bad]
+    skipped += bad  # a file the glob matched under another extension counts as unsupported type
     if not kept:
       continue
-    scores = np.asarray(classifier.predict(arrays), dtype=np.float32)
+    scores = np.asarray(classifier.predict(np.stack(arrays)), dtype=np.float32)
     for name, row in zip(kept, scores):
       order = np.argsort(-row, kind="stable")[:k]
       print(format_top_k(name, [(labels[i], float(row[i])) for i in order]))

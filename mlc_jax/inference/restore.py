@@ -67,4 +67,6 @@ def load(path, which="best", stage=None, weights=None):
   r = restore(path, which, stage, weights)
   return Classifier(r.model, r.labels, image_size=r.config.image_size, resize=r.config.data.resize,
                     activation=r.config.head.activation, thresholds=r.thresholds,
-                    checkpoint=r.name)
+                    checkpoint=r.name,
+                    exif_orientation=r.config.data.get("exif_orientation", True),
+                    max_pixels=r.config.data.get("max_pixels", None))

@@ -10,48 +10,106 @@ mlc_jax copies this file into every export folder as serve.py; it never imports 
   model.top_k(images, k=3)
 """
 import argparse
+import io
 import json
 import math
 import pathlib
 import sys
+import warnings
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 90_000_000
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image, exif=True, max_pixels=DEFAULT_MAX_PIXELS):
+  """PIL image -> uint8 (H, W, 3) by mlc_jax.data.reader's rules (the tests hold the two equal).
+
+  Over max_pixels (checked before decoding) -> ValueError 'too large'; EXIF orientation applied
+  when exif; 16-bit keeps the high byte; palette -> its colours; grey replicated; alpha dropped.
+  """
+  w, h = image.size
+  if max_pixels and w * h > max_pixels:
+    raise ValueError(f"too large ({w} x {h} = {w * h / 1e6:.1f} megapixels, over "
+                     f"max_pixels={max_pixels:,} of preprocessing.json)")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    image.load()
+  if exif:
+    image = ImageOps.exif_transpose(image)
+  mode = image.mode
+  if mode in _SIXTEEN_BIT:
+    grey = (np.clip(np.asarray(image, dtype=np.int64), 0, 65535) >> 8).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if mode in ("P", "PA"):
+    image, mode = image.convert("RGBA"), "RGBA"
+  if mode == "1":
+    image, mode = image.convert("L"), "L"
+  if mode in ("L", "LA", "La"):
+    grey = np.asarray(image, dtype=np.uint8)
+    grey = grey[..., 0] if grey.ndim == 3 else grey
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if mode in ("RGB", "RGBA", "RGBa", "RGBX"):
+    return np.ascontiguousarray(np.asarray(image, dtype=np.uint8)[..., :3])
+  return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read(path, exif=True, max_pixels=DEFAULT_MAX_PIXELS):
+  """An image file -> uint8 (H, W, 3); ValueError naming why when it cannot be read."""
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(io.BytesIO(pathlib.Path(path).read_bytes()))
+  except Image.DecompressionBombError as e:
+    raise ValueError(f"too large for Pillow ({e})") from None
+  except (OSError, SyntaxError, ValueError) as e:
+    raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
+  try:
+    return to_rgb(image, exif, max_pixels)
+  except (OSError, SyntaxError, EOFError) as e:
+    raise ValueError(f"not a readable image ({type(e).__name__}: {e})") from None
 
 
 def resize(image, image_size, method="plain"):
-  """PIL image -> uint8 (image_size, image_size, 3), as preprocessing.json's resize says.
+  """uint8 (H, W, 3) -> uint8 (image_size, image_size, 3), as preprocessing.json's resize says.
 
-  An image already image_size square passes unchanged; otherwise PIL's antialiased bilinear
-  filter stands in for TensorFlow's, so a few pixels may differ by a rounding step.
+  jax.image.resize (antialiased linear) stands in for tf.image.resize: an image already
+  image_size square passes unchanged; otherwise a pixel may differ by one level where TensorFlow
+  and XLA round a value near .5 differently (about 0.1% of pixels).
   """
-  image = image.convert("RGB")
-  if image.size == (image_size, image_size):
-    return np.asarray(image, dtype=np.uint8)
+  image = np.asarray(image, dtype=np.uint8)
+  h, w = image.shape[:2]
+  if (h, w) == (image_size, image_size):
+    return image
   if method == "crop":  # scale the short side to image_size, then the central square
-    w, h = image.size
-    scale = image_size / min(w, h)
-    nw, nh = math.ceil(w * scale), math.ceil(h * scale)
-    image = image.resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - image_size) // 2, (nh - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
+    scale = np.float32(image_size) / np.float32(min(h, w))
+    nh, nw = (math.ceil(np.float32(h) * scale), math.ceil(np.float32(w) * scale))
   else:
-    image = image.resize((image_size, image_size), Image.BILINEAR)
-  return np.asarray(image, dtype=np.uint8)
+    nh, nw = image_size, image_size
+  out = jax.image.resize(image.astype(np.float32), (nh, nw, 3), "linear", antialias=True)
+  top, left = (nh - image_size) // 2, (nw - image_size) // 2
+  out = out[top:top + image_size, left:left + image_size]
+  return np.asarray(jnp.clip(jnp.round(out), 0, 255)).astype(np.uint8)
 
 
-def _to_pil(item):
+def _to_array(item, exif, max_pixels):
   if isinstance(item, Image.Image):
-    return item
+    return to_rgb(item, exif, max_pixels)
   if isinstance(item, (str, pathlib.Path)):
-    return Image.open(item)
+    try:
+      return read(item, exif, max_pixels)
+    except ValueError as e:
+      raise ValueError(f"image {item}: {e}") from None
   array = np.asarray(item)
   if array.ndim == 2:
     array = array[..., None]
   if array.shape[-1] == 1:
     array = np.repeat(array, 3, axis=-1)
-  return Image.fromarray(np.asarray(array[..., :3], dtype=np.uint8))
+  return np.asarray(array[..., :3], dtype=np.uint8)
 
 
 class ExportedModel:
@@ -63,6 +121,8 @@ class ExportedModel:
     self.labels = (export_dir / "labels.txt").read_text().splitlines()
     self.image_size = int(self.spec["image_size"])
     self.resize_method = self.spec["resize"]
+    self.exif = bool(self.spec.get("exif_orientation", True))
+    self.max_pixels = int(self.spec.get("max_pixels", DEFAULT_MAX_PIXELS))
     self.function = jax.export.deserialize(bytearray((export_dir / "inference.jax").read_bytes()))
     with np.load(export_dir / "params.npz") as params:
       self.params = {name: jax.device_put(params[name]) for name in params.files}
@@ -75,7 +135,11 @@ class ExportedModel:
     s = self.image_size
     if isinstance(images, np.ndarray) and images.ndim == 4 and images.shape[1:] == (s, s, 3):
       return np.asarray(images, dtype=np.uint8)
-    return np.stack([resize(_to_pil(item), s, self.resize_method) for item in images])
+    return np.stack([self.load(item) for item in images])
+
+  def load(self, item):
+    """One path, PIL image or array -> uint8 (S, S, 3); ValueError naming a file it cannot read."""
+    return resize(_to_array(item, self.exif, self.max_pixels), self.image_size, self.resize_method)
 
   def predict(self, images, batch_size=32):
     """-> float32 (N, C) probabilities, in labels order."""
@@ -106,10 +170,10 @@ def main():
   paths, images = [], []
   for path in args.images:
     try:
-      images.append(resize(Image.open(path), model.image_size, model.resize_method))
+      images.append(model.load(path))  # one at a time: memory bounded by the largest image
       paths.append(path)
-    except OSError as e:  # unreadable: report it, predict the rest
-      print(f"skipped {path}: {e}", file=sys.stderr)
+    except ValueError as e:  # unreadable or too large: report it, predict the rest
+      print(f"skipped {e}", file=sys.stderr)
   if not images:
     sys.exit("error: none of the images could be read")
   for path, top in zip(paths, model.top_k(np.stack(images), k=args.k)):

@@ -27,6 +27,7 @@ import os
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from mlc_jax.data import reader
 from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
 from mlc_jax.data.source import SPLITS, Source, multi_hot, prepare
 from mlc_jax.errors import UserError
@@ -263,12 +264,16 @@ class FolderConfig(tfds.core.BuilderConfig):
   root: str = ""
   names: tuple = ()
   splits: dict = dataclasses.field(default_factory=dict)
+  exif_orientation: bool = True
+  max_pixels: int = reader.DEFAULT_MAX_PIXELS
 
 
 class LabelledFolder(tfds.core.GeneratorBasedBuilder):
   """The user's image folder with multi-label annotations."""
-  VERSION = tfds.core.Version("1.1.0")
-  RELEASE_NOTES = {"1.0.0": "First version.", "1.1.0": "Explicit negatives and unknown labels."}
+  VERSION = tfds.core.Version("1.2.0")
+  RELEASE_NOTES = {"1.0.0": "First version.", "1.1.0": "Explicit negatives and unknown labels.",
+                   "1.2.0": "Images stored as mlc_jax.data.reader reads them (EXIF orientation, "
+                            "16-bit and palette rules); data.max_pixels."}
 
   def _info(self):
     return self.dataset_info_from_configs(
@@ -281,9 +286,10 @@ class LabelledFolder(tfds.core.GeneratorBasedBuilder):
     return {s: self._generate_examples(items) for s, items in self.builder_config.splits.items()}
 
   def _generate_examples(self, items):
-    skipped = SkipLog()
+    skipped, cfg = SkipLog(), self.builder_config
     for filename, present, absent, unknown in items:
-      data, reason = read_image(os.path.join(self.builder_config.root, filename))
+      data, reason = read_image(os.path.join(cfg.root, filename), exif=cfg.exif_orientation,
+                                max_pixels=cfg.max_pixels)
       if data is None:
         skipped.add(os.path.join(self.builder_config.root, filename), reason)
         continue
@@ -296,16 +302,19 @@ def source(config):
   """Source for the user's folder (built into data_dir on first use, rebuilt when the manifest changes)."""
   names, splits, near = read_manifest(config)
   root = os.path.abspath(config.data.manual_dir)
-  key = json.dumps([root, names, splits], sort_keys=True)
+  exif, max_pixels = bool(config.data.exif_orientation), int(config.data.max_pixels)
+  key = json.dumps([root, names, splits, exif, max_pixels], sort_keys=True)
   cfg = FolderConfig(name="m" + hashlib.sha256(key.encode()).hexdigest()[:16], root=root,
-                     names=tuple(names), splits=splits)
+                     names=tuple(names), splits=splits, exif_orientation=exif,
+                     max_pixels=max_pixels)
   b = prepare(LabelledFolder(config=cfg, data_dir=config.data.data_dir or None), name="folder")
   unlisted = config.data.unlisted
   return Source("folder", b, {s: s for s in SPLITS}, lambda ex: ex["labels"], names,
                 target_fn=lambda ex, split: targets(ex, len(names), unlisted),
                 skipped=b.info.metadata["skipped"],
                 notes={"near_duplicates": near} if near else None,  # shown by --mode=data_report
-                options={"manifest": cfg.name, "unlisted": unlisted},
+                options={"manifest": cfg.name, "unlisted": unlisted, "exif_orientation": exif,
+                         "max_pixels": max_pixels},
                 protocol={"split": "the label file's split column, or by filename hash",
                           "difficult": "n/a", "unlisted_labels": unlisted,
                           "unlabeled_images": "kept" if config.data.keep_unlabeled else "dropped"})

@@ -10,7 +10,9 @@ left out; unreadable files are skipped and counted; images with none of the conc
 when the dataset is built, or kept (all-zero target) with data.keep_unlabeled=True. Published
 results drop them from test: under eval.protocol='literature' the kept ones get an unknown (-1)
 target in val and test, which every metric leaves out. All counts go into the dataset's metadata
-and the data report. Validation is carved from train (data.val_fraction).
+and the data report. Validation is carved from train (data.val_fraction). Images are stored as
+the papers' loaders read them: EXIF orientation not applied (data.exif_orientation does not apply
+here), the default pixel limit (mlc_jax.data.reader.DEFAULT_MAX_PIXELS).
 """
 import dataclasses
 import os
@@ -63,8 +65,9 @@ class NusWideConfig(tfds.core.BuilderConfig):
 
 class NusWide(tfds.core.GeneratorBasedBuilder):
   """NUS-WIDE (81 concepts) from a manual download."""
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First version."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First version.",
+                   "1.1.0": "Images stored as mlc_jax.data.reader reads them (16-bit, palette)."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
   BUILDER_CONFIGS = [NusWideConfig(name="keep_unlabeled", keep_unlabeled=True),
                      NusWideConfig(name="drop_unlabeled", keep_unlabeled=False)]
@@ -97,7 +100,7 @@ class NusWide(tfds.core.GeneratorBasedBuilder):
         unlabeled += 1
         if not self.builder_config.keep_unlabeled:
           continue
-      data, reason = read_image(path)
+      data, reason = read_image(path, exif=False)  # as stored: the literature's protocol
       if data is None:
         skipped.add(path, reason)
         continue
