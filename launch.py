@@ -21,7 +21,11 @@ flags.DEFINE_string("split", "test", "evaluate/baseline: the split to score.")
 flags.DEFINE_string("predictions", None, "evaluate: score this predictions file (CSV or JSON lines).")
 flags.DEFINE_string("images", None, "predict: an image path, folder or glob.")
 flags.DEFINE_integer("top_k", 3, "predict: labels printed per image.")
-flags.DEFINE_string("output", None, "predict: CSV/JSON-lines file to write; export: directory.")
+flags.DEFINE_string("output", None, "predict: CSV/JSON-lines file to write; export: directory "
+                    "(--format=keras_h5: a .h5 file).")
+flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "keras_h5"],
+                  "export: a StableHLO function with serve.py (default), or the VGG's weights as "
+                  "a Keras HDF5 file that model.weights=FILE (and Keras's load_weights) reads.")
 flags.DEFINE_enum("which", "best", ["best", "latest"], "evaluate/predict/export: which checkpoint.")
 flags.DEFINE_enum("stage", None, ["head", "finetune"],
                   "evaluate/predict/export: the stage's checkpoint (default: the last trained).")

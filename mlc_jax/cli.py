@@ -40,8 +40,12 @@ def _dispatch(mode, config, workdir, flags, overrides):
                                which=flags.which, stage=flags.stage)
   if mode == "export":
     from mlc_jax.inference import export
+    fmt = getattr(flags, "format", "stablehlo")
     if not flags.output:
-      raise UserError("--mode=export needs --output=DIR")
+      raise UserError("--mode=export needs --output=DIR" if fmt == "stablehlo" else
+                      "--mode=export --format=keras_h5 needs --output=FILE.h5")
+    if fmt == "keras_h5":
+      return export.export_keras_h5(workdir, flags.output, which=flags.which, stage=flags.stage)
     return export.export(workdir, flags.output, which=flags.which, stage=flags.stage)
   if mode == "data_report":
     from mlc_jax.data import report

@@ -51,6 +51,24 @@ def test_shapes_labels_and_stored_bytes(shapes_config):
   assert min(counts) >= 1 and max(counts) <= 4 and len(set(counts)) > 1
 
 
+def test_shapes_single_one_shape_of_sixteen_through_the_pipeline(shapes_config):
+  c = ml_collections.ConfigDict(shapes_config.to_dict())
+  c.dataset, c.data.shapes_train, c.data.shapes_val, c.data.shapes_test = "shapes_single", 160, 8, 8
+  source = registry.get(c)
+  assert source.labels[:8] == list(shapes.CLASSES) and len(source.labels) == 16
+  assert len(set(source.labels)) == 16
+  got, _ = _collect(pipeline.batches(source, "train", batch_size=16, train=False, config=c))
+  targets = got["labels"][got["mask"]]
+  assert targets.shape == (160, 16) and (targets.sum(axis=1) == 1).all()  # exactly one label
+  assert (targets.sum(axis=0) > 0).all()  # every class drawn within 160 images
+  ds = source.builder.as_dataset(split="val", decoders={"image": tfds.decode.SkipDecoding()})
+  for ex in ds.as_numpy_iterator():
+    index = int(ex["image/filename"].decode().split("/")[1].split(".")[0])
+    array, labels = shapes.render_single(0, "val", index, 32)
+    assert ex["image"] == shapes.encode_png(array) and ex["labels"].tolist() == labels
+    assert not np.array_equal(array, shapes.render(0, "val", index, 32)[0])  # its own stream
+
+
 def test_shapes_drawn_in_worker_processes_are_the_rendered_ones(tmp_path):
   # 600 images: enough for the builder to draw them in a pool of spawned processes.
   builder = shapes.Shapes(config=shapes.shapes_config(16, 5, (600, 1, 1)), data_dir=str(tmp_path))

@@ -18,6 +18,7 @@ import image_fixtures
 import mlc_jax
 from mlc_jax import cli
 from mlc_jax.data import images as images_lib
+from mlc_jax.models import weights as weights_lib
 from mlc_jax.inference import export
 from mlc_jax.errors import UserError
 from trained_run import split_files, trained_workdir
@@ -128,3 +129,23 @@ def test_export_bad_output(exported, tmp_path):
     export.export(workdir, tmp_path / "file")
   with pytest.raises(UserError, match="not inside a training workdir"):
     export.export(tmp_path, tmp_path / "out")
+
+
+def test_export_keras_h5_holds_the_checkpoints_backbone(exported, tmp_path):
+  workdir, config, _ = exported
+  out = tmp_path / "backbone.h5"
+  flags = types.SimpleNamespace(output=str(out), which="best", stage=None, format="keras_h5")
+  assert cli.run("export", None, str(workdir), flags) == out
+  classifier = mlc_jax.load(workdir)
+  params = classifier.params  # the restored checkpoint, read by orbax
+  read = weights_lib.read_weights(out)
+  assert list(read) == list(classifier.model.backbone.layer_names)  # the head has a hidden layer
+  for layer, arrays in read.items():
+    for p, array in arrays.items():
+      np.testing.assert_array_equal(array, params[f"backbone/{layer}/{p}"], err_msg=f"{layer}/{p}")
+  attrs = weights_lib.file_attrs(out)
+  assert attrs["preprocessing"] == weights_lib.convention_for(str(out)) == "unit"
+  assert attrs["checkpoint"] == classifier.checkpoint and attrs["labels"] == "[]"
+  for bad, message in ((tmp_path / "w.txt", "ending .h5"), (tmp_path, "ending .h5")):
+    with pytest.raises(UserError, match=message):
+      export.export_keras_h5(workdir, bad)

@@ -15,6 +15,7 @@ from flax import nnx
 import weight_files as wf
 from mlc_jax.inference.classifier import load_imagenet
 from mlc_jax.errors import UserError
+from mlc_jax import models
 from mlc_jax.models import VGG, imagenet, load_backbone_weights
 from mlc_jax.models import weights as weights_lib
 from conftest import default_config, forward
@@ -140,12 +141,13 @@ def test_headless_64_matches_keras_both_layouts(tmp_path):
       assert err <= TOL
 
 
-def keras_vgg11_bn(image_size, width):
-  """A Keras VGG11 with batch norm after each conv (torchvision's vgg11_bn), at `width`."""
+def keras_vgg11_bn(image_size, width, blocks=(1, 1, 2, 2, 2), classes=1000):
+  """A Keras VGG11 (or other `blocks`) with batch norm after each conv (torchvision's vgg11_bn),
+  at `width`."""
   k = keras()
   chans = [max(1, round(c * width)) for c in (64, 128, 256, 512, 512)]
   x = inputs = k.Input((image_size, image_size, 3))
-  for b, n in enumerate((1, 1, 2, 2, 2), 1):
+  for b, n in enumerate(blocks, 1):
     for i in range(1, n + 1):
       x = k.layers.Conv2D(chans[b - 1], 3, padding="same", name=f"block{b}_conv{i}")(x)
       x = k.layers.BatchNormalization(epsilon=1e-5, name=f"block{b}_bn{i}")(x)
@@ -155,7 +157,7 @@ def keras_vgg11_bn(image_size, width):
   units = round(4096 * width)
   x = k.layers.Dense(units, activation="relu", name="fc1")(x)
   x = k.layers.Dense(units, activation="relu", name="fc2")(x)
-  return k.Model(inputs, k.layers.Dense(1000, name="predictions")(x))
+  return k.Model(inputs, k.layers.Dense(classes, name="predictions")(x))
 
 
 def test_batchnorm_torchvision_and_timm_layouts_match_keras(tmp_path):
@@ -178,6 +180,48 @@ def test_batchnorm_torchvision_and_timm_layouts_match_keras(tmp_path):
 def tiny_h5(path, arch="vgg16", width=1 / 16, **kw):
   wf.write_keras_h5(path, wf.random_weights(arch, width, **kw))
   return str(path)
+
+
+def test_written_keras_file_is_read_by_keras_and_by_us(tmp_path):
+  """weights.write_keras_h5 of a model (VGG16-BN at 1/16 width, 32 px, top + a 16-class dense
+  head): Keras's own load_weights builds a model that predicts what ours predicts, our reader
+  gives back every array exactly, and the file's preprocessing becomes model.weights'."""
+  config = default_config()
+  config.image_size, config.head.hidden = 32, 0
+  config.model.update(arch="vgg16", width=1 / 16, batch_norm=True, include_top=True, weights="",
+                      preprocessing="unit")
+  model = models.build_model(config, 16)
+  rng = np.random.default_rng(7)
+  for name in model.backbone.layer_names:  # batch statistics away from 0/1, so their load shows
+    layer = getattr(model.backbone, name)
+    if "_bn" in name:
+      layer.mean.set_value(rng.normal(0, 0.2, layer.mean.get_value().shape).astype(np.float32))
+      layer.var.set_value(rng.uniform(0.5, 2, layer.var.get_value().shape).astype(np.float32))
+      layer.bias.set_value(rng.normal(0, 0.1, layer.bias.get_value().shape).astype(np.float32))
+  layers = models.keras_layers(model)
+  assert list(layers)[-3:] == ["fc1", "fc2", "predictions"] and len(layers) == 13 * 2 + 3
+  path = weights_lib.write_keras_h5(tmp_path / "pretrained.h5", layers,
+                                    {"preprocessing": "unit", "labels": "[]"})
+  assert weights_lib.file_attrs(path) == {"preprocessing": "unit", "labels": "[]"}
+  assert weights_lib.convention_for(str(path)) == "unit"
+  back = weights_lib.read_weights(path)
+  assert list(back) == list(layers)
+  for name, params in layers.items():
+    for p, array in params.items():
+      np.testing.assert_array_equal(back[name][p], array, err_msg=f"{name}/{p}")
+  reference = keras_vgg11_bn(32, 1 / 16, blocks=(2, 2, 3, 3, 3), classes=16)
+  reference.load_weights(str(path))
+  images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+  ours = np.asarray(forward(model, images))
+  theirs = reference.predict(images.astype(np.float32) / 255.0, verbose=0)
+  assert wf.rel_err(ours, theirs) <= 1e-5, wf.rel_err(ours, theirs)
+  unloaded = keras_vgg11_bn(32, 1 / 16, blocks=(2, 2, 3, 3, 3), classes=16)
+  assert wf.rel_err(ours, unloaded.predict(images / 255.0, verbose=0)) > 0.1  # the load matters
+  fresh = models.build_model(config, 16, rngs=nnx.Rngs(99))  # another init, then the file
+  weights_lib.load_into(fresh.backbone, path)
+  fresh.head.predictions.kernel.set_value(back["predictions"]["kernel"])
+  fresh.head.predictions.bias.set_value(back["predictions"]["bias"])
+  np.testing.assert_array_equal(np.asarray(forward(fresh, images)), ours)
 
 
 def test_bad_files_name_file_layer_and_shapes(tmp_path):

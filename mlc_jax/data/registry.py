@@ -9,6 +9,7 @@ from mlc_jax.errors import UserError
 
 DATASETS = {
     "shapes": ("mlc_jax.data.datasets.shapes", "source"),
+    "shapes_single": ("mlc_jax.data.datasets.shapes", "single_source"),
     "coco/2014": ("mlc_jax.data.datasets.coco", "source"),
     "coco/2017": ("mlc_jax.data.datasets.coco", "source"),
     "voc/2007": ("mlc_jax.data.datasets.voc", "source"),

@@ -66,6 +66,25 @@ def load_backbone_weights(backbone, config):
   return backbone
 
 
+def keras_layers(model):
+  """A MultiLabelModel's weights as a Keras VGG file holds them: {layer: {param: float32 array}}.
+
+  The backbone's layers always; the head as 'predictions' when it is one dense layer on fc2
+  (model.include_top and head.hidden=0), the layout of Keras's VGG16(include_top=True, classes=C).
+  A head with a hidden layer has no place in that layout and is left out.
+  """
+  backbone, layers = model.backbone, {}
+  for name in backbone.layer_names:
+    layer = getattr(backbone, name)
+    layers[name] = {p: np.asarray(getattr(layer, p).get_value(), np.float32)
+                    for p in weights.param_names(name)}
+  if backbone.include_top and not backbone.num_classes and not model.head.hidden:
+    dense = model.head.predictions
+    layers["predictions"] = {"kernel": np.asarray(dense.kernel.get_value(), np.float32),
+                             "bias": np.asarray(dense.bias.get_value(), np.float32)}
+  return layers
+
+
 def imagenet_vgg(path="imagenet", *, cache_dir=None, dtype="float32"):
   """(VGG with its 1000-class ImageNet top, weights path) from a weights file that has the top.
 

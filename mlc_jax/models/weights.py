@@ -1,8 +1,10 @@
-"""VGG weight files: read Keras HDF5 and torchvision/timm safetensors files, fetch the Keras files.
+"""VGG weight files: read Keras HDF5 and torchvision/timm safetensors files, fetch the Keras files,
+and write Keras HDF5 files (`write_keras_h5`, what `--mode=export --format=keras_h5` writes).
 
 Readers return {keras_layer_name: {param: float32 numpy array in our layout}}: conv kernels HWIO,
 dense kernels (in, out) with fc1's rows in H, W, C flatten order, batch norm scale/bias/mean/var.
-Neither Keras nor torch is needed at run time.
+Neither Keras nor torch is needed at run time. A file mlc_jax writes also says, in root attributes
+Keras ignores (`file_attrs`), its preprocessing convention, labels and where it came from.
 """
 import hashlib
 import os
@@ -47,12 +49,54 @@ def convention_for(weights_spec):
   spec = str(weights_spec or "")
   if not spec:
     return "unit"
-  if spec == "imagenet" or spec.lower().endswith((".h5", ".hdf5")):
+  if spec.lower().endswith((".h5", ".hdf5")):
+    return file_attrs(spec).get("preprocessing", "caffe")  # mlc_jax's own files say theirs
+  if spec == "imagenet":
     return "caffe"
   if spec.lower().endswith(".safetensors"):
     return "torch"
   raise UserError(f"model.weights={spec!r}: give 'imagenet', '' (from scratch), a Keras .h5 file or "
                   "a .safetensors file (torchvision or timm layout); or set model.preprocessing")
+
+
+ATTR_PREFIX = "mlc_jax_"
+KERAS_PARAMS = {CONV_PARAMS: ("kernel", "bias"),
+                BN_PARAMS: ("gamma", "beta", "moving_mean", "moving_variance")}
+
+
+def write_keras_h5(path, layers, attrs=None):
+  """{layer: {param: array}} (our layout, in network order) -> a legacy Keras HDF5 weights file.
+
+  Keras's `model.load_weights(path)` (layers in the same order) and `read_keras_h5` both read it;
+  attrs ({name: str}) become root attributes 'mlc_jax_NAME' (see file_attrs). Written to a
+  temporary file and renamed, so a reader never sees half a file.
+  """
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + ".tmp")
+  with h5py.File(tmp, "w") as f:
+    f.attrs["layer_names"] = np.array([name.encode() for name in layers])
+    f.attrs["backend"], f.attrs["keras_version"] = b"tensorflow", b"2.15.0"
+    for key, value in (attrs or {}).items():
+      f.attrs[ATTR_PREFIX + key] = str(value).encode()
+    for name, params in layers.items():
+      ours = param_names(name)
+      names = [f"{name}/{k}:0" for k in KERAS_PARAMS[ours]]
+      group = f.create_group(name)
+      group.attrs["weight_names"] = np.array([n.encode() for n in names])
+      for n, p in zip(names, ours):
+        group.create_dataset(n, data=np.asarray(params[p], np.float32))
+  os.replace(tmp, path)
+  return path
+
+
+def file_attrs(path):
+  """{name: str} of the 'mlc_jax_NAME' root attributes of an HDF5 file ({} for any other file)."""
+  path = str(path)
+  if not (os.path.isfile(path) and h5py.is_hdf5(path)):
+    return {}
+  with h5py.File(path, "r") as f:
+    return {k[len(ATTR_PREFIX):]: _str(v) for k, v in f.attrs.items() if k.startswith(ATTR_PREFIX)}
 
 
 def _str(value):
@@ -63,7 +107,8 @@ def _names(attr):
   return [_str(v) for v in np.atleast_1d(attr)]
 
 
-def _param_names(layer):
+def param_names(layer):
+  """The parameters of a weight-bearing VGG layer, in Keras order."""
   return BN_PARAMS if re.fullmatch(r"block\d_bn\d+", layer) else CONV_PARAMS
 
 
@@ -86,7 +131,7 @@ def read_keras_h5(path):
       names = _names(group.attrs.get("weight_names", []))
       if not names:
         continue  # input, pooling and flatten layers carry no weights
-      params = _param_names(layer)
+      params = param_names(layer)
       if len(names) != len(params):
         raise UserError(f"weights file {path}: layer {layer} holds {len(names)} arrays "
                         f"{names}, expected {len(params)} ({', '.join(params)})")
@@ -185,7 +230,7 @@ def describe(weights):
 def _expected(module):
   """{layer: {param: shape}} of the weight-bearing layers of a VGG (concrete or abstract)."""
   return {layer: {p: tuple(getattr(getattr(module, layer), p).get_value().shape)
-                  for p in _param_names(layer)}
+                  for p in param_names(layer)}
           for layer in module.layer_names}
 
 

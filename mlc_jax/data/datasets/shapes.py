@@ -5,6 +5,10 @@ cluttered background. Colour, size and position are drawn independently of the c
 form tells classes apart; some pairs differ only in form (disc vs ring, filled square vs
 rectangle outline). Drawn by .shapes_draw in worker processes (one per core), generated once into
 data_dir as a TFDS dataset and reused; `source(config)` opens it for the pipeline.
+
+`shapes_single` (`single_source`) is the demo's source task, as ImageNet is to COCO: one shape per
+image from SINGLE_CLASSES (the 8 shapes and 8 others), the same clutter, colours and sizes, from
+its own random stream; a single-label set (softmax training), read through the same pipeline.
 """
 import concurrent.futures
 import dataclasses
@@ -13,10 +17,12 @@ import multiprocessing
 import tensorflow_datasets as tfds
 
 from mlc_jax.data import pipeline
-from mlc_jax.data.datasets.shapes_draw import CLASSES, SPLITS, encode_png, render, render_example
+from mlc_jax.data.datasets.shapes_draw import (CLASSES, SINGLE_CLASSES, SPLITS, encode_png,
+                                                render, render_example, render_single)
 from mlc_jax.data.source import Source, prepare
 
-__all__ = ["CLASSES", "SPLITS", "Shapes", "encode_png", "render", "shapes_config", "source"]
+__all__ = ["CLASSES", "SINGLE_CLASSES", "SPLITS", "Shapes", "encode_png", "render",
+           "render_single", "shapes_config", "single_source", "source"]
 
 
 @dataclasses.dataclass
@@ -25,13 +31,15 @@ class ShapesConfig(tfds.core.BuilderConfig):
   image_size: int = 64
   seed: int = 0
   split_sizes: tuple = (6000, 1000, 2000)
+  single: bool = False  # shapes_single: one shape of SINGLE_CLASSES per image
 
 
-def shapes_config(image_size, seed, split_sizes):
+def shapes_config(image_size, seed, split_sizes, single=False):
   """The BuilderConfig for these options (its name keys the on-disk cache)."""
-  name = f"px{image_size}_seed{seed}_n{'-'.join(str(int(n)) for n in split_sizes)}"
+  name = (f"{'single_' if single else ''}px{image_size}_seed{seed}_n"
+          f"{'-'.join(str(int(n)) for n in split_sizes)}")
   return ShapesConfig(name=name, image_size=int(image_size), seed=int(seed),
-                      split_sizes=tuple(int(n) for n in split_sizes))
+                      split_sizes=tuple(int(n) for n in split_sizes), single=bool(single))
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -46,7 +54,8 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(size, size, 3), encoding_format="png"),
             "image/filename": tfds.features.Text(),
-            "labels": tfds.features.Sequence(tfds.features.ClassLabel(names=CLASSES)),
+            "labels": tfds.features.Sequence(tfds.features.ClassLabel(
+                names=SINGLE_CLASSES if self.builder_config.single else CLASSES)),
         }),
         description=__doc__)
 
@@ -57,7 +66,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, count):
     cfg = self.builder_config
-    jobs = [(cfg.seed, split, index, cfg.image_size) for index in range(count)]
+    jobs = [(cfg.seed, split, index, cfg.image_size, cfg.single) for index in range(count)]
     workers = min(pipeline.host_cores(), max(1, count // 256))
     if workers < 2:
       yield from map(render_example, jobs)
@@ -68,10 +77,11 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
       yield from pool.map(render_example, jobs, chunksize=64)
 
 
-def builder(config):
+def builder(config, single=False):
   """The Shapes TFDS builder for config.data.shapes_* in config.data.data_dir."""
   d = config.data
-  cfg = shapes_config(d.shapes_image_size, d.shapes_seed, (d.shapes_train, d.shapes_val, d.shapes_test))
+  cfg = shapes_config(d.shapes_image_size, d.shapes_seed,
+                      (d.shapes_train, d.shapes_val, d.shapes_test), single)
   return Shapes(config=cfg, data_dir=d.data_dir or None)
 
 
@@ -80,3 +90,11 @@ def source(config):
   b = prepare(builder(config), name="shapes")
   return Source("shapes", b, {s: s for s in SPLITS}, lambda ex: ex["labels"], CLASSES,
                 options={"seed": config.data.shapes_seed})
+
+
+def single_source(config):
+  """Source over the generated shapes_single (one label per image; train/val/test as generated)."""
+  b = prepare(builder(config, single=True), name="shapes_single")
+  return Source("shapes_single", b, {s: s for s in SPLITS}, lambda ex: ex["labels"],
+                SINGLE_CLASSES, options={"seed": config.data.shapes_seed},
+                protocol={"task": "single-label: one shape of 16 per image (softmax training)"})

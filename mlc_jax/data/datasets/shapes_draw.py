@@ -1,6 +1,8 @@
 """Drawing the `shapes` images: numpy and Pillow only, so worker processes start fast.
 
-See mlc_jax.data.datasets.shapes for the dataset; `render(seed, split, index, size)` depends on nothing else.
+See mlc_jax.data.datasets.shapes for the datasets; `render(seed, split, index, size)` (1-4 of
+CLASSES, multi-label) and `render_single(...)` (one of SINGLE_CLASSES, single-label) depend on
+nothing else.
 """
 import io
 import math
@@ -9,6 +11,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 CLASSES = ("disc", "ring", "square", "rectangle_outline", "triangle", "star", "cross", "crescent")
+# shapes_single, the demo's source task (as ImageNet is to COCO): the 8 above and 8 more, none of
+# them another one rotated (the drawing rotates every shape).
+SINGLE_CLASSES = CLASSES + ("ellipse", "pentagon", "hexagon", "arrow", "semicircle",
+                            "triangle_outline", "square_outline", "t_shape")
 SPLITS = ("train", "val", "test")
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled so edges are anti-aliased
 
@@ -51,6 +57,29 @@ def _shape_mask(name, side, rng):
     draw.ellipse([c - r, c - r, c + r, c + r], fill=255)
     off = r * 0.55
     draw.ellipse([c - r + off, c - r - off * 0.2, c + r + off, c + r - off * 0.2], fill=0)
+  elif name == "ellipse":
+    draw.ellipse([c - r, c - r * 0.55, c + r, c + r * 0.55], fill=255)
+  elif name in ("pentagon", "hexagon"):
+    n = 5 if name == "pentagon" else 6
+    draw.polygon([(c + r * math.cos(-math.pi / 2 + 2 * math.pi * i / n),
+                   c + r * math.sin(-math.pi / 2 + 2 * math.pi * i / n)) for i in range(n)], fill=255)
+  elif name == "arrow":
+    t, head = r * 0.22, r * 0.2
+    draw.polygon([(c - r, c - t), (c + head, c - t), (c + head, c - r * 0.6), (c + r, c),
+                  (c + head, c + r * 0.6), (c + head, c + t), (c - r, c + t)], fill=255)
+  elif name == "semicircle":
+    draw.pieslice([c - r, c - r * 0.5, c + r, c + r * 1.5], 180, 360, fill=255)
+  elif name == "triangle_outline":
+    pts = [(c + r * math.cos(a), c + r * math.sin(a))
+           for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    draw.polygon(pts, outline=255, width=stroke)
+  elif name == "square_outline":
+    h = r * 0.8
+    draw.rectangle([c - h, c - h, c + h, c + h], outline=255, width=stroke)
+  elif name == "t_shape":
+    t = r * 0.28
+    draw.rectangle([c - r, c - r, c + r, c - r + 2 * t], fill=255)
+    draw.rectangle([c - t, c - r, c + t, c + r], fill=255)
   else:
     raise ValueError(name)
   return mask
@@ -105,20 +134,38 @@ def render(seed, split, index, size=64):
   classes = rng.choice(len(CLASSES), size=count, replace=False)
   placed = []
   for cls in classes:
-    radius = rng.uniform(0.16, 0.25) * size
-    for _ in range(20):  # overlap allowed, but not so much that a shape disappears
-      cx, cy = rng.uniform(radius * 0.8, size - radius * 0.8, 2)
-      if all(math.hypot(cx - x, cy - y) > 0.9 * (radius + r) for x, y, r in placed):
-        break
-    placed.append((cx, cy, radius))
-    side = int(round(2 * radius)) * _SUPERSAMPLE
-    mask = _shape_mask(CLASSES[cls], side, rng)
-    mask = mask.rotate(rng.uniform(0, 360), resample=Image.BICUBIC)
-    mask = mask.resize((side // _SUPERSAMPLE,) * 2, Image.LANCZOS)
-    colour = _visible_colour(np.asarray(image, np.float32), cx, cy, radius, rng)
-    box = (int(round(cx - side / _SUPERSAMPLE / 2)), int(round(cy - side / _SUPERSAMPLE / 2)))
-    image.paste(colour, box + (box[0] + mask.size[0], box[1] + mask.size[1]), mask)
+    _draw(image, CLASSES[cls], placed, size, rng)
   return np.asarray(image, np.uint8), sorted(int(c) for c in classes)
+
+
+def render_single(seed, split, index, size=64):
+  """Image `index` of `split` of shapes_single -> (uint8 (size, size, 3), [class id]).
+
+  One shape of SINGLE_CLASSES, drawn as `render` draws each of its shapes (same clutter, colours,
+  sizes, rotation), from its own random stream: shapes_single and shapes never share an image.
+  """
+  rng = np.random.default_rng([seed, SPLITS.index(split), index, len(SINGLE_CLASSES)])
+  image = _background(size, rng)
+  cls = int(rng.integers(len(SINGLE_CLASSES)))
+  _draw(image, SINGLE_CLASSES[cls], [], size, rng)
+  return np.asarray(image, np.uint8), [cls]
+
+
+def _draw(image, name, placed, size, rng):
+  """Pastes one shape onto image (in place) away from the `placed` ones; appends its circle."""
+  radius = rng.uniform(0.16, 0.25) * size
+  for _ in range(20):  # overlap allowed, but not so much that a shape disappears
+    cx, cy = rng.uniform(radius * 0.8, size - radius * 0.8, 2)
+    if all(math.hypot(cx - x, cy - y) > 0.9 * (radius + r) for x, y, r in placed):
+      break
+  placed.append((cx, cy, radius))
+  side = int(round(2 * radius)) * _SUPERSAMPLE
+  mask = _shape_mask(name, side, rng)
+  mask = mask.rotate(rng.uniform(0, 360), resample=Image.BICUBIC)
+  mask = mask.resize((side // _SUPERSAMPLE,) * 2, Image.LANCZOS)
+  colour = _visible_colour(np.asarray(image, np.float32), cx, cy, radius, rng)
+  box = (int(round(cx - side / _SUPERSAMPLE / 2)), int(round(cy - side / _SUPERSAMPLE / 2)))
+  image.paste(colour, box + (box[0] + mask.size[0], box[1] + mask.size[1]), mask)
 
 
 def encode_png(array):
@@ -128,11 +175,9 @@ def encode_png(array):
   return buffer.getvalue()
 
 
-
-
 def render_example(args):
-  """(seed, split, index, size) -> (key, TFDS example): one stored example, PNG-encoded."""
-  seed, split, index, size = args
-  array, labels = render(seed, split, index, size)
+  """(seed, split, index, size[, single]) -> (key, TFDS example): one stored example, as PNG."""
+  seed, split, index, size, *single = args
+  array, labels = (render_single if single and single[0] else render)(seed, split, index, size)
   return f"{split}_{index:06d}", {"image": encode_png(array),
                                   "image/filename": f"{split}/{index:06d}.png", "labels": labels}
