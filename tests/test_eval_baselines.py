@@ -145,3 +145,45 @@ def test_literature_table_cites_and_compares():
   assert "| ML-GCN | 83.0 | 89.2 | 64.1 | 74.6 | 90.5 | 66.5 | 76.7 | top 3 with probability" in table
   assert "(ours use k=5)" in literature.table("coco/2014", [("ours", ours)], k=5)
   assert literature.table("shapes", [("ours", ours)]) == ""
+
+
+def test_single_label_source_file_mapped_by_name_on_shapes(shapes_config, tmp_path):
+  """A shapes_single-like classifier file (16 named classes, the 8 shapes among them, out of
+  order) scored on shapes: each label takes the softmax probability of its namesake class,
+  computed here with numpy from the original model's logits; mAP against sklearn."""
+  import jax
+  from flax import nnx
+  from conftest import forward
+  from mlc_jax import models
+  from mlc_jax.data import pipeline, registry
+  from mlc_jax.data.datasets.shapes import SINGLE_CLASSES
+  from mlc_jax.models import weights as weights_lib
+  names = list(SINGLE_CLASSES[8:]) + list(SINGLE_CLASSES[:8])[::-1]  # namesakes out of order
+  config = default_config()
+  config.image_size, config.head.hidden = 32, 0
+  config.model.update(width=1 / 16, batch_norm=True, weights="", pooling="avg")
+  model = models.build_model(config, 16, rngs=nnx.Rngs(3))
+  kernel = model.head.predictions.kernel
+  kernel.set_value(kernel.get_value() * 30)  # logits spread: a softmax far from uniform
+  path = weights_lib.write_keras_h5(
+      tmp_path / "source.h5", models.keras_layers(model),
+      {"labels": json.dumps(names), "preprocessing": "unit", "arch": "vgg16", "width": 1 / 16,
+       "include_top": False, "pooling": "avg", "image_size": 32, "dataset": "shapes_single"})
+  cfg = shapes_config.copy_and_resolve_references()
+  cfg.eval.baseline_weights = str(path)
+  m = baselines.baseline(cfg, tmp_path / "run", split="test")
+  saved = np.load(tmp_path / "run" / "eval" / "test" / "baseline" / "scores.npz")
+  source = registry.get(cfg)
+  batches = list(pipeline.batches(source, "test", batch_size=8, train=False, config=cfg))
+  images = np.concatenate([b["image"][b["mask"]] for b in batches])
+  probs = np.asarray(jax.nn.softmax(forward(model, images), axis=-1))
+  columns = [names.index(label) for label in source.labels]
+  np.testing.assert_allclose(saved["scores"], probs[:, columns], rtol=1e-5, atol=1e-7)
+  y = saved["labels"]
+  assert m["mAP"] == pytest.approx(np.mean([skm.average_precision_score(y[:, c], probs[:, columns[c]])
+                                           for c in range(y.shape[1])]), abs=1e-6)
+  doc = json.loads((tmp_path / "run" / "eval" / "test" / "baseline" / "metrics.json").read_text())
+  assert doc["meta"]["mapping"] == "by name" and doc["meta"]["unmapped"] == []
+  assert doc["meta"]["source"] == "VGG16 pretrained on shapes_single (16 classes, unmodified)"
+  report = (tmp_path / "run" / "eval" / "test" / "report.md").read_text()
+  assert "## Baseline: VGG16 pretrained on shapes_single (16 classes, unmodified) without" in report

@@ -161,6 +161,7 @@ def get_config():
   c.eval.threshold = 0.5
   c.eval.topk_min_score = False  # top-k variant: False = exactly k labels per image; True = ML-GCN (also score >= threshold)
   c.eval.tune_thresholds = True  # per-class thresholds tuned on val, applied to test, reported separately
+  c.eval.head_alone = False      # evaluate: also score the head stage's best checkpoint (frozen backbone), beside the fine-tuned model
   c.eval.examples = 16           # test images in the report's grid of predicted and true labels
   c.eval.mapping = ""            # baseline: ImageNet -> label mapping file; "" = resources/imagenet_to_{voc,coco,nus_wide}.json
   c.eval.baseline_reduce = "max" # baseline: a label's score is the max or the sum of its ImageNet classes' probabilities

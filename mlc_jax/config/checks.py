@@ -115,7 +115,7 @@ def _check_pure(config):
   c.number("data.shapes_seed", integer=True)
   for key in ("data.keep_unlabeled", "data.exif_orientation", "augment.flip",
               "model.batch_norm", "model.include_top", "finetune.nesterov", "eval.topk_min_score",
-              "eval.tune_thresholds"):
+              "eval.tune_thresholds", "eval.head_alone"):
     c.boolean(key)
   if config.dataset in ("folder", "nus_wide") and not config.data.manual_dir:
     c.fail("data.manual_dir", "", f"dataset={config.dataset} needs the folder of its images "

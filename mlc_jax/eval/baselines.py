@@ -3,6 +3,10 @@
 A mapping file (resources/imagenet_to_{voc,coco,nus_wide}.json, or eval.mapping) lists per label
 the ImageNet classes that depict it; a label's score is the max (or the sum) of their softmax
 probabilities. Labels without ImageNet counterpart are reported and left out of the means.
+
+The same machinery scores any single-label classifier file mlc_jax wrote (`--mode=export
+--format=keras_h5` of a run with a one-layer head, e.g. the demo's shapes_single pretraining):
+its classes carry names, so a label maps to the source class of the same name.
 """
 import importlib.resources
 import json
@@ -16,6 +20,7 @@ from mlc_jax import config as config_lib, models, parallel, workdir as workdir_l
 from mlc_jax.data import registry
 from mlc_jax.errors import UserError
 from mlc_jax.eval import protocol, report, results, scoring
+from mlc_jax.models import weights as weights_lib
 from mlc_jax.models.imagenet import IMAGENET_WNIDS
 
 REDUCE = config_lib.CHOICES["eval.baseline_reduce"]
@@ -84,6 +89,23 @@ def map_scores(probabilities, groups, num_labels, reduce="max"):
   return out
 
 
+def by_name(source_names, labels):
+  """({label index: [source class index]}, unmapped label names): classes mapped by equal names."""
+  groups = {i: [source_names.index(name)] for i, name in enumerate(labels) if name in source_names}
+  return groups, [name for i, name in enumerate(labels) if i not in groups]
+
+
+def named_source(config):
+  """(model, class names, image size, weights path) when the baseline's weights file is a named
+  single-label classifier mlc_jax wrote; None for ImageNet files."""
+  spec = config.eval.get("baseline_weights", "") or config.model.weights
+  if not spec or spec == "imagenet" or not json.loads(weights_lib.file_attrs(spec).get("labels")
+                                                      or "[]"):
+    return None
+  model, names, size = models.file_classifier(spec, dtype=config.dtype)
+  return model, names, size, str(spec)
+
+
 def imagenet_model(config):
   """(VGG with its ImageNet top, weights path): eval.baseline_weights or model.weights
   ('imagenet' fetches Keras's VGG16); arch, width and batch norm come from the file."""
@@ -98,27 +120,40 @@ def baseline(config, workdir, split="test"):
   """Scores `split` with ImageNet VGG16 mapped onto the labels; writes WORKDIR/eval/SPLIT/baseline
   (metrics.json, scores.npz, plots) and the report; returns the metrics dict."""
   config_lib.validate(config)
-  path = mapping_path(config)  # cheap checks first: before the dataset is opened
-  if not (config.eval.get("baseline_weights", "") or config.model.weights):
-    imagenet_model(config)  # raises the missing-weights error
+  named = named_source(config)
+  if named is None:
+    path = mapping_path(config)  # cheap checks first: before the dataset is opened
+    if not (config.eval.get("baseline_weights", "") or config.model.weights):
+      imagenet_model(config)  # raises the missing-weights error
   source = registry.get(config)
-  groups, unmapped = load_mapping(path, source.labels)
-  if not groups:
-    raise UserError(f"mapping file {path} maps none of the labels of {config.dataset}")
-  model, weights = imagenet_model(config)
-  # The ImageNet top takes 224 px images: the pipeline resizes to that, whatever the config says.
+  if named is None:
+    groups, unmapped = load_mapping(path, source.labels)
+    mapping = path.name if path.parent.name == "resources" else str(path)
+    if not groups:
+      raise UserError(f"mapping file {path} maps none of the labels of {config.dataset}")
+    model, weights = imagenet_model(config)
+    size, backbone = 224, f"{config.model.arch.upper()} (ImageNet, unmodified)"
+  else:
+    model, names, size, weights = named
+    groups, unmapped = by_name(names, source.labels)
+    attrs = weights_lib.file_attrs(weights)
+    mapping, backbone = "by name", (f"{attrs.get('arch', 'vgg').upper()} pretrained on "
+                                    f"{attrs.get('dataset', '?')} ({len(names)} classes, unmodified)")
+    if not groups:
+      raise UserError(f"weights file {weights}: none of its classes {names[:8]} is a label of "
+                      f"{config.dataset}")
+  # The top takes the images it was trained on (224 px for ImageNet), whatever the config says.
   cfg = ml_collections.ConfigDict(config.to_dict())
-  cfg.image_size = 224
+  cfg.image_size = size
   score = scoring.scorer(model, cfg, parallel.mesh(), "softmax")
   probabilities, labels, images = score(source, split, keep_images=int(config.eval.examples))
   scores = map_scores(probabilities, groups, len(source.labels), config.eval.baseline_reduce)
   mapped = sorted(groups)
   meta = {"kind": "baseline", "dataset": config.dataset, "split": split, "weights": weights,
-          "mapping": path.name if path.parent.name == "resources" else str(path),
-          "reduce": config.eval.baseline_reduce,
+          "mapping": mapping, "reduce": config.eval.baseline_reduce, "source": backbone,
           "mapped": [source.labels[i] for i in mapped], "unmapped": unmapped,
           "protocol": dict(protocol.record(cfg, source, split, labels[:, mapped]),
-                           backbone=f"{config.model.arch.upper()} (ImageNet, unmodified)")}
+                           backbone=backbone)}
   out = workdir_lib.eval_dir(workdir, split)
   with workdir_lib.staged(out / "baseline") as staging:
     m = results.save(staging, scores, labels, source.labels, meta, config, columns=mapped,

@@ -13,6 +13,7 @@ explicit command-line override of any other key is refused, since it would misde
 import hashlib
 import json
 import pathlib
+import shutil
 
 import ml_collections
 from absl import logging
@@ -108,6 +109,12 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   activation = config.head.get("activation", "sigmoid")
   score = scoring.scorer(restored.model, config, mesh, activation)
   scores, y, images = score(source, split, keep_images=int(config.eval.get("examples", 16)))
+  out = workdir_lib.eval_dir(workdir, split)
+  if (config.eval.get("head_alone", False) and restored.stage != "head"
+      and checkpoints.steps_on_disk(workdir, "head")):
+    _head_alone(workdir, config, source, split, mesh, out, activation)
+  elif (out / "head").is_dir() and workdir_lib.is_chief():
+    shutil.rmtree(out / "head")  # an earlier run's: not this evaluation's (it is recomputable)
   tuned = None
   if config.eval.tune_thresholds and split != "val":
     val_scores, val_y, _ = score(source, "val", keep_images=0)
@@ -119,7 +126,6 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
           "stage": restored.stage, "step": restored.step, "weights": restored.weights,
           "digest": _digest(config, restored.stage, restored.step, split),
           "protocol": protocol.record(config, source, split, y)}
-  out = workdir_lib.eval_dir(workdir, split)
   with workdir_lib.staged(out) as staging:
     m = results.save(staging, scores, y, restored.labels, meta, config, images=images,
                      tuned=tuned)
@@ -134,6 +140,19 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   logging.info("evaluate %s: mAP %.4f, CF1 %.4f, OF1 %.4f; report %s", split, m["mAP"], m["CF1"],
                m["OF1"], path)
   return m
+
+
+def _head_alone(workdir, config, source, split, mesh, out, activation):
+  """eval.head_alone: the head stage's best checkpoint (the head on the frozen backbone's
+  features) scored on split into out/head, which the report shows beside the fine-tuned model."""
+  head = checkpoints.restore_model(workdir, "head", "best")
+  scores, y, _ = scoring.scorer(head.model, config, mesh, activation)(source, split, keep_images=0)
+  meta = {"kind": "model", "dataset": config.dataset, "split": split, "activation": activation,
+          "checkpoint": f"step {head.step} of the head stage (best)", "stage": "head",
+          "step": head.step, "weights": head.weights,
+          "protocol": protocol.record(config, source, split, y)}
+  with workdir_lib.staged(out / "head") as staging:
+    results.save(staging, scores, y, head.labels, meta, config)
 
 
 def evaluate_predictions(workdir, path, split="test", config=None):

@@ -46,12 +46,16 @@ def _table(header, rows):
   return "\n".join(lines) + "\n"
 
 
-def _columns(model, k):
-  """[(column name, metrics dict)] for the summary: threshold 0.5, then tuned thresholds if any."""
+def _columns(model, k, head=None):
+  """[(column name, metrics dict)] for the summary: threshold 0.5, then tuned thresholds if any,
+  then the head alone on the frozen backbone (eval.head_alone) if scored."""
   doc = model[0]
   cols = [(f"threshold {doc['meta']['threshold']}", doc["metrics"])]
   if doc.get("tuned"):
     cols.append((f"per-class thresholds tuned on {doc['tuned']['tuned_on']}", doc["tuned"]["metrics"]))
+  if head is not None:
+    cols.append(("head alone (frozen backbone), threshold "
+                 f"{head[0]['meta']['threshold']}", head[0]["metrics"]))
   return cols
 
 
@@ -92,15 +96,20 @@ def _baseline_section(base, model, base_dir):
   meta = doc["meta"]
   names = list(base[1]["names"])
   mapped = [names.index(n) for n in meta["mapped"]]
-  cols = [("ImageNet VGG16, no fine-tuning", doc["metrics"])]
+  source = meta.get("source", "VGG16 (ImageNet, unmodified)")
+  imagenet = "ImageNet" in source
+  cols = [("ImageNet VGG16, no fine-tuning" if imagenet else "single-label source model",
+           doc["metrics"])]
   if model is not None and list(model[1]["names"]) == names:
     cols.append((f"fine-tuned, same {len(mapped)} classes", _subset_metrics(model, mapped, meta)))
     cols.append((f"fine-tuned, all {len(names)} classes", model[0]["metrics"]))
-  text = ["## Baseline: ImageNet VGG16 without fine-tuning\n",
-          f"ImageNet probabilities mapped onto the labels by `{meta['mapping']}` "
-          f"(a label's score is the {meta['reduce']} of its ImageNet classes' probabilities); "
+  kind = "ImageNet" if imagenet else "source"
+  title = "ImageNet VGG16" if imagenet else source
+  text = [f"## Baseline: {title} without fine-tuning\n",
+          f"Its softmax over the {kind} classes mapped onto the labels ({meta['mapping']}; a "
+          f"label's score is the {meta['reduce']} of its {kind} classes' probabilities); "
           f"weights `{meta['weights']}`.",
-          f"Labels without an ImageNet counterpart, left out of the means: "
+          f"Labels without a {kind} counterpart, left out of the means: "
           f"{', '.join(meta['unmapped']) or 'none'}.\n", summary_table(cols, meta["k"]),
           "![AP per class, baseline](baseline/ap_per_class.png)\n",
           "![precision-recall, baseline](baseline/pr_curves.png)\n"]
@@ -125,6 +134,7 @@ def write(eval_dir):
   """Writes eval_dir/report.md from the results found there; returns its path."""
   eval_dir = pathlib.Path(eval_dir)
   model = read_result(eval_dir)
+  head = read_result(eval_dir / "head")
   base = read_result(eval_dir / "baseline")
   preds = [(d, read_result(d)) for d in sorted(eval_dir.glob("predictions_*"))]
   preds = [(d, r) for d, r in preds if r is not None]
@@ -143,7 +153,9 @@ def write(eval_dir):
     mmeta = model[0]["meta"]
     out += ["## Fine-tuned model\n",
             f"Checkpoint: {mmeta.get('checkpoint', '')}.\n",
-            summary_table(_columns(model, k), k),
+            summary_table(_columns(model, k, head), k),
+            (f"The head-alone column is {head[0]['meta']['checkpoint']}: the head trained on the "
+             "frozen backbone's features, before fine-tuning.\n") if head is not None else "",
             "Rank metrics (mAP, LRAP, ranking loss, coverage, one-error, top-k) do not depend on "
             "thresholds: the tuned column leaves them out.\n" if model[0].get("tuned") else "",
             "### Per class (sorted by AP)\n",
@@ -159,7 +171,9 @@ def write(eval_dir):
   if model is not None:
     ours.append(("ours, fine-tuned VGG16", model[0]["metrics"]))
   if base is not None:
-    ours.append(("ours, ImageNet VGG16 baseline", base[0]["metrics"]))
+    source = base[0]["meta"].get("source", "ImageNet")
+    ours.append((f"ours, {'ImageNet VGG16' if 'ImageNet' in source else source} baseline",
+                 base[0]["metrics"]))
   table = literature.table(meta["dataset"], ours, meta.get("protocol"), k=k,
                            topk_min_score=meta["topk_min_score"])
   if table:

@@ -143,7 +143,7 @@ def export(workdir, output_dir, which="best", stage=None):
 def export_keras_h5(workdir, output, which="best", stage=None):
   """--mode=export --format=keras_h5: the run's VGG weights as one Keras HDF5 file at output.
 
-  The file holds the backbone (and, when the head is one dense layer on fc2, that layer as
+  The file holds the backbone (and, when the head is one dense layer, that layer as
   'predictions'; models.keras_layers) in the layout model.weights=FILE and Keras's
   `load_weights` read, plus root attributes naming its preprocessing convention (which
   model.weights then applies), labels, source checkpoint and model settings. Returns the path.
@@ -157,12 +157,13 @@ def export_keras_h5(workdir, output, which="best", stage=None):
   config, layers = r.config, models.keras_layers(r.model)
   top = "predictions" in layers
   attrs = {"preprocessing": models.preprocessing_of(config), "checkpoint": r.name,
+           "dataset": config.dataset,
            "workdir": str(r.workdir), "arch": config.model.arch, "width": config.model.width,
            "batch_norm": config.model.batch_norm, "include_top": config.model.include_top,
            "pooling": config.model.pooling, "image_size": config.image_size,
            "labels": json.dumps(list(r.labels) if top else [])}
   weights_lib.write_keras_h5(out, layers, attrs)
-  what = (f"with its {len(r.labels)}-class top as 'predictions'" if top else
+  what = (f"with its {len(r.labels)}-class head as 'predictions'" if top else
           "backbone only (a head with a hidden layer has no place in a Keras VGG file)")
   print(f"wrote {out}: {len(layers)} layers of {config.model.arch} from {r.name}, {what}; "
         f"use it with --config.model.weights={out}")

@@ -1,4 +1,6 @@
 """The multi-label model (VGG backbone + head) built from the config, its weights and its outputs."""
+import json
+
 import jax
 import numpy as np
 from flax import nnx
@@ -69,20 +71,42 @@ def load_backbone_weights(backbone, config):
 def keras_layers(model):
   """A MultiLabelModel's weights as a Keras VGG file holds them: {layer: {param: float32 array}}.
 
-  The backbone's layers always; the head as 'predictions' when it is one dense layer on fc2
-  (model.include_top and head.hidden=0), the layout of Keras's VGG16(include_top=True, classes=C).
-  A head with a hidden layer has no place in that layout and is left out.
+  The backbone's layers always; the head as 'predictions' when it is one dense layer
+  (head.hidden=0): on fc2 the layout of Keras's VGG16(include_top=True, classes=C), on a headless
+  backbone that of VGG16(include_top=False, pooling=...) followed by Dense(C, name='predictions').
+  A head with a hidden layer has no place in either layout and is left out.
   """
   backbone, layers = model.backbone, {}
   for name in backbone.layer_names:
     layer = getattr(backbone, name)
     layers[name] = {p: np.asarray(getattr(layer, p).get_value(), np.float32)
                     for p in weights.param_names(name)}
-  if backbone.include_top and not backbone.num_classes and not model.head.hidden:
+  if not backbone.num_classes and not model.head.hidden:
     dense = model.head.predictions
     layers["predictions"] = {"kernel": np.asarray(dense.kernel.get_value(), np.float32),
                              "bias": np.asarray(dense.bias.get_value(), np.float32)}
   return layers
+
+
+def file_classifier(path, *, dtype="float32"):
+  """(MultiLabelModel, class names, image size) of a single-label classifier file that mlc_jax
+  wrote (`--mode=export --format=keras_h5` of a run whose head is one dense layer): the backbone
+  as the file's attributes describe it, the head its 'predictions' layer. UserError otherwise."""
+  attrs, found = weights.file_attrs(path), weights.read_weights(path)
+  labels = json.loads(attrs.get("labels") or "[]")
+  if not labels or "predictions" not in found:
+    raise UserError(f"weights file {path} carries no classifier top with class names; write it "
+                    "with --mode=export --format=keras_h5 from a run whose head.hidden=0")
+  arch, batch_norm, _ = weights.describe(found)
+  backbone = VGG(arch, include_top=attrs.get("include_top") == "True", pooling=attrs["pooling"],
+                 width=float(attrs["width"]), batch_norm=batch_norm, num_classes=0,
+                 image_size=int(attrs["image_size"]), dtype=dtype,
+                 preprocessing=attrs["preprocessing"], rngs=nnx.Rngs(0))
+  weights.load_into(backbone, path, found)
+  head = Head(backbone.num_features, len(labels), hidden=0, rngs=nnx.Rngs(0))
+  head.predictions.kernel.set_value(jax.numpy.asarray(found["predictions"]["kernel"]))
+  head.predictions.bias.set_value(jax.numpy.asarray(found["predictions"]["bias"]))
+  return MultiLabelModel(backbone, head), labels, int(attrs["image_size"])
 
 
 def imagenet_vgg(path="imagenet", *, cache_dir=None, dtype="float32"):
