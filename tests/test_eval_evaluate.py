@@ -209,3 +209,40 @@ def test_evaluate_takes_only_keys_that_do_not_change_the_model(shapes_config):
   assert config.image_size == saved.image_size
   with pytest.raises(UserError, match=r"overriding image_size would change it"):
     evaluate.evaluation_config(saved, given, explicit={"image_size": 48, "eval.k": 2})
+
+
+def test_head_alone_scored_beside_the_fine_tuned_model(shapes_config, tmp_path):
+  """eval.head_alone: with a head and a finetune checkpoint (two different models), the report's
+  summary gains the head's column; its scores are the head checkpoint's model on test."""
+  import jax
+  from flax import nnx
+  from mlc_jax import models
+  config = shapes_config.copy_and_resolve_references()
+  config.head.hidden = 16
+  config.eval.head_alone = True
+  head_model = make_workdir(config, tmp_path)
+  tuned = models.build_model(config, len(registry.get(config).labels), rngs=nnx.Rngs(11))
+  mngr = checkpoints.Manager(tmp_path, "finetune", "val_loss")
+  mngr.save(1, checkpoints.model_state(tuned), {"step": np.int64(1)}, metrics={"val_loss": 0.4})
+  mngr.close()
+  evaluate.evaluate(str(tmp_path), split="test", given=config)
+  source = registry.get(config)
+  images = np.concatenate([b["image"][b["mask"]] for b in pipeline.batches(
+      source, "test", batch_size=16, train=False, config=config)])
+  for folder, model in (("eval/test", tuned), ("eval/test/head", head_model)):
+    saved = np.load(tmp_path / folder / "scores.npz")
+    expected = np.asarray(jax.nn.sigmoid(model(images)))  # eager, no jit, no sharding
+    np.testing.assert_allclose(saved["scores"], expected, rtol=1e-4, atol=1e-5, err_msg=folder)
+  head = json.loads((tmp_path / "eval/test/head/metrics.json").read_text())
+  assert head["meta"]["stage"] == "head"
+  y = np.load(tmp_path / "eval/test/head/scores.npz")["labels"]
+  assert head["metrics"]["mAP"] == pytest.approx(_reference(expected, y)["mAP"], abs=1e-5)
+  report = (tmp_path / "eval/test/report.md").read_text()
+  header = next(l for l in report.splitlines() if l.startswith("| metric | threshold 0.5"))
+  assert header.endswith("| head alone (frozen backbone), threshold 0.5 |")
+  row = next(l for l in report.splitlines() if l.startswith("| mAP |"))
+  assert row.split("|")[-2].strip() == f"{100 * head['metrics']['mAP']:.2f}"
+  config.eval.head_alone = False  # turned off: the head's result goes with the next evaluation
+  evaluate.evaluate(str(tmp_path), split="test", given=config)
+  assert not (tmp_path / "eval/test/head").exists()
+  assert "head alone" not in (tmp_path / "eval/test/report.md").read_text()
