@@ -21,6 +21,11 @@ same pretrained file and head checkpoint; unfreeze_blocks x learning rate):
   4 blocks: 1e-1 0.947, 3e-1 0.943;   every block ('all'): 1e-2 0.893
 so 3 blocks at 0.3. The head alone reached val mAP 0.84 (0.71 on a backbone pretrained 5 epochs
 instead of 8; global max pooling 0.726 vs average 0.712 on that one, so max it is).
+
+From scratch, measured once: this config without the pretrained file (a random backbone, the
+same frozen blocks) gives the head alone val mAP 0.358 and after finetune val 0.443, test 0.418;
+training every block from scratch instead (AdamW 2e-3 cosine, 10 epochs, the previous demo) gave
+test mAP 0.87-0.92 across seeds in 3-6 minutes (figures measured on test, before this recipe).
 """
 from mlc_jax import config as defaults
 
