@@ -4,7 +4,7 @@ that backbone beats the same head on a randomly initialised backbone.
 
 Measured here: the source classifier reaches val mAP 0.22 (16 classes), the head on its features
 0.39 against 0.31 on the random backbone (32 px instead of 64: the source hardly learns and the
-gap is within noise)."""
+gap is within noise; with 640 pretraining and 256 multi-label images the gap shrinks to 0.046)."""
 import json
 
 import ml_collections
