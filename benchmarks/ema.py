@@ -27,7 +27,7 @@ def _config(args, ema_decay):
   from mlc_jax import config as config_lib
   c = config_lib.get_config()
   c.image_size, c.model.width, c.model.weights = args.size, args.width, ""
-  c.model.batch_norm, c.model.pooling, c.head.hidden = True, "avg", 256
+  c.model.batch_norm, c.model.pooling, c.head.hidden = True, "avg", (256,)
   c.finetune.update(unfreeze_blocks=args.unfreeze, ema_decay=ema_decay)
   return c
 

@@ -43,7 +43,7 @@ def get_config():
   c.model.batch_norm = True
   c.model.pooling = "max"
   c.model.weights = ""  # make demo passes the pretrained file
-  c.head.hidden = 256
+  c.head.hidden = (256,)
   c.head.dropout = 0.2
   c.head.epochs = 10
   c.head.learning_rate = 1e-3

@@ -4,7 +4,7 @@ Keras HDF5 file (`--mode=export --format=keras_h5`) that configs/demo.py loads v
 
   python launch.py --config=configs/demo_pretrain.py --workdir=DIR          (make demo runs it)
 
-Its head is one dense layer (head.hidden=0, a 16-way softmax on globally average-pooled block-5
+Its head is one dense layer (head.hidden=(), a 16-way softmax on globally average-pooled block-5
 features), written into the file as `predictions`: the file is a complete single-label
 classifier, the proposal's first benchmark once its 16 classes are mapped onto the demo's 8
 labels (--mode=baseline).
@@ -33,7 +33,7 @@ def get_config():
   c.model.batch_norm = True
   c.model.pooling = "avg"
   c.model.weights = ""
-  c.head.hidden = 0
+  c.head.hidden = ()
   c.head.activation = "softmax"
   c.finetune.unfreeze_blocks = "all"
   c.finetune.optimizer = "adamw"

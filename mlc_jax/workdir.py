@@ -100,8 +100,15 @@ def is_free(key):
 
 
 def _plain(config):
-  """config -> {flat key: JSON value} (tuples become lists, as config.json stores them)."""
-  return config_lib.flatten(json.loads(config.to_json()))
+  """config -> {flat key: JSON value} (tuples become lists, as config.json stores them); head.hidden
+  as its list of sizes, so an older config's 1024 equals (1024,)."""
+  flat = config_lib.flatten(json.loads(config.to_json()))
+  if "head.hidden" in flat:
+    try:
+      flat["head.hidden"] = list(config_lib.hidden_sizes(flat["head.hidden"]))
+    except UserError:
+      pass  # validate names a bad value; here it is compared as written
+  return flat
 
 
 def config_changes(saved, new):

@@ -22,7 +22,7 @@ VAL_LOSS = (0.5, 0.3, 0.4)  # three epochs: the second is best by loss, the firs
 def _workdir(shapes_config, workdir, best_metric="val_loss", stages=("head",)):
   """A workdir whose stages each hold steps 1-3 of models seeded 1-3 -> {(stage, step): params}."""
   config = ml_collections.ConfigDict(shapes_config.to_dict())
-  config.head.hidden = 8
+  config.head.hidden = (8,)
   config.checkpoint.best_metric = best_metric
   source = registry.get(config)
   workdir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,15 @@ def test_launch_names_a_mistyped_override_in_one_line(tmp_path):
   assert not (tmp_path / "w").exists()
 
 
+def test_head_hidden_sizes_from_every_form():
+  from mlc_jax import config as config_lib
+  assert config_lib.hidden_sizes((512, 256)) == (512, 256) == config_lib.hidden_sizes([512, 256])
+  assert config_lib.hidden_sizes(1024) == (1024,) and config_lib.hidden_sizes(0) == ()
+  for bad in (-1, "1024", (512, 0), (2.5,), True):  # as an older or hand-edited config.json holds
+    with pytest.raises(UserError, match=r"head.hidden=.*: give the hidden layers' sizes"):
+      config_lib.hidden_sizes(bad)
+
+
 @pytest.mark.parametrize("key, value, fix", [
     ("augment.zoom", 1.5, r"augment.zoom=1.5: must be in \[0, 1\)"),
     ("augment.zoom", -0.1, r"augment.zoom=-0.1"),
@@ -61,6 +70,7 @@ def test_launch_names_a_mistyped_override_in_one_line(tmp_path):
     ("model.weights", "/no/such/file.h5", r"model.weights='/no/such/file.h5': no such file"),
     ("data.csv", "/no/such/labels.csv", r"data.csv='/no/such/labels.csv': no such file"),
     ("eval.mapping", "/no/such/map.json", r"eval.mapping="),
+    ("head.hidden", (512, 0), r"head.hidden=\(512, 0\): give the hidden layers' sizes, e.g."),
 ])
 def test_bad_values_name_key_value_and_fix(key, value, fix):
   c = default_config()

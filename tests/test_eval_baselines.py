@@ -160,7 +160,7 @@ def test_single_label_source_file_mapped_by_name_on_shapes(shapes_config, tmp_pa
   from mlc_jax.models import weights as weights_lib
   names = list(SINGLE_CLASSES[8:]) + list(SINGLE_CLASSES[:8])[::-1]  # namesakes out of order
   config = default_config()
-  config.image_size, config.head.hidden = 32, 0
+  config.image_size, config.head.hidden = 32, ()
   config.model.update(width=1 / 16, batch_norm=True, weights="", pooling="avg")
   model = models.build_model(config, 16, rngs=nnx.Rngs(3))
   kernel = model.head.predictions.kernel

@@ -38,7 +38,7 @@ def make_workdir(config, workdir):
 @pytest.fixture(scope="module")
 def evaluated(shapes_config, tmp_path_factory):
   config = shapes_config.copy_and_resolve_references()
-  config.head.hidden = 16
+  config.head.hidden = (16,)
   workdir = tmp_path_factory.mktemp("eval_workdir")
   model = make_workdir(config, workdir)
   result = evaluate.evaluate(str(workdir), split="test")
@@ -218,7 +218,7 @@ def test_head_alone_scored_beside_the_fine_tuned_model(shapes_config, tmp_path):
   from flax import nnx
   from mlc_jax import models
   config = shapes_config.copy_and_resolve_references()
-  config.head.hidden = 16
+  config.head.hidden = (16,)
   config.eval.head_alone = True
   head_model = make_workdir(config, tmp_path)
   tuned = models.build_model(config, len(registry.get(config).labels), rngs=nnx.Rngs(11))

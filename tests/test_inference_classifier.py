@@ -83,7 +83,7 @@ def test_load_imagenet_from_cache_and_bad_files(narrow, tmp_path):
   cached = load_imagenet("imagenet", cache_dir=cache)
   np.testing.assert_array_equal(cached.predict(images), classifier.predict(images))
   config = default_config()  # include_top for training: fc1/fc2 from the file, no predictions layer
-  config.image_size, config.head.hidden = 224, 0
+  config.image_size, config.head.hidden = 224, ()
   config.model.weights, config.model.width, config.model.include_top = str(path), WIDTH, True
   model = build_model(config, 4)
   load_backbone_weights(model.backbone, config)
@@ -101,7 +101,7 @@ def test_load_imagenet_from_cache_and_bad_files(narrow, tmp_path):
 
 def test_multilabel_classifier_uses_sigmoid_and_thresholds():
   config = default_config()
-  config.image_size, config.model.weights, config.model.width, config.head.hidden = 32, "", WIDTH, 0
+  config.image_size, config.model.weights, config.model.width, config.head.hidden = 32, "", WIDTH, ()
   model = build_model(config, 3)
   labels = ["cat", "dog", "car"]
   classifier = Classifier(model, labels, image_size=32, thresholds=[0.0, 1.1, 0.5])

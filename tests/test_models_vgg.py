@@ -147,10 +147,25 @@ def test_head_dropout_is_keyed_and_off_at_inference():
   assert not hasattr(linear, "fc1") and linear(x).shape == (4, 5)
 
 
+def test_head_of_two_hidden_layers_matches_numpy():
+  head = Head(16, 5, hidden=(12, 7), dropout=0.5, rngs=nnx.Rngs(1))
+  x = np.random.default_rng(3).normal(size=(4, 16)).astype(np.float32)
+  h = x
+  for layer in (head.fc1, head.fc2):
+    h = np.maximum(h @ layer.kernel[...] + layer.bias[...], 0)
+  expected = h @ head.predictions.kernel[...] + head.predictions.bias[...]
+  np.testing.assert_allclose(head(x), expected, rtol=1e-5, atol=1e-5)
+  assert head.fc2.kernel[...].shape == (12, 7) and not hasattr(head, "fc3")
+  assert head.sizes == (12, 7) == Head(16, 5, hidden=[12, 7]).sizes
+  assert Head(16, 5, hidden=32).sizes == (32,) and Head(16, 5, hidden=()).sizes == ()
+  train = head(x, train=True, rngs=nnx.Rngs(dropout=jax.random.key(7)))
+  assert not np.allclose(train, expected)  # dropout after each hidden layer when training
+
+
 def small_config(**model):
   config = default_config()
   config.image_size, config.model.weights, config.model.width = 32, "", 1 / 16
-  config.head.hidden = 8
+  config.head.hidden = (8,)
   for key, value in model.items():
     config.model[key] = value
   return config

@@ -187,7 +187,7 @@ def test_written_keras_file_is_read_by_keras_and_by_us(tmp_path):
   head): Keras's own load_weights builds a model that predicts what ours predicts, our reader
   gives back every array exactly, and the file's preprocessing becomes model.weights'."""
   config = default_config()
-  config.image_size, config.head.hidden = 32, 0
+  config.image_size, config.head.hidden = 32, ()
   config.model.update(arch="vgg16", width=1 / 16, batch_norm=True, include_top=True, weights="",
                       preprocessing="unit")
   model = models.build_model(config, 16)

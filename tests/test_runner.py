@@ -19,7 +19,7 @@ def _config(shapes_config, **stages):
   c.finetune.epochs = stages.get("finetune", 1)
   c.finetune.unfreeze_blocks = "2"
   c.finetune.learning_rate = 1e-2
-  c.head.hidden = 16
+  c.head.hidden = (16,)
   c.log_every_steps = 2
   return c
 

@@ -15,7 +15,7 @@ def _tiny_model(include_top=False):
   from mlc_jax import models
   c = default_config()
   c.image_size, c.model.width, c.model.weights, c.model.include_top = 32, 1 / 16, "", include_top
-  c.head.hidden = 8
+  c.head.hidden = (8,)
   return models.build_model(c, 3)
 
 

@@ -18,7 +18,7 @@ LOWER = tuple(f"backbone/block{b}_" for b in range(1, 5))
 
 def _config(**finetune):
   c = default_config()
-  c.image_size, c.model.width, c.model.weights, c.head.hidden = 32, 1 / 16, "", 16
+  c.image_size, c.model.width, c.model.weights, c.head.hidden = 32, 1 / 16, "", (16,)
   c.model.batch_norm = True
   c.augment.update(flip=False, zoom=0.0, rotation=0.0)
   c.finetune.update(dict(dict(learning_rate=0.05, momentum=0.9, unfreeze_blocks="1"), **finetune))

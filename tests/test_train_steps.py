@@ -10,7 +10,7 @@ from mlc_jax.train import loop, stages
 
 def _model():
   c = default_config()
-  c.image_size, c.model.width, c.model.weights, c.head.hidden = 32, 1 / 16, "", 16
+  c.image_size, c.model.width, c.model.weights, c.head.hidden = 32, 1 / 16, "", (16,)
   return models.build_model(c, 4)
 
 

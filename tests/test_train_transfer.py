@@ -26,7 +26,7 @@ def test_head_on_pretrained_features_beats_a_random_backbone(shapes_config, tmp_
   pre.dataset, pre.stages = "shapes_single", ("finetune",)
   pre.image_size = pre.data.shapes_image_size = 64  # at 32 px a 1/16-width VGG hardly learns shapes
   pre.data.shapes_train, pre.data.shapes_val, pre.data.shapes_test = PRE_N, 32, 32
-  pre.head.hidden, pre.head.activation, pre.model.batch_norm = 0, "softmax", True
+  pre.head.hidden, pre.head.activation, pre.model.batch_norm = (), "softmax", True
   pre.finetune.update(unfreeze_blocks="all", optimizer="adamw", learning_rate=4e-3, epochs=PRE_EPOCHS,
                       warmup_epochs=1, schedule="cosine", weight_decay=1e-4)
   pre.eval.tune_thresholds = False
@@ -40,7 +40,7 @@ def test_head_on_pretrained_features_beats_a_random_backbone(shapes_config, tmp_
     c.model.batch_norm = True
     c.data.shapes_train, c.data.shapes_val = MULTI_N, 64
     c.image_size = c.data.shapes_image_size = 64
-    c.head.update(epochs=6, learning_rate=1e-3, hidden=64, dropout=0.0)
+    c.head.update(epochs=6, learning_rate=1e-3, hidden=(64,), dropout=0.0)
     runner.train_and_evaluate(c, str(tmp_path / name))
     found[name] = _best_val_map(tmp_path / name, "head")
   found["source"] = _best_val_map(tmp_path / "pretrain", "finetune")

@@ -32,7 +32,7 @@ def finished(shapes_config, tmp_path_factory):
   """A finished workdir: features, a 1-epoch head and its evaluation."""
   config = ml_collections.ConfigDict(shapes_config.to_dict())
   config.stages = ("features", "head", "evaluate")
-  config.head.epochs, config.head.hidden = 1, 16
+  config.head.epochs, config.head.hidden = 1, (16,)
   workdir = tmp_path_factory.mktemp("finished")
   runner.train_and_evaluate(config, str(workdir))
   return config, workdir
@@ -59,8 +59,8 @@ def test_a_change_to_the_model_shapes_is_refused_even_when_accepted(finished):
   config, workdir = finished
   before = _tree_digest(workdir)
   changed = ml_collections.ConfigDict(config.to_dict())
-  changed.head.hidden = 32
-  with pytest.raises(UserError, match=r"head.hidden: 16 -> 32.*new --workdir"):
+  changed.head.hidden = (32,)
+  with pytest.raises(UserError, match=r"head.hidden: \[16\] -> \[32\].*new --workdir"):
     runner.train_and_evaluate(changed, str(workdir), accept_config_change=True)
   assert _tree_digest(workdir) == before
 
@@ -102,6 +102,21 @@ def test_a_key_an_older_config_json_lacks_counts_as_its_default(shapes_config, t
   del saved["augment"]["color_jitter"]  # written before the key existed; default 0.0
   (tmp_path / "config.json").write_text(json.dumps(saved))
   workdir_lib.record_config(config, tmp_path, ["a"])
+
+
+def test_an_older_int_head_hidden_equals_its_tuple(shapes_config, tmp_path):
+  config = ml_collections.ConfigDict(shapes_config.to_dict())
+  config.head.hidden = (16,)
+  workdir_lib.record_config(config, tmp_path, ["a"])
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["head"]["hidden"] == [16]
+  saved["head"]["hidden"] = 16  # as config.json was written before head.hidden took a tuple
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert workdir_lib.config_changes(workdir_lib.read_config(tmp_path), config) == {}
+  saved["head"]["hidden"] = 0
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  assert workdir_lib.config_changes(workdir_lib.read_config(tmp_path), config) == {
+      "head.hidden": ([], [16])}
 
 
 _HOLD = """

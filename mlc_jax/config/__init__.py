@@ -103,7 +103,8 @@ def get_config():
 
   # Multi-label head and its training stage on cached bottleneck features.
   c.head = ml_collections.ConfigDict()
-  c.head.hidden = 1024          # fc1 units; 0 = a single linear layer
+  c.head.hidden = (1024,)       # hidden layers' sizes, each fc-ReLU-dropout (fc1, fc2, ...); () = linear;
+                                # --config.head.hidden=512 means (512,); an older config.json's int N too
   c.head.dropout = 0.5
   c.head.activation = "sigmoid" # sigmoid (multi-label) or softmax (single-label, for comparison)
   c.head.epochs = 20
@@ -226,4 +227,4 @@ def resolve_paths(config):
 
 # the checks (after the defaults they read)
 from mlc_jax.config.checks import (  # noqa: E402,F401
-    check_keys, check_param_groups, eval_batch_size, unfreeze_blocks, validate)
+    check_keys, check_param_groups, eval_batch_size, hidden_sizes, unfreeze_blocks, validate)

@@ -136,7 +136,7 @@ def _check_pure(config):
   if config.model.include_top and config.model.weights and int(config.image_size) != 224:
     c.fail("model.include_top", True, f"ImageNet's fc1 takes 224 px images and image_size is "
            f"{config.image_size}: set image_size=224 or model.include_top=False")
-  c.number("head.hidden", 0, integer=True)
+  hidden_sizes(config.head.hidden)
   c.number("head.dropout", 0, 1, high_open=True)
   for stage in ("head", "finetune"):
     c.number(f"{stage}.epochs", 0, integer=True)
@@ -224,6 +224,18 @@ def _check_source(config, source):
   if int(config.eval.k) > num_classes:
     raise UserError(f"eval.k={config.eval.k} exceeds the {num_classes} classes of "
                     f"{config.dataset}; set eval.k to at most {num_classes}")
+
+
+def hidden_sizes(value, key="head.hidden"):
+  """head.hidden -> the hidden layers' sizes as a tuple: (N1, N2, ...) as given, an int N -> (N,),
+  0 -> () (a linear head); UserError naming the key otherwise."""
+  whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
+  if whole(value) and value >= 0:
+    return (int(value),) if value else ()
+  if isinstance(value, (tuple, list)) and all(whole(v) and v >= 1 for v in value):
+    return tuple(int(v) for v in value)
+  raise UserError(f"{key}={value!r}: give the hidden layers' sizes, e.g. (1024,) (the proposal's "
+                  "head), (512, 256) (two layers) or () (linear)")
 
 
 def validate(config, mesh=None, source=None):

@@ -72,7 +72,7 @@ def keras_layers(model):
   """A MultiLabelModel's weights as a Keras VGG file holds them: {layer: {param: float32 array}}.
 
   The backbone's layers always; the head as 'predictions' when it is one dense layer
-  (head.hidden=0): on fc2 the layout of Keras's VGG16(include_top=True, classes=C), on a headless
+  (head.hidden=()): on fc2 the layout of Keras's VGG16(include_top=True, classes=C), on a headless
   backbone that of VGG16(include_top=False, pooling=...) followed by Dense(C, name='predictions').
   A head with a hidden layer has no place in either layout and is left out.
   """
@@ -81,7 +81,7 @@ def keras_layers(model):
     layer = getattr(backbone, name)
     layers[name] = {p: np.asarray(getattr(layer, p).get_value(), np.float32)
                     for p in weights.param_names(name)}
-  if not backbone.num_classes and not model.head.hidden:
+  if not backbone.num_classes and not model.head.sizes:
     dense = model.head.predictions
     layers["predictions"] = {"kernel": np.asarray(dense.kernel.get_value(), np.float32),
                              "bias": np.asarray(dense.bias.get_value(), np.float32)}
@@ -96,14 +96,14 @@ def file_classifier(path, *, dtype="float32"):
   labels = json.loads(attrs.get("labels") or "[]")
   if not labels or "predictions" not in found:
     raise UserError(f"weights file {path} carries no classifier top with class names; write it "
-                    "with --mode=export --format=keras_h5 from a run whose head.hidden=0")
+                    "with --mode=export --format=keras_h5 from a run whose head.hidden=()")
   arch, batch_norm, _ = weights.describe(found)
   backbone = VGG(arch, include_top=attrs.get("include_top") == "True", pooling=attrs["pooling"],
                  width=float(attrs["width"]), batch_norm=batch_norm, num_classes=0,
                  image_size=int(attrs["image_size"]), dtype=dtype,
                  preprocessing=attrs["preprocessing"], rngs=nnx.Rngs(0))
   weights.load_into(backbone, path, found)
-  head = Head(backbone.num_features, len(labels), hidden=0, rngs=nnx.Rngs(0))
+  head = Head(backbone.num_features, len(labels), hidden=(), rngs=nnx.Rngs(0))
   head.predictions.kernel.set_value(jax.numpy.asarray(found["predictions"]["kernel"]))
   head.predictions.bias.set_value(jax.numpy.asarray(found["predictions"]["bias"]))
   return MultiLabelModel(backbone, head), labels, int(attrs["image_size"])
