@@ -96,14 +96,14 @@ def by_name(source_names, labels):
 
 
 def named_source(config):
-  """(model, class names, image size, weights path) when the baseline's weights file is a named
-  single-label classifier mlc_jax wrote; None for ImageNet files."""
+  """(model, class names, image size, weights path, file attributes) when the baseline's weights
+  file is a named single-label classifier mlc_jax wrote; None for ImageNet files."""
   spec = config.eval.get("baseline_weights", "") or config.model.weights
-  if not spec or spec == "imagenet" or not json.loads(weights_lib.file_attrs(spec).get("labels")
-                                                      or "[]"):
+  attrs = {} if not spec or spec == "imagenet" else weights_lib.file_attrs(spec)
+  if not json.loads(attrs.get("labels") or "[]"):
     return None
   model, names, size = models.file_classifier(spec, dtype=config.dtype)
-  return model, names, size, str(spec)
+  return model, names, size, str(spec), attrs
 
 
 def imagenet_model(config):
@@ -117,7 +117,8 @@ def imagenet_model(config):
 
 
 def baseline(config, workdir, split="test"):
-  """Scores `split` with ImageNet VGG16 mapped onto the labels; writes WORKDIR/eval/SPLIT/baseline
+  """Scores `split` with ImageNet VGG16 (or a named single-label classifier file) mapped onto the
+  labels; writes WORKDIR/eval/SPLIT/baseline
   (metrics.json, scores.npz, plots) and the report; returns the metrics dict."""
   config_lib.validate(config)
   named = named_source(config)
@@ -134,9 +135,8 @@ def baseline(config, workdir, split="test"):
     model, weights = imagenet_model(config)
     size, backbone = 224, f"{config.model.arch.upper()} (ImageNet, unmodified)"
   else:
-    model, names, size, weights = named
+    model, names, size, weights, attrs = named
     groups, unmapped = by_name(names, source.labels)
-    attrs = weights_lib.file_attrs(weights)
     mapping, backbone = "by name", (f"{attrs.get('arch', 'vgg').upper()} pretrained on "
                                     f"{attrs.get('dataset', '?')} ({len(names)} classes, unmodified)")
     if not groups:
