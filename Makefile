@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean gpu-wheels
+.PHONY: install test demo sweep-demo clean gpu-wheels
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ demo: install
 	test -f $(PRETRAINED) || $(PY) launch.py --mode=export --format=keras_h5 --workdir=$(DEMO_CACHE)/$(DEMO_KEY) --output=$(PRETRAINED)
 	$(PY) launch.py $(DEMO_FLAGS)
 	$(PY) launch.py --mode=baseline $(DEMO_FLAGS)
+
+# configs/sweep_demo.py: a head-and-finetune sweep on the demo, with the same pretrained backbone.
+sweep-demo: install
+	test -f $(PRETRAINED) || $(PY) launch.py --config=configs/demo_pretrain.py --workdir=$(DEMO_CACHE)/$(DEMO_KEY)
+	test -f $(PRETRAINED) || $(PY) launch.py --mode=export --format=keras_h5 --workdir=$(DEMO_CACHE)/$(DEMO_KEY) --output=$(PRETRAINED)
+	$(PY) launch.py --mode=sweep --config=configs/sweep_demo.py --workdir=runs/sweep --config.model.weights=$(PRETRAINED)
 
 # Wheels at pyproject.toml's pins, in .whl/ (git-ignored), that benchmarks/gpu.sh installs offline on
 # the lent accelerator machine (BUILD.md, GPU): the pure-Python packages it lacks (ml-collections,

@@ -12,7 +12,7 @@ config_flags.DEFINE_config_file(
     "config", None, "Path to an ml_collections config file (configs/*.py).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: config, logs, checkpoints, features, reports.")
 flags.DEFINE_enum("mode", "train",
-                  ["train", "evaluate", "baseline", "predict", "export", "data_report"],
+                  ["train", "evaluate", "baseline", "predict", "export", "data_report", "sweep"],
                   "What to do with the config and workdir.")
 flags.DEFINE_bool("accept_config_change", False,
                   "train: continue a workdir whose config.json differs from --config in keys that "

@@ -47,6 +47,14 @@ def _dispatch(mode, config, workdir, flags, overrides):
     if fmt == "keras_h5":
       return export.export_keras_h5(workdir, flags.output, which=flags.which, stage=flags.stage)
     return export.export(workdir, flags.output, which=flags.which, stage=flags.stage)
+  if mode == "sweep":
+    from mlc_jax import sweep
+    path = "CONFIG"
+    if hasattr(flags, "__getitem__"):  # absl's FLAGS: the --config file, for the best command
+      from ml_collections import config_flags
+      path = config_flags.get_config_filename(flags["config"])
+    return sweep.run(_need_config(config, mode), workdir, config_path=path,
+                     overrides=dict(overrides or {}))
   if mode == "data_report":
     from mlc_jax.data import report
     return report.data_report(_need_config(config, mode), workdir)

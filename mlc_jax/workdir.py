@@ -35,7 +35,7 @@ from mlc_jax.errors import UserError
 # Keys that cannot change a finished stage: a relaunch may set them freely (not recorded).
 FREE_KEYS = ("log_every_steps", "eval_batch_size", "distributed", "stages",
              "checkpoint.every_steps", "data.data_dir", "data.manual_dir", "data.cache_mb",
-             "model.cache_dir", "model.weights_url", "eval.*")
+             "model.cache_dir", "model.weights_url", "eval.*", "sweep.*")
 # Keys that change the shapes in a checkpoint: never changed once a checkpoint exists.
 STRUCTURE_KEYS = ("dataset", "model.arch", "model.batch_norm", "model.width", "model.pooling",
                   "model.include_top", "head.hidden")

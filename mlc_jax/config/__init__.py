@@ -169,6 +169,14 @@ def get_config():
   c.eval.baseline_weights = ""   # baseline: ImageNet weights with the top ("imagenet" or a file); "" = model.weights
   c.eval.synonyms = ""           # predictions files: tag synonyms JSON; "" = resources/tag_synonyms.json
   c.eval.unknown_tags = "error"  # predictions files: tags naming no label -> error, or ignore (e.g. Clarifai's open vocabulary)
+
+  # --mode=sweep (mlc_jax/sweep.py): an Optuna study over config keys; validation metrics only.
+  c.sweep = ml_collections.ConfigDict()
+  c.sweep.space = ()             # ((key, (kind, ...)), ...): ('categorical', (values)), ('int'|'float'|'log', low, high)
+  c.sweep.sampler = "tpe"        # grid (every combination once), random, tpe
+  c.sweep.n_trials = 12          # trials in all; a rerun continues the study up to this
+  c.sweep.objective = "val_mAP"  # val_mAP, val_CF1_top3, val_OF1_top3 (maximised) or val_loss (minimised)
+  c.sweep.seed = 0               # the sampler's seed
   return c
 
 

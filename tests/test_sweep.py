@@ -1,0 +1,85 @@
+"""--mode=sweep: the grid once over, one feature computation for all trials, refused trials
+recorded, a bad space refused before any trial, and the best command reproducing its trial."""
+import ast
+import json
+
+import ml_collections
+import pytest
+
+from mlc_jax import runner, sweep, workdir as workdir_lib
+from mlc_jax.errors import UserError
+from mlc_jax.train import features
+
+
+def _config(shapes_config, space, sampler="grid", n_trials=4):
+  c = ml_collections.ConfigDict(shapes_config.to_dict())
+  c.stages, c.head.epochs = ("features", "head", "evaluate"), 2
+  c.sweep.update(space=space, sampler=sampler, n_trials=n_trials)
+  return c
+
+
+def _trials(sweep_dir):
+  import optuna
+  return optuna.load_study(study_name="sweep", storage=f"sqlite:///{sweep_dir / 'study.db'}").trials
+
+
+def test_grid_once_over_one_feature_cache_and_a_rerun_adds_nothing(shapes_config, tmp_path,
+                                                                   monkeypatch):
+  writes = []
+  real = features._write_split
+  monkeypatch.setattr(features, "_write_split", lambda tmp, split, *a: (writes.append(split),
+                                                                        real(tmp, split, *a)))
+  space = (("head.learning_rate", ("categorical", (1e-3, 3e-3))),
+           ("head.hidden", ("categorical", ((8,), (16,)))))
+  config = _config(shapes_config, space)
+  report = sweep.run(config, tmp_path, config_path="configs/x.py")
+  trials = _trials(tmp_path)
+  got = sorted((t.user_attrs["params"]["head.learning_rate"],
+                tuple(t.user_attrs["params"]["head.hidden"])) for t in trials)
+  assert got == sorted((lr, h) for lr in (1e-3, 3e-3) for h in ((8,), (16,)))  # each once
+  assert writes == ["train", "val", "test"]  # the bottleneck features, computed once for all 4
+  for t in trials:  # the value is the best validation epoch of the trial's own log
+    rows = workdir_lib.read_metrics(t.user_attrs["workdir"])
+    assert t.value == max(r["val_mAP"] for r in rows if r["stage"] == "head")
+    assert not (tmp_path / "trials" / f"{t.number:04d}" / "eval").exists()  # test never read
+  text = report.read_text()
+  assert "4 trials done, 0 failed" in text and text.count("| complete |") == 4
+  sweep.run(config, tmp_path)  # a rerun continues up to n_trials: nothing left to do
+  assert len(_trials(tmp_path)) == 4 and writes == ["train", "val", "test"]
+
+  best = max(trials, key=lambda t: t.value)
+  line = next(l.strip() for l in text.splitlines() if l.strip().startswith("python launch.py"))
+  assert line.startswith("python launch.py --config=configs/x.py --workdir=runs/best --config.")
+  again = ml_collections.ConfigDict(config.to_dict())  # the command's flags, applied by hand
+  for flag in line.split(" --config.")[1:]:
+    key, value = flag.split("=", 1)
+    section, field = key.split(".")
+    again[section][field] = ast.literal_eval(value.strip("'"))
+  again.stages = ("features", "head")
+  runner.train_and_evaluate(again, str(tmp_path / "best"))
+  rows = workdir_lib.read_metrics(tmp_path / "best")
+  assert max(r["val_mAP"] for r in rows if r["stage"] == "head") == best.value
+
+
+def test_a_refused_trial_is_recorded_and_the_study_goes_on(shapes_config, tmp_path):
+  config = _config(shapes_config, (("head.dropout", ("categorical", (0.2, 1.5))),), n_trials=2)
+  text = sweep.run(config, tmp_path).read_text()
+  assert "1 trials done, 1 failed" in text
+  failed = [l for l in text.splitlines() if "| fail:" in l]
+  assert len(failed) == 1 and "head.dropout=1.5" in failed[0]
+  assert json.loads(failed[0].split(" | ")[2]) == {"head.dropout": 1.5}
+
+
+@pytest.mark.parametrize("space, sampler, message", [
+    ((), "tpe", "sweep.space is empty"),
+    ((("head.learning_rate", ("log", 1e-4, 1e-2)),), "grid", "grid sampler needs categorical"),
+    ((("head.learnig_rate", ("log", 1e-4, 1e-2)),), "tpe", "'head.learnig_rate' is not a config key"),
+    ((("head.learning_rate", ("normal", 0, 1)),), "tpe", "kind 'normal' is not one of"),
+    ((("head.learning_rate", ("log", 0.0, 1e-2)),), "tpe", "low < high and low > 0"),
+    ((("head.hidden", ("categorical", ())),), "tpe", "write \\('categorical', \\(value"),
+    ((("stages", ("categorical", (("head",),))),), "tpe", "'stages' is not a config key a trial"),
+])
+def test_a_bad_space_fails_before_any_trial(shapes_config, tmp_path, space, sampler, message):
+  with pytest.raises(UserError, match=message):
+    sweep.run(_config(shapes_config, space, sampler), tmp_path / "s")
+  assert not (tmp_path / "s").exists()
