@@ -12,7 +12,10 @@ weights, data and image size compute the bottleneck features once (mlc_jax.train
 the cache). Its value is sweep.objective (a validation metric of the last trained stage, best
 epoch; never the test split). A trial whose config is refused (a UserError) is recorded as failed
 with its message and the study goes on. SWEEPDIR/report.md: the trials sorted by value and the
-best one as a runnable command. Trials run one after another in this process.
+best one as a runnable command. Trials run one after another in this process; a trial left
+running by a killed process is marked failed ('interrupted') when the command is run again, and
+the study goes on up to n_trials. sweep.storage (an Optuna RDB URL, e.g. PostgreSQL) lets the
+same command on several machines share one study.
 """
 import json
 import math
@@ -143,8 +146,14 @@ def run(config, sweep_dir, config_path="CONFIG", overrides=None):
              "random": lambda: optuna.samplers.RandomSampler(seed=seed),
              "tpe": lambda: optuna.samplers.TPESampler(seed=seed)}[config.sweep.sampler]()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
-  study = optuna.create_study(storage=f"sqlite:///{sweep_dir / 'study.db'}", study_name="sweep",
-                              direction=direction, sampler=sampler, load_if_exists=True)
+  local = not config.sweep.storage
+  storage = f"sqlite:///{sweep_dir / 'study.db'}" if local else config.sweep.storage
+  study = optuna.create_study(storage=storage, study_name="sweep", direction=direction,
+                              sampler=sampler, load_if_exists=True)
+  if local:  # nobody else works on a local study: a trial still running was killed with its process
+    for t in study.trials:
+      if t.state == optuna.trial.TrialState.RUNNING:
+        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
   def objective(trial):
     params = _suggest(trial, space)
@@ -189,7 +198,8 @@ def write_report(study, sweep_dir, config, config_path, overrides):
            f"| trial | {name} | params | seconds | state |", "|---|---|---|---|---|"]
   for t in done + failed:
     value = f"{t.value:.4f}" if t.value is not None else "-"
-    state = t.state.name.lower() + (f": {t.user_attrs['error']}" if "error" in t.user_attrs else "")
+    why = t.user_attrs.get("error", "interrupted: its process died mid-trial")
+    state = t.state.name.lower() + (f": {why}" if t.state.name == "FAIL" else "")
     lines.append(f"| {t.number} | {value} | {json.dumps(t.user_attrs.get('params', t.params))} | "
                  f"{t.user_attrs.get('seconds', '')} | {state} |")
   if done:

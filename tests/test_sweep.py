@@ -83,3 +83,19 @@ def test_a_bad_space_fails_before_any_trial(shapes_config, tmp_path, space, samp
   with pytest.raises(UserError, match=message):
     sweep.run(_config(shapes_config, space, sampler), tmp_path / "s")
   assert not (tmp_path / "s").exists()
+
+
+def test_a_trial_left_running_by_a_killed_process_is_marked_and_the_study_goes_on(
+    shapes_config, tmp_path):
+  import optuna
+  config = _config(shapes_config, (("head.learning_rate", ("categorical", (1e-3, 3e-3))),),
+                   sampler="random", n_trials=3)
+  study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="sweep",
+                              direction="maximize")
+  study.ask()  # trial 0 started, then its process was killed (no tell)
+  text = sweep.run(config, tmp_path).read_text()
+  trials = _trials(tmp_path)
+  assert [t.number for t in trials] == [0, 1, 2] and trials[0].state.name == "FAIL"
+  assert [t.state.name for t in trials[1:]] == ["COMPLETE", "COMPLETE"]
+  assert "| 0 | - | {} |  | fail: interrupted: its process died mid-trial |" in text
+  assert "2 trials done, 1 failed" in text

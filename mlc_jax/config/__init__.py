@@ -177,6 +177,7 @@ def get_config():
   c.sweep.n_trials = 12          # trials in all; a rerun continues the study up to this
   c.sweep.objective = "val_mAP"  # val_mAP, val_CF1_top3, val_OF1_top3 (maximised) or val_loss (minimised)
   c.sweep.seed = 0               # the sampler's seed
+  c.sweep.storage = ""           # Optuna storage URL shared by several machines (postgresql://...); "" = SWEEPDIR/study.db
   return c
 
 
