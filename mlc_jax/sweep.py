@@ -12,11 +12,13 @@ weights, data and image size compute the bottleneck features once (mlc_jax.train
 the cache). Its value is sweep.objective (a validation metric of the last trained stage, best
 epoch; never the test split). A trial whose config is refused (a UserError) is recorded as failed
 with its message and the study goes on. SWEEPDIR/report.md: the trials sorted by value and the
-best one as a runnable command. Trials run one after another in this process; a trial left
+best one as a runnable command. Trials run one after another in this process (a second command
+on the same local study fails at once, naming the first); a trial left
 running by a killed process is marked failed ('interrupted') when the command is run again, and
 the study goes on up to n_trials. sweep.storage (an Optuna RDB URL, e.g. PostgreSQL) lets the
 same command on several machines share one study.
 """
+import contextlib
 import json
 import math
 import os
@@ -147,42 +149,44 @@ def run(config, sweep_dir, config_path="CONFIG", overrides=None):
              "tpe": lambda: optuna.samplers.TPESampler(seed=seed)}[config.sweep.sampler]()
   optuna.logging.set_verbosity(optuna.logging.WARNING)
   local = not config.sweep.storage
-  storage = f"sqlite:///{sweep_dir / 'study.db'}" if local else config.sweep.storage
-  study = optuna.create_study(storage=storage, study_name="sweep", direction=direction,
-                              sampler=sampler, load_if_exists=True)
-  if local:  # nobody else works on a local study: a trial still running was killed with its process
-    for t in study.trials:
-      if t.state == optuna.trial.TrialState.RUNNING:
-        study.tell(t.number, state=optuna.trial.TrialState.FAIL)
+  # one command per local study: a second fails at once, naming the first (workdir.lock)
+  with workdir_lib.lock(sweep_dir) if local else contextlib.nullcontext():
+    storage = f"sqlite:///{sweep_dir / 'study.db'}" if local else config.sweep.storage
+    study = optuna.create_study(storage=storage, study_name="sweep", direction=direction,
+                                sampler=sampler, load_if_exists=True)
+    if local:  # nobody else works on a local study: a trial still running died with its process
+      for t in study.trials:
+        if t.state == optuna.trial.TrialState.RUNNING:
+          study.tell(t.number, state=optuna.trial.TrialState.FAIL)
 
-  def objective(trial):
-    params = _suggest(trial, space)
-    workdir = sweep_dir / "trials" / f"{trial.number:04d}"
-    workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "features").exists():
-      os.symlink(sweep_dir / "features", workdir / "features")  # one cache for every trial
-    trial.set_user_attr("params", params)
-    trial.set_user_attr("workdir", str(workdir))
-    start = time.time()
-    try:
-      runner.train_and_evaluate(trial_config(config, params), str(workdir))
-    except UserError as e:
-      trial.set_user_attr("error", str(e))
-      raise
-    finally:
-      trial.set_user_attr("seconds", round(time.time() - start, 1))
-    value = objective_value(workdir, config.sweep.objective)
-    print(f"sweep trial {trial.number + 1}/{config.sweep.n_trials}: {config.sweep.objective} "
-          f"{value:.4f} in {time.time() - start:.0f} s, {json.dumps(params)}", flush=True)
-    return value
+    def objective(trial):
+      params = _suggest(trial, space)
+      workdir = sweep_dir / "trials" / f"{trial.number:04d}"
+      workdir.mkdir(parents=True, exist_ok=True)
+      if not (workdir / "features").exists():
+        os.symlink(sweep_dir / "features", workdir / "features")  # one cache for every trial
+      trial.set_user_attr("params", params)
+      trial.set_user_attr("workdir", str(workdir))
+      start = time.time()
+      try:
+        runner.train_and_evaluate(trial_config(config, params), str(workdir))
+      except UserError as e:
+        trial.set_user_attr("error", str(e))
+        raise
+      finally:
+        trial.set_user_attr("seconds", round(time.time() - start, 1))
+      value = objective_value(workdir, config.sweep.objective)
+      print(f"sweep trial {trial.number + 1}/{config.sweep.n_trials}: {config.sweep.objective} "
+            f"{value:.4f} in {time.time() - start:.0f} s, {json.dumps(params)}", flush=True)
+      return value
 
-  finished = lambda: [t for t in study.trials if t.state.is_finished()]
-  while len(finished()) < config.sweep.n_trials:
-    if config.sweep.sampler == "grid" and len(finished()) >= math.prod(
-        len(v) for v in _grid(space).values()):
-      break  # every combination ran once
-    study.optimize(objective, n_trials=1, catch=(UserError,))
-  return write_report(study, sweep_dir, config, config_path, overrides or {})
+    finished = lambda: [t for t in study.trials if t.state.is_finished()]
+    while len(finished()) < config.sweep.n_trials:
+      if config.sweep.sampler == "grid" and len(finished()) >= math.prod(
+          len(v) for v in _grid(space).values()):
+        break  # every combination ran once
+      study.optimize(objective, n_trials=1, catch=(UserError,))
+    return write_report(study, sweep_dir, config, config_path, overrides or {})
 
 
 def write_report(study, sweep_dir, config, config_path, overrides):

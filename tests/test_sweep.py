@@ -99,3 +99,11 @@ def test_a_trial_left_running_by_a_killed_process_is_marked_and_the_study_goes_o
   assert [t.state.name for t in trials[1:]] == ["COMPLETE", "COMPLETE"]
   assert "| 0 | - | {} |  | fail: interrupted: its process died mid-trial |" in text
   assert "2 trials done, 1 failed" in text
+
+
+def test_a_second_command_on_a_local_study_fails_at_once(shapes_config, tmp_path):
+  config = _config(shapes_config, (("head.learning_rate", ("categorical", (1e-3,))),))
+  with workdir_lib.lock(tmp_path):  # the first command, still running
+    with pytest.raises(UserError, match="in use by pid"):
+      sweep.run(config, tmp_path)
+  assert not (tmp_path / "study.db").exists()
