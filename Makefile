@@ -31,16 +31,16 @@ DEMO_KEY = $(shell cat configs/demo_pretrain.py mlc_jax/data/datasets/shapes_dra
 PRETRAINED = $(DEMO_CACHE)/$(DEMO_KEY)/pretrained.h5
 DEMO_FLAGS = --config=configs/demo.py --workdir=runs/demo --config.model.weights=$(PRETRAINED)
 
-demo: install
-	test -f $(PRETRAINED) || $(PY) launch.py --config=configs/demo_pretrain.py --workdir=$(DEMO_CACHE)/$(DEMO_KEY)
-	test -f $(PRETRAINED) || $(PY) launch.py --mode=export --format=keras_h5 --workdir=$(DEMO_CACHE)/$(DEMO_KEY) --output=$(PRETRAINED)
+$(PRETRAINED): | $(STAMP)  # order-only: a newer install does not retrain a cached file
+	$(PY) launch.py --config=configs/demo_pretrain.py --workdir=$(DEMO_CACHE)/$(DEMO_KEY)
+	$(PY) launch.py --mode=export --format=keras_h5 --workdir=$(DEMO_CACHE)/$(DEMO_KEY) --output=$(PRETRAINED)
+
+demo: install $(PRETRAINED)
 	$(PY) launch.py $(DEMO_FLAGS)
 	$(PY) launch.py --mode=baseline $(DEMO_FLAGS)
 
 # configs/sweep_demo.py: a head-and-finetune sweep on the demo, with the same pretrained backbone.
-sweep-demo: install
-	test -f $(PRETRAINED) || $(PY) launch.py --config=configs/demo_pretrain.py --workdir=$(DEMO_CACHE)/$(DEMO_KEY)
-	test -f $(PRETRAINED) || $(PY) launch.py --mode=export --format=keras_h5 --workdir=$(DEMO_CACHE)/$(DEMO_KEY) --output=$(PRETRAINED)
+sweep-demo: install $(PRETRAINED)
 	$(PY) launch.py --mode=sweep --config=configs/sweep_demo.py --workdir=runs/sweep --config.model.weights=$(PRETRAINED)
 
 # Wheels at pyproject.toml's pins, in .whl/ (git-ignored), that benchmarks/gpu.sh installs offline on

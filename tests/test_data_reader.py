@@ -149,7 +149,8 @@ def test_predict_cli_names_the_bomb_and_counts_it(tmp_path, fixtures, monkeypatc
   fed = []
 
   class Stub:  # restore.load's classifier without a trained run
-    labels, image_size, resize, exif_orientation, max_pixels = ["a"], SIZE, "plain", True, None
+    labels, image_size, resize, exif_orientation = ["a"], SIZE, "plain", True
+    max_pixels = reader.DEFAULT_MAX_PIXELS  # as Classifier resolves it
 
     def predict(self, arrays):
       fed.append(np.asarray(arrays))

@@ -273,7 +273,7 @@ def test_predict_cli_summary_counts_each_kind(tmp_path, monkeypatch, capsys):
   (root / "broken.png").write_bytes(b"not a png")
 
   class Stub:  # restore.load's classifier without a trained run: the score is the mean pixel
-    labels, image_size, resize, exif_orientation, max_pixels = ["bright"], 16, "plain", True, None
+    labels, image_size, resize, exif_orientation, max_pixels = ["bright"], 16, "plain", True, 9e7
 
     def predict(self, arrays):
       return np.array([[a.mean() / 255] for a in arrays], np.float32)

@@ -12,6 +12,7 @@ from flax import nnx
 
 from mlc_jax import models
 from mlc_jax.config import CHOICES
+from mlc_jax.data import reader  # PIL and numpy only
 from mlc_jax.errors import UserError
 from mlc_jax.models import imagenet
 
@@ -45,7 +46,7 @@ class Classifier:
     self.image_size = int(image_size)
     self.resize = resize
     self.exif_orientation = bool(exif_orientation)
-    self.max_pixels = max_pixels  # None: mlc_jax.data.reader.DEFAULT_MAX_PIXELS
+    self.max_pixels = reader.DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
     self.activation = activation
     self.checkpoint = checkpoint  # 'STAGE/STEP' of a restored run (what `thresholds` were tuned for)
     self.thresholds = None
@@ -69,11 +70,9 @@ class Classifier:
       return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
     # Lazy: the resize imports TensorFlow (~2 s); uint8 arrays of the right size skip it.
     from mlc_jax.data import images as images_lib
-    from mlc_jax.data import reader
-    limit = reader.DEFAULT_MAX_PIXELS if self.max_pixels is None else int(self.max_pixels)
     # one image decoded at a time: memory is bounded by the largest allowed image
     return np.stack([images_lib.load(item, self.image_size, self.resize,
-                                     exif=self.exif_orientation, max_pixels=limit)
+                                     exif=self.exif_orientation, max_pixels=self.max_pixels)
                      for item in items])
 
   def predict(self, images, batch_size=32):

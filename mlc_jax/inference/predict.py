@@ -173,8 +173,7 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
   for start in range(0, len(paths), CHUNK):
     kept, arrays, bad = read_images(
         paths[start:start + CHUNK], classifier.image_size, classifier.resize,
-        exif=classifier.exif_orientation,
-        max_pixels=classifier.max_pixels or reader.DEFAULT_MAX_PIXELS)
+        exif=classifier.exif_orientation, max_pixels=classifier.max_pixels)
     for path, _, reason in bad:
       print(f"skipped {path}: {reason}", file=sys.stderr)
     skipped += bad  # a file the glob matched under another extension counts as unsupported type
