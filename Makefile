@@ -6,9 +6,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo sweep-demo clean gpu-wheels
+.PHONY: install install-postgres test demo sweep-demo clean gpu-wheels
 
 install: $(STAMP)
+
+# The PostgreSQL driver a sweep study shared by several machines needs (BUILD.md).
+install-postgres: install
+	$(PY) -m pip install -e '.[test,postgres]'
 
 # Reinstalls whenever pyproject.toml (the one place versions are pinned) changes.
 $(STAMP): pyproject.toml

@@ -26,6 +26,9 @@ flags.DEFINE_string("output", None, "predict: CSV/JSON-lines file to write; expo
 flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "keras_h5"],
                   "export: a StableHLO function with serve.py (default), or the VGG's weights as "
                   "a Keras HDF5 file that model.weights=FILE (and Keras's load_weights) reads.")
+flags.DEFINE_integer("sweep_workers", 1, "sweep: worker processes on this machine (each its own "
+                     "GPU where there are several, its own share of the CPU cores otherwise).",
+                     lower_bound=1)
 flags.DEFINE_enum("which", "best", ["best", "latest"], "evaluate/predict/export: which checkpoint.")
 flags.DEFINE_enum("stage", None, ["head", "finetune"],
                   "evaluate/predict/export: the stage's checkpoint (default: the last trained).")

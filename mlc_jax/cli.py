@@ -54,7 +54,8 @@ def _dispatch(mode, config, workdir, flags, overrides):
       from ml_collections import config_flags
       path = config_flags.get_config_filename(flags["config"])
     return sweep.run(_need_config(config, mode), workdir, config_path=path,
-                     overrides=dict(overrides or {}))
+                     overrides=dict(overrides or {}),
+                     workers=int(getattr(flags, "sweep_workers", 1) or 1))
   if mode == "data_report":
     from mlc_jax.data import report
     return report.data_report(_need_config(config, mode), workdir)

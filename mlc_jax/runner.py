@@ -35,11 +35,13 @@ def _summary(workdir, config):
   return "\n".join(lines)
 
 
-def train_and_evaluate(config, workdir, *, accept_config_change=False):
+def train_and_evaluate(config, workdir, *, accept_config_change=False, on_epoch=None):
   """Runs (or resumes) every stage of config.stages in workdir; returns the summary text.
 
   accept_config_change: continue a workdir whose config.json differs from config in keys that
   change what is trained (recorded in config_changes.jsonl); otherwise such a relaunch is refused.
+  on_epoch(row): called with each epoch's metrics.jsonl row once it is saved and logged (a sweep
+  reports it to its pruner; what it raises ends the run, the epoch's checkpoint kept).
   """
   config_lib.validate(config)
   parallel.initialize(config)
@@ -52,7 +54,7 @@ def train_and_evaluate(config, workdir, *, accept_config_change=False):
     config = workdir_lib.record_config(config, workdir, source.labels,
                                        accept_change=accept_config_change)
     run = loop.Run(config=config, workdir=workdir, source=source, labels=list(source.labels),
-                   mesh=mesh)
+                   mesh=mesh, on_epoch=on_epoch)
     try:
       for stage in config.stages:
         if stage in config_lib.TRAINED_STAGES and checkpoints.is_done(workdir, stage):

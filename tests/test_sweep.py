@@ -43,7 +43,7 @@ def test_grid_once_over_one_feature_cache_and_a_rerun_adds_nothing(shapes_config
     assert t.value == max(r["val_mAP"] for r in rows if r["stage"] == "head")
     assert not (tmp_path / "trials" / f"{t.number:04d}" / "eval").exists()  # test never read
   text = report.read_text()
-  assert "4 trials done, 0 failed" in text and text.count("| complete |") == 4
+  assert "4 trials done, 0 pruned, 0 failed" in text and text.count("| complete |") == 4
   sweep.run(config, tmp_path)  # a rerun continues up to n_trials: nothing left to do
   assert len(_trials(tmp_path)) == 4 and writes == ["train", "val", "test"]
 
@@ -64,7 +64,7 @@ def test_grid_once_over_one_feature_cache_and_a_rerun_adds_nothing(shapes_config
 def test_a_refused_trial_is_recorded_and_the_study_goes_on(shapes_config, tmp_path):
   config = _config(shapes_config, (("head.dropout", ("categorical", (0.2, 1.5))),), n_trials=2)
   text = sweep.run(config, tmp_path).read_text()
-  assert "1 trials done, 1 failed" in text
+  assert "1 trials done, 0 pruned, 1 failed" in text
   failed = [l for l in text.splitlines() if "| fail:" in l]
   assert len(failed) == 1 and "head.dropout=1.5" in failed[0]
   assert json.loads(failed[0].split(" | ")[2]) == {"head.dropout": 1.5}
@@ -95,10 +95,12 @@ def test_a_trial_left_running_by_a_killed_process_is_marked_and_the_study_goes_o
   study.ask()  # trial 0 started, then its process was killed (no tell)
   text = sweep.run(config, tmp_path).read_text()
   trials = _trials(tmp_path)
-  assert [t.number for t in trials] == [0, 1, 2] and trials[0].state.name == "FAIL"
-  assert [t.state.name for t in trials[1:]] == ["COMPLETE", "COMPLETE"]
-  assert "| 0 | - | {} |  | fail: interrupted: its process died mid-trial |" in text
-  assert "2 trials done, 1 failed" in text
+  # n_trials counts trials that ran to an end: three more; trial 0 drew no parameters, so there
+  # is nothing to resume
+  assert [t.number for t in trials] == [0, 1, 2, 3] and trials[0].state.name == "FAIL"
+  assert [t.state.name for t in trials[1:]] == ["COMPLETE"] * 3
+  assert "| 0 | - | {} |  |  | fail: interrupted: its process died mid-trial |" in text
+  assert "3 trials done, 0 pruned, 1 failed" in text
 
 
 def test_a_second_command_on_a_local_study_fails_at_once(shapes_config, tmp_path):
@@ -107,3 +109,89 @@ def test_a_second_command_on_a_local_study_fails_at_once(shapes_config, tmp_path
     with pytest.raises(UserError, match="in use by pid"):
       sweep.run(config, tmp_path)
   assert not (tmp_path / "study.db").exists()
+
+
+def test_two_workers_share_one_study_and_compute_the_features_once(shapes_config, tmp_path):
+  config = _config(shapes_config, (("head.learning_rate", ("log", 1e-4, 1e-2)),),
+                   sampler="random", n_trials=6)
+  config.sweep.pruner = "none"
+  text = sweep.run(config, tmp_path, workers=2).read_text()
+  trials = _trials(tmp_path)
+  assert [t.state.name for t in trials] == ["COMPLETE"] * 6  # the count never overshoots
+  assert len({t.params["head.learning_rate"] for t in trials}) == 6  # six distinct draws
+  assert {t.user_attrs["worker"] for t in trials} == {0, 1}  # both worked, in two processes
+  assert len({t.user_attrs["pid"] for t in trials}) == 2
+  caches = sorted(p.name for p in (tmp_path / "features").iterdir() if p.name != ".lock")
+  assert len(caches) == 1 and not caches[0].startswith(".")  # one key, built once, no leftovers
+  for t in trials:  # each value is its own trial's log: no trial's results crossed another's
+    rows = workdir_lib.read_metrics(t.user_attrs["workdir"])
+    assert t.value == max(r["val_mAP"] for r in rows) and len(rows) == 2
+  assert "6 trials done, 0 pruned, 0 failed" in text
+
+
+def test_pruning_stops_a_trial_below_the_median_at_its_epoch(shapes_config, tmp_path):
+  import optuna
+  config = _config(shapes_config, (("head.learning_rate", ("log", 1e-8, 1e-1)),), "tpe", 2)
+  config.head.epochs = 3
+  config.sweep.update(pruner="median", prune_startup_trials=1, prune_warmup_epochs=0)
+  study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="sweep",
+                              direction="maximize")
+  study.enqueue_trial({"head.learning_rate": 3e-2})  # learns
+  study.enqueue_trial({"head.learning_rate": 1e-8})  # does not move from its start
+  text = sweep.run(config, tmp_path).read_text()
+  first, second = (workdir_lib.read_metrics(tmp_path / "trials" / f"{n:04d}") for n in (0, 1))
+  assert len(first) == 3 and first[0]["val_mAP"] > second[0]["val_mAP"]  # the median rule's case
+  trials = _trials(tmp_path)
+  assert [t.state.name for t in trials] == ["COMPLETE", "PRUNED"]
+  assert len(second) == 1 and trials[1].last_step == 0  # stopped after its first epoch
+  assert "| 1 | - | {\"head.learning_rate\": 1e-08} | 1 |" in text
+  assert "pruned after epoch 1" in text and "1 trials done, 1 pruned, 0 failed" in text
+
+
+def test_a_killed_sweep_resumes_its_running_trial_exactly(shapes_config, tmp_path, caplog):
+  """kill -9 of the sweep mid-trial; the rerun marks the trial, resumes its workdir from its last
+  checkpoint as a new trial (the same result as an uninterrupted run) and completes the grid."""
+  import os
+  import signal
+  import subprocess
+  import sys
+  import time
+  from conftest import ROOT, subprocess_env
+  config = _config(shapes_config, (("head.learning_rate", ("categorical", (1e-3, 3e-3))),),
+                   n_trials=2)
+  config.head.epochs, config.sweep.pruner = 6, "none"
+  config_file = tmp_path / "sweep_config.py"
+  config_file.write_text(
+      "import json, ml_collections\n"
+      f"def get_config():\n  return ml_collections.ConfigDict(json.loads({config.to_json()!r}))\n")
+  sweep_dir = tmp_path / "sweep"
+  proc = subprocess.Popen([sys.executable, "launch.py", "--mode=sweep", f"--config={config_file}",
+                           f"--workdir={sweep_dir}"], cwd=ROOT, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          start_new_session=True)
+  metrics = sweep_dir / "trials" / "0001" / "metrics.jsonl"
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:  # the second trial, 2 epochs in
+    if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+      break
+    time.sleep(0.05)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  assert metrics.exists() and len(workdir_lib.read_metrics(metrics.parent)) < 6, "not mid-trial"
+  import logging
+  with caplog.at_level(logging.INFO):
+    text = sweep.run(config, sweep_dir).read_text()
+  assert "head: resuming from step" in caplog.text  # from the killed trial's checkpoint
+  trials = _trials(sweep_dir)
+  assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+  assert trials[2].user_attrs["resumes"] == 1 and trials[2].params == trials[1].params
+  assert trials[2].user_attrs["workdir"] == str(metrics.parent)
+  assert sorted(t.params["head.learning_rate"] for t in (trials[0], trials[2])) == sorted(
+      json.dumps(v) for v in (1e-3, 3e-3))  # the grid once over, no duplicate
+  assert "fail: interrupted: its process died mid-trial; resumed as trial 2" in text
+  # exact: the resumed trial's log equals an uninterrupted run of its parameters
+  fresh = tmp_path / "fresh"
+  runner.train_and_evaluate(sweep.trial_config(config, trials[2].user_attrs["params"]), str(fresh))
+  drop = ("seconds", "images_per_second")
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]
+  assert strip(workdir_lib.read_metrics(metrics.parent)) == strip(workdir_lib.read_metrics(fresh))

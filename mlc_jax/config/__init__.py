@@ -75,6 +75,8 @@ def get_config():
   c.data.label_separator = " "  # folder: separator between labels inside the CSV labels column
   c.data.labels_file = ""       # folder: labels.txt with one class per line; "" = the labels seen in the file
   c.data.test_fraction = 0.1    # folder without a split column: share carved out as test (by filename hash)
+  c.data.sources = ml_collections.ConfigDict()  # a '+' mixture: data.sources.ALIAS = {data key: value, weight} (mlc_jax/data/mixture.py)
+  c.data.label_alignment = ""   # a mixture's label alignment JSON; "" = resources/label_alignment.json
   c.data.shapes_image_size = 64 # shapes: generated image size (pixels)
   c.data.shapes_seed = 0        # shapes: generation seed (separate from `seed` so training seeds reuse one set)
   c.data.shapes_train = 6000    # shapes: split sizes
@@ -144,6 +146,7 @@ def get_config():
   c.loss.gamma_pos = 0.0        # asl
   c.loss.gamma_neg = 4.0        # asl
   c.loss.clip = 0.05            # asl probability margin for negatives
+  c.loss.unknown = "ignore"     # unknown (-1) targets: ignore (no loss; partial labels, a mixture's unannotated labels) or negative (taken as absent)
 
   # Checkpoints, logging, stopping.
   c.checkpoint = ml_collections.ConfigDict()
@@ -170,20 +173,23 @@ def get_config():
   c.eval.synonyms = ""           # predictions files: tag synonyms JSON; "" = resources/tag_synonyms.json
   c.eval.unknown_tags = "error"  # predictions files: tags naming no label -> error, or ignore (e.g. Clarifai's open vocabulary)
 
-  # --mode=sweep (mlc_jax/sweep.py): an Optuna study over config keys; validation metrics only.
+  # --mode=sweep (mlc_jax/sweep): an Optuna study over config keys; validation metrics only.
   c.sweep = ml_collections.ConfigDict()
   c.sweep.space = ()             # ((key, (kind, ...)), ...): ('categorical', (values)), ('int'|'float'|'log', low, high)
   c.sweep.sampler = "tpe"        # grid (every combination once), random, tpe
   c.sweep.n_trials = 12          # trials in all; a rerun continues the study up to this
   c.sweep.objective = "val_mAP"  # val_mAP, val_CF1_top3, val_OF1_top3 (maximised) or val_loss (minimised)
   c.sweep.seed = 0               # the sampler's seed
+  c.sweep.pruner = "median"      # median: stop a trial whose epoch's objective is worse than the median of earlier trials' at that epoch; none
+  c.sweep.prune_startup_trials = 4  # trials that run to their end before any is pruned
+  c.sweep.prune_warmup_epochs = 1   # epochs (counted over the trial's stages) a trial runs before it can be pruned
   c.sweep.storage = ""           # Optuna storage URL shared by several machines (postgresql://...); "" = SWEEPDIR/study.db
   return c
 
 
 # Paths a config may hold: resolved to absolute paths when a workdir records the config.
 PATH_KEYS = ("data.data_dir", "data.manual_dir", "data.csv", "data.labels_file", "model.cache_dir",
-             "eval.mapping", "eval.synonyms")
+             "eval.mapping", "eval.synonyms", "data.label_alignment")
 WEIGHT_KEYS = ("model.weights", "eval.baseline_weights")  # paths unless "imagenet" or ""
 
 
@@ -231,6 +237,11 @@ def resolve_paths(config):
       continue
     section, _, field = key.rpartition(".")
     config[section][field] = os.path.abspath(os.path.expanduser(value))
+  for part in config.data.get("sources", {}).values():  # a mixture's per-part data settings
+    for field in [k for k in PATH_KEYS if k.startswith("data.")]:
+      value = part.get(field[len("data."):]) if hasattr(part, "get") else None
+      if isinstance(value, str) and value:
+        part[field[len("data."):]] = os.path.abspath(os.path.expanduser(value))
   return config
 
 

@@ -5,12 +5,15 @@ WORKDIR/features/KEY/{split}_features.npy (float32 (N, D)) and {split}_labels.np
 the backbone's actual parameter values (so the weights file, or the seed of a from-scratch
 backbone, is covered exactly), the dataset fingerprint, the image size, the resize method and the
 compute dtype. A cache is written to a temporary directory and renamed, so it is valid or absent;
-a cache under another key is removed when a new one is built.
+a cache under another key is removed when a new one is built, unless the root is shared (a
+symlink: a sweep's trials), where each key is built once under a file lock.
 
 `Feed` serves the head stage from a cache: batches are rows of one global order (a seeded
 permutation per epoch), and each process feeds its own slice of every global batch, so the
 global batches, and the trained head, are those of a 1-process run.
 """
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -97,32 +100,58 @@ def _write_split(directory, split, source, config, mesh, forward, state, batch_s
     labels.flush()
 
 
+@contextlib.contextmanager
+def _build_lock(root):
+  """Holds ROOT/.lock while a cache is checked and built: a second single-process run sharing the
+  root (a sweep's workers) waits, then finds the cache. Released by the kernel if the holder dies.
+  Multi-process runs have one chief and no sharer, and take no lock (all must reach the same
+  decision without waiting on each other)."""
+  if jax.process_count() > 1:
+    yield
+    return
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / ".lock", "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def ensure(config, workdir, source, backbone, mesh, batch_size):
-  """The cache directory for (config, source, backbone), built when missing or stale."""
+  """The cache directory for (config, source, backbone), built when missing or stale.
+
+  A workdir's own features/ holds one cache: building another key removes the old one. A shared
+  root (WORKDIR/features a symlink, as in a sweep's trials) keeps every key, since other runs
+  may be reading them."""
   root = pathlib.Path(workdir) / "features"
+  shared = root.is_symlink()
   key = cache_key(config, source, backbone)
   directory = root / key
-  if (directory / "meta.json").exists():
-    logging.info("features: reusing the cache %s", directory)
-    return directory
-  chief = jax.process_index() == 0
-  tmp = root / f".{key}.tmp"
-  if chief:
-    root.mkdir(parents=True, exist_ok=True)
-    for old in root.iterdir():  # stale caches (another model/dataset) and half-written ones
-      shutil.rmtree(old, ignore_errors=True)
-    tmp.mkdir()
-  graphdef, state = nnx.split(backbone)
-  state = parallel.replicate(state, mesh)
-  forward = steps.make_features_step(mesh, graphdef)
-  start = time.time()
-  for split in SPLITS:
-    _write_split(tmp, split, source, config, mesh, forward, state, batch_size)
-    logging.info("features: %s done (%d images, %.0fs)", split, source.num_examples[split],
-                 time.time() - start)
-  if chief:
-    (tmp / "meta.json").write_text(json.dumps({"key": key, "splits": source.num_examples}))
-    os.replace(tmp, directory)  # atomic: a kill leaves no half cache under the real key
+  with _build_lock(root):
+    if (directory / "meta.json").exists():
+      logging.info("features: reusing the cache %s", directory)
+      return directory
+    chief = jax.process_index() == 0
+    tmp = root / f".{key}.tmp"
+    if chief:
+      root.mkdir(parents=True, exist_ok=True)
+      for old in root.iterdir():  # half-written caches, and stale ones (another model/dataset)
+        if old.name != ".lock" and (old.name.endswith(".tmp") or not shared):
+          shutil.rmtree(old, ignore_errors=True)
+      tmp.mkdir()
+    graphdef, state = nnx.split(backbone)
+    state = parallel.replicate(state, mesh)
+    forward = steps.make_features_step(mesh, graphdef)
+    start = time.time()
+    for split in SPLITS:
+      _write_split(tmp, split, source, config, mesh, forward, state, batch_size)
+      logging.info("features: %s done (%d images, %.0fs)", split, source.num_examples[split],
+                   time.time() - start)
+    if chief:
+      (tmp / "meta.json").write_text(json.dumps({"key": key, "splits": source.num_examples,
+                                                 "seconds": round(time.time() - start, 1)}))
+      os.replace(tmp, directory)  # atomic: a kill leaves no half cache under the real key
   if jax.process_count() > 1:  # the others read the cache only once process 0 has published it
     multihost_utils.sync_global_devices("mlc_jax features cache")
   return directory
@@ -131,12 +160,14 @@ def ensure(config, workdir, source, backbone, mesh, batch_size):
 class Feed:
   """Batches {'features', 'labels', 'mask'} of one cached split, this process's slice of each.
 
-  train: each epoch a permutation seeded by (seed, epoch), the remainder dropped; otherwise the
-  stored order with the last batch padded (mask False on the padding).
+  train: each epoch a permutation seeded by (seed, epoch), the remainder dropped (order(seed,
+  epoch): the rows of an epoch instead, e.g. a mixture's weighted draws); otherwise the stored
+  order with the last batch padded (mask False on the padding).
   """
 
-  def __init__(self, features, labels, *, batch_size, train, seed=0, what="head.batch_size"):
-    self.features, self.labels = features, labels
+  def __init__(self, features, labels, *, batch_size, train, seed=0, what="head.batch_size",
+               order=None):
+    self.features, self.labels, self.order = features, labels, order
     self.batch_size, self.train, self.seed = int(batch_size), bool(train), int(seed)
     n = len(features)
     if train and n < self.batch_size:
@@ -148,7 +179,9 @@ class Feed:
     n, size, spe = len(self.features), self.batch_size, self.steps_per_epoch
     index, count = jax.process_index(), jax.process_count()
     local = pipeline.local_batch_size(size)
-    if self.train:
+    if self.train and self.order is not None:  # a mixture's weighted draws (data.mixture)
+      order = np.asarray(self.order(self.seed, int(epoch)))[:spe * size]
+    elif self.train:
       order = np.random.default_rng([self.seed, int(epoch)]).permutation(n)[:spe * size]
     else:
       order = np.arange(spe * size)

@@ -40,6 +40,7 @@ class Run:
   source: Any
   labels: list
   mesh: Any
+  on_epoch: Any = None  # fn(row) after each epoch's row is logged (train_and_evaluate's doc)
   _writer: Any = None
 
   @property
@@ -283,6 +284,9 @@ def fit(run, stage):
         state = _reset_sums(state, shardings)
         saver.save(mngr, step, state, c, metrics={k: row[k] for k in BEST_METRICS if k in row})
         _log_epoch(run, row)
+        if run.on_epoch is not None:
+          mngr.wait()  # the epoch's checkpoint is complete whatever the callback does
+          run.on_epoch(row)
         if halt:
           logging.info("%s: early stop after epoch %d (%d epochs without improvement of %s)",
                        name, epoch + 1, patience, best_metric)
