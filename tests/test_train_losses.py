@@ -248,3 +248,25 @@ def test_from_config_losses_skip_unknown_entries():
     got = losses.from_config(c.loss)(U_LOGITS, U_LABELS, U_MASK)
     np.testing.assert_allclose(got, _known_ref(name, U_LOGITS, U_LABELS, U_MASK, kw, 0.1),
                                rtol=1e-5)
+
+
+@pytest.mark.parametrize("unknown", ["ignore", "negative"])
+def test_unknown_targets_are_left_out_or_taken_as_absent(unknown):
+  """A mixture's unannotated labels (-1): 'ignore' averages the known entries only, 'negative'
+  (the naive baseline) counts them as absent; numpy by hand."""
+  y = LABELS.copy()
+  y[RNG.random(y.shape) < 0.3] = -1
+  config = default_config()
+  config.loss.unknown = unknown
+  known = y >= 0
+  per_entry = _bce_ref(LOGITS, np.where(known, y, 0))
+  expected = per_entry[known].mean() if unknown == "ignore" else per_entry.mean()
+  np.testing.assert_allclose(losses.for_config(config)(LOGITS, y.astype(np.int8)), expected,
+                             rtol=1e-5)
+
+
+def test_an_unknown_choice_for_unknown_targets_names_the_key():
+  config = default_config()
+  config.loss.unknown = "zero"
+  with pytest.raises(UserError, match="loss.unknown='zero' is not one of"):
+    losses.for_config(config)

@@ -27,6 +27,7 @@ CHOICES = {
     "finetune.schedule": ("constant", "cosine", "step"),
     "finetune.batch_norm": ("frozen_blocks_inference", "all_inference", "train"),
     "loss.name": ("bce", "focal", "asl"),
+    "loss.unknown": ("ignore", "negative"),
     "checkpoint.best_metric": tuple(BEST_METRICS),
     "eval.baseline_reduce": ("max", "sum"),
     "eval.unknown_tags": ("error", "ignore"),

@@ -63,7 +63,18 @@ def check_keys(config, reference=None):
   """UserError naming the first key of config that the defaults lack, and the nearest valid keys."""
   known = defaults.flatten(reference if reference is not None else defaults.get_config())
   sections = {k.rpartition(".")[0] for k in known}
+  aliases = [(a or d.replace("/", "_")) for a, _, d in
+             (part.rpartition("=") for part in str(config.get("dataset", "")).split("+"))]
   for key in defaults.flatten(config):
+    if key.startswith("data.sources."):  # a mixture part's data settings (data/mixture.py)
+      alias, _, field = key[len("data.sources."):].partition(".")
+      if "+" not in str(config.get("dataset", "")) or alias not in aliases:
+        raise UserError(f"{key}: {alias!r} is not a part of dataset={config.get('dataset')!r} "
+                        f"(its parts: {', '.join(aliases)}); name a part of a '+' mixture")
+      if field != "weight" and f"data.{field}" not in known:
+        raise UserError(f"{key}: data.{field} is not a data setting; a part may set data.* keys "
+                        "and weight")
+      continue
     if key not in known and key not in sections:
       raise UserError(defaults.unknown_key_message(key, known))
 
@@ -94,7 +105,16 @@ def _check_pure(config):
   check_keys(config)
   c = _Checker(config)
   c.number("seed", integer=True)
-  if config.dataset not in registry.DATASETS:
+  if "+" in config.dataset:  # a mixture: each part a registered dataset (data/mixture.py)
+    from mlc_jax.data import mixture  # noqa: PLC0415
+    for alias, dataset in mixture.parse(config.dataset, registry.DATASETS):
+      own = config.data.sources.get(alias, {}) or {}
+      if dataset in ("folder", "nus_wide") and not (own.get("manual_dir") or
+                                                    config.data.manual_dir):
+        c.fail(f"data.sources.{alias}.manual_dir", "", f"part {alias} ({dataset}) needs the "
+               "folder of its images (see BUILD.md)")
+    c.existing("data.label_alignment")
+  elif config.dataset not in registry.DATASETS:
     c.fail("dataset", config.dataset, f"unknown; known datasets: {', '.join(registry.names())}")
   c.number("image_size", 32, integer=True, fix="must be an integer >= 32 (VGG pools five times)")
   for key in ("batch_size", "eval_batch_size", "head.batch_size"):

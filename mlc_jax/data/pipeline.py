@@ -88,17 +88,27 @@ def steps_per_epoch(source, split, batch_size, train):
   return math.ceil(n / batch_size)
 
 
-def _local_count(source, split, index, count):
+def local_count(source, split, index, count):
   """Examples in this process's share of the split."""
+  if hasattr(source, "local_count"):  # a mixture: the sum of its parts' shares
+    return source.local_count(split, index, count)
   if count == 1:
     return source.num_examples[split]
   spec = tfds.even_splits(source.splits[split], n=count, drop_remainder=False)[index]
   return int(source.builder.info.splits[spec].num_examples)
 
 
-def _local_offset(source, split, index, count):
+def local_offset(source, split, index, count):
   """Position in the split's stored order of this process's first example (shares are contiguous)."""
-  return sum(_local_count(source, split, i, count) for i in range(index))
+  return sum(local_count(source, split, i, count) for i in range(index))
+
+
+def positions(source, split, index, count):
+  """int64 stored positions of this process's share, in the order source.read yields it."""
+  if hasattr(source, "positions"):  # a mixture: each part's share at the part's offset
+    return source.positions(split, index, count)
+  start = local_offset(source, split, index, count)
+  return np.arange(start, start + local_count(source, split, index, count))
 
 
 def decode_and_resize(image_bytes, image_size, method):
@@ -123,7 +133,7 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
   """The batched tf.data.Dataset behind `batches` (elements: image, labels, mask[, index])."""
   index, count = _process()
   local, steps, image_size, method = _check(source, split, batch_size, train, config, start_batch)
-  n_local = _local_count(source, split, index, count)
+  n_local = local_count(source, split, index, count)
   shuffle_seed = epoch_seed(seed, epoch) if train else None
   ds = source.read(split, process_index=index, process_count=count, shuffle_seed=shuffle_seed)
   if train:
@@ -131,8 +141,8 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
     ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     ds = ds.take(steps * local)
   else:  # each example's position in the split's stored order, whatever the process count
-    offset = _local_offset(source, split, index, count)
-    ds = ds.enumerate(offset).map(lambda i, ex: dict(ex, index=tf.cast(i, tf.int32)))
+    where = tf.constant(positions(source, split, index, count), tf.int32)
+    ds = ds.enumerate().map(lambda i, ex: dict(ex, index=tf.gather(where, i)))
   # Skipping before decoding makes a resume cheap: skipped images are never decoded.
   ds = ds.skip(start_batch * local)
 
@@ -167,7 +177,7 @@ def decoded_split(source, split, config):
   once in stored order and kept on the source; None when it would exceed data.cache_mb."""
   index, count = _process()
   size, method = int(config.image_size), config.data.resize
-  n = _local_count(source, split, index, count)
+  n = local_count(source, split, index, count)
   if n == 0 or n * size * size * 3 > float(config.data.get("cache_mb", 0)) * 2 ** 20:
     return None
   key = (split, size, method, index, count)
@@ -178,12 +188,17 @@ def decoded_split(source, split, config):
   return source.decoded[key]
 
 
-def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch, offset=0):
-  """The batches of one epoch gathered from a decoded split (same contract as tf.data's)."""
+def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch, where, order=None):
+  """The batches of one epoch gathered from a decoded split (same contract as tf.data's).
+
+  where: each decoded row's stored position; order: the epoch's training order (a mixture's
+  weighted draws), default a seeded permutation of this process's share."""
   images_, labels = decoded
   n = len(images_)
   if train:  # a seeded permutation of this process's share; the remainder is dropped
-    order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)[:steps * local]
+    if order is None:
+      order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    order = order[:steps * local]
   else:  # stored order; positions past the end are padding
     order = np.arange(steps * local)
   for b in range(start_batch, steps):
@@ -193,7 +208,7 @@ def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch, offs
     image[~mask], label[~mask] = 0, 0  # padding: blank images, no labels
     batch = {"image": image, "labels": label, "mask": mask}
     if not train:
-      batch["index"] = np.where(mask, index + offset, -1).astype(np.int32)
+      batch["index"] = np.where(mask, where[np.minimum(index, n - 1)], -1).astype(np.int32)
     yield batch
 
 
@@ -210,9 +225,11 @@ def batches(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
   decoded = decoded_split(source, split, config)
   if decoded is not None:
     index, count = _process()
+    order = (source.train_order(seed, epoch, index, count, split)
+             if train and hasattr(source, "train_order") else None)
     return _from_memory(decoded, local=local, steps=steps, train=train, seed=seed, epoch=epoch,
-                        start_batch=start_batch,
-                        offset=_local_offset(source, split, index, count))
+                        start_batch=start_batch, where=positions(source, split, index, count),
+                        order=order)
   ds = dataset(source, split, batch_size=batch_size, train=train, config=config, seed=seed,
                epoch=epoch, start_batch=start_batch)
   return ds.as_numpy_iterator()

@@ -27,6 +27,9 @@ def names():
 def get(config):
   """The Source for config.dataset (prepared on first use, reused afterwards)."""
   name = config.dataset
+  if "+" in name:  # a mixture of registered datasets (mlc_jax.data.mixture)
+    from mlc_jax.data import mixture  # noqa: PLC0415
+    return mixture.source(config, get, DATASETS)
   if name not in DATASETS:
     raise UserError(f"dataset={name!r} is unknown; known datasets: {', '.join(names())}")
   module, function = DATASETS[name]

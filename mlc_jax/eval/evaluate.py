@@ -16,6 +16,7 @@ import pathlib
 import shutil
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from mlc_jax import checkpoints, config as config_lib, metrics, parallel, workdir as workdir_lib
@@ -68,6 +69,29 @@ def _digest(config, stage, step, split):
           if not workdir_lib.is_free(k) or k.startswith("eval.")}
   key = json.dumps([stage, int(step), split, flat], sort_keys=True, default=str)
   return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _per_part(directory, source, config, split, scores, y, meta, tuned):
+  """{alias: metrics} of each part of a mixture: its own rows (a contiguous range of the split's
+  stored order) and its own labels' columns, under its own protocol; written to
+  directory/ALIAS like any evaluation (metrics.json, scores.npz, plots)."""
+  out = {}
+  for (alias, part), start, cols in zip(source.parts, source.offsets(split), source.columns):
+    rows = slice(int(start), int(start) + part.num_examples[split])
+    part_meta = dict(meta, dataset=part.name, source=alias,
+                     protocol=protocol.record(config, part, split, y[rows][:, cols]))
+    part_tuned = (None if tuned is None else
+                  {"thresholds": np.asarray(tuned["thresholds"])[cols], "tuned_on": "val"})
+    out[alias] = results.save(directory / alias, scores[rows][:, cols], y[rows][:, cols],
+                              [source.labels[c] for c in cols], part_meta, config,
+                              tuned=part_tuned)
+  return out
+
+
+def _add_sources(path, by_part):
+  doc = json.loads(path.read_text())
+  doc["sources"] = {alias: m for alias, m in by_part.items()}
+  workdir_lib.write_text(path, json.dumps(doc, indent=1))
 
 
 def is_current(workdir, split, config, stage=None, which="best"):
@@ -129,10 +153,16 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   with workdir_lib.staged(out) as staging:
     m = results.save(staging, scores, y, restored.labels, meta, config, images=images,
                      tuned=tuned)
+    if hasattr(source, "parts"):  # a mixture: each part under its own labels and protocol
+      m["sources"] = _per_part(staging / "sources", source, config, split, scores, y, meta, tuned)
+      if workdir_lib.is_chief():
+        _add_sources(staging / "metrics.json", m["sources"])
     if workdir_lib.is_chief():
       plots.training_curves(workdir_lib.read_metrics(workdir), staging / "training_curves.png")
   if not workdir_lib.is_chief():
     return m
+  for part in sorted((out / "sources").glob("*")) if hasattr(source, "parts") else ():
+    report.write(part)
   if tuned is not None:
     workdir_lib.write_thresholds(workdir, restored.stage, restored.step, restored.labels,
                                  tuned["thresholds"], "val", restored.weights)

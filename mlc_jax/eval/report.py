@@ -130,6 +130,26 @@ def _predictions_section(pred, model):
                     "dropped).\n", summary_table(cols, meta["k"])])
 
 
+def _sources_sections(eval_dir):
+  """A mixture's parts (eval_dir/sources/ALIAS): each its summary and its published rows."""
+  out = []
+  for part in sorted((eval_dir / "sources").glob("*")):
+    result = read_result(part)
+    if result is None:
+      continue
+    meta, k = result[0]["meta"], result[0]["meta"]["k"]
+    out += [f"## Source {part.name}: {meta['dataset']} ({meta['num_images']} images, "
+            f"{len(result[1]['names'])} of the union's labels, its own protocol)\n",
+            *protocol.lines(meta.get("protocol")), summary_table(_columns(result, k), k),
+            f"Full report: [sources/{part.name}/report.md](sources/{part.name}/report.md).\n"]
+    table = literature.table(meta["dataset"], [("ours, this model on this source",
+                                                result[0]["metrics"])],
+                             meta.get("protocol"), k=k, topk_min_score=meta["topk_min_score"])
+    if table:
+      out += [f"Published results on {meta['dataset']}:\n", table]
+  return out
+
+
 def write(eval_dir):
   """Writes eval_dir/report.md from the results found there; returns its path."""
   eval_dir = pathlib.Path(eval_dir)
@@ -180,6 +200,7 @@ def write(eval_dir):
     out += ["## Published results\n",
             "The last column says how each published row's protocol differs from ours; the baseline "
             "row covers only its mapped classes.\n", table]
+  out += _sources_sections(eval_dir)
   if base is not None:
     out.append(_baseline_section(base, model, eval_dir / "baseline"))
   for _, pred in preds:

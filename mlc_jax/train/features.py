@@ -102,15 +102,16 @@ def _write_split(directory, split, source, config, mesh, forward, state, batch_s
 
 @contextlib.contextmanager
 def _build_lock(root):
-  """Holds ROOT/.lock while a cache is checked and built: a second single-process run sharing the
-  root (a sweep's workers) waits, then finds the cache. Released by the kernel if the holder dies.
-  Multi-process runs have one chief and no sharer, and take no lock (all must reach the same
+  """Holds .features.lock beside the root while a cache is checked and built: a second
+  single-process run sharing the root (a sweep's workers) waits, then finds the cache. Released
+  by the kernel if the holder dies. Multi-process runs have one chief and no sharer, and take no lock (all must reach the same
   decision without waiting on each other)."""
   if jax.process_count() > 1:
     yield
     return
   root.mkdir(parents=True, exist_ok=True)
-  with open(root / ".lock", "a") as f:
+  real = root.resolve()  # beside the (shared) root, so the cache folder holds caches only
+  with open(real.parent / f".{real.name}.lock", "a") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
@@ -137,7 +138,7 @@ def ensure(config, workdir, source, backbone, mesh, batch_size):
     if chief:
       root.mkdir(parents=True, exist_ok=True)
       for old in root.iterdir():  # half-written caches, and stale ones (another model/dataset)
-        if old.name != ".lock" and (old.name.endswith(".tmp") or not shared):
+        if old.name.endswith(".tmp") or not shared:
           shutil.rmtree(old, ignore_errors=True)
       tmp.mkdir()
     graphdef, state = nnx.split(backbone)

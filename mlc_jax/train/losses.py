@@ -132,9 +132,22 @@ def from_config(loss_config):
   raise UserError(f"loss.name={name!r} is not one of {NAMES}")
 
 
+UNKNOWN = ("ignore", "negative")
+
+
+def unknown_as_negative(loss):
+  """The loss with unknown (-1) entries taken as absent (0): the naive partial-label baseline."""
+  def wrapped(logits, labels, mask=None):
+    return loss(logits, jnp.where(labels < 0, jnp.zeros_like(labels), labels), mask)
+  return wrapped
+
+
 def for_config(config):
   """The training loss of a whole config: config.loss for a sigmoid head, softmax cross-entropy
-  for a softmax head (head.activation)."""
-  if config.head.activation == "softmax":
-    return softmax_cross_entropy
-  return from_config(config.loss)
+  for a softmax head (head.activation); loss.unknown='negative' counts unknown entries as absent
+  instead of leaving them out (the default, 'ignore')."""
+  unknown = config.loss.get("unknown", "ignore")
+  if unknown not in UNKNOWN:
+    raise UserError(f"loss.unknown={unknown!r} is not one of {UNKNOWN}")
+  loss = softmax_cross_entropy if config.head.activation == "softmax" else from_config(config.loss)
+  return unknown_as_negative(loss) if unknown == "negative" else loss

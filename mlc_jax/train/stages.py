@@ -99,7 +99,7 @@ def run_head(run):
   model = new_model(config, len(run.labels), run.mesh)
   cache = features.load(_cache(run, model))
   train = features.Feed(*cache["train"], batch_size=config.head.batch_size, train=True,
-                        seed=config.seed)
+                        seed=config.seed, order=getattr(run.source, "train_order", None))
   val = features.Feed(*cache["val"], batch_size=config_lib.eval_batch_size(config, run.mesh),
                       train=False)
   return loop.fit(run, head_stage(config, model, train, val))
