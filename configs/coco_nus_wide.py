@@ -11,24 +11,17 @@ entries out (loss.unknown='ignore'; 'negative' is the naive baseline). Training 
 by part size (data.sources.NAME.weight changes that). `evaluate` scores each part's test split
 under its own protocol (COCO val2014; NUS-WIDE's official test list, images without concepts
 left out), each beside its published results, plus the union; eval/test/sources/{coco_2014,
-nus_wide}. The recipe is configs/coco2014.py's and configs/nus_wide.py's (the same settings).
+nus_wide}. The recipe is configs/coco2014.py's, which configs/nus_wide.py shares.
 """
 import ml_collections
 
-from mlc_jax import config as defaults
+from configs import coco2014
 
 
 def get_config():
-  c = defaults.get_config()
+  c = coco2014.get_config()  # the recipe configs/coco2014.py and configs/nus_wide.py share
   c.dataset = "coco/2014+nus_wide"
   c.data.sources.coco_2014 = ml_collections.ConfigDict({"weight": 0.0})
   c.data.sources.nus_wide = ml_collections.ConfigDict({"manual_dir": "", "weight": 0.0})
-  c.image_size = 224
-  c.model.weights = "imagenet"
-  c.head.epochs = 10
-  c.finetune.epochs = 8
-  c.finetune.unfreeze_blocks = "1"
-  c.data.val_fraction = 0.05
-  c.early_stopping_patience = 3
   c.loss.unknown = "ignore"
   return c
