@@ -6,8 +6,8 @@
 One label space: the union of COCO's 80 objects and NUS-WIDE's 81 concepts, aligned through
 resources/label_alignment.json (COCO airplane = NUS-WIDE plane, car = cars, horse = horses, ...;
 148 labels, 28 implications). A COCO image's NUS-WIDE-only labels are unknown (-1) unless the
-file says one of its objects certainly implies it (a dog -> animal), and the other way round; the loss leaves unknown
-entries out (loss.unknown='ignore'; 'negative' is the naive baseline). Training draws each epoch
+file says one of its objects certainly implies it (a dog -> animal), and the other way round;
+the loss leaves unknown entries out (loss.unknown='ignore'; 'negative' is the naive baseline). Training draws each epoch
 by part size (data.sources.NAME.weight changes that). `evaluate` scores each part's test split
 under its own protocol (COCO val2014; NUS-WIDE's official test list, images without concepts
 left out), each beside its published results, plus the union; eval/test/sources/{coco_2014,

@@ -218,6 +218,19 @@ def _take_lock(workdir):
 
 
 @contextlib.contextmanager
+def wait_lock(path):
+  """Holds an flock on the file `path` for the duration, waiting while another process holds it
+  (several processes sharing one folder, e.g. a sweep's workers). Released by the kernel if the
+  holder dies."""
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def lock(workdir):
   """Holds WORKDIR/.lock for the duration (process 0 only); a second holder fails at once.
 

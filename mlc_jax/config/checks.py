@@ -4,7 +4,7 @@ import os
 import re
 
 from mlc_jax import config as defaults
-from mlc_jax.data import registry
+from mlc_jax.data import mixture, registry
 from mlc_jax.errors import UserError
 
 CHOICES, STAGES, get = defaults.CHOICES, defaults.STAGES, defaults.get
@@ -63,8 +63,7 @@ def check_keys(config, reference=None):
   """UserError naming the first key of config that the defaults lack, and the nearest valid keys."""
   known = defaults.flatten(reference if reference is not None else defaults.get_config())
   sections = {k.rpartition(".")[0] for k in known}
-  aliases = [(a or d.replace("/", "_")) for a, _, d in
-             (part.rpartition("=") for part in str(config.get("dataset", "")).split("+"))]
+  aliases = [alias for alias, _ in mixture.aliases(config.get("dataset", ""))]
   for key in defaults.flatten(config):
     if key.startswith("data.sources."):  # a mixture part's data settings (data/mixture.py)
       alias, _, field = key[len("data.sources."):].partition(".")
@@ -106,7 +105,6 @@ def _check_pure(config):
   c = _Checker(config)
   c.number("seed", integer=True)
   if "+" in config.dataset:  # a mixture: each part a registered dataset (data/mixture.py)
-    from mlc_jax.data import mixture  # noqa: PLC0415
     for alias, dataset in mixture.parse(config.dataset, registry.DATASETS):
       own = config.data.sources.get(alias, {}) or {}
       if dataset in ("folder", "nus_wide") and not (own.get("manual_dir") or

@@ -1,8 +1,8 @@
 """Mixtures: one dataset made of several, over the union of their labels (config.dataset='a+b').
 
-  config.dataset = "coco/2014+nus_wide"        (any registered names joined by '+'; a part may be
-                                                named ALIAS=NAME, e.g. "tools=folder+kitchen=folder")
-  config.data.sources.ALIAS = {KEY: value}      (data.KEY for that source alone, and `weight`)
+  config.dataset = "coco/2014+nus_wide"    (registered names joined by '+'; a part may be named
+                                            ALIAS=NAME, e.g. "tools=folder+kitchen=folder")
+  config.data.sources.ALIAS = {KEY: value}  (data.KEY for that source alone, and `weight`)
 
 A part's alias is its ALIAS= prefix, else its name with '/' as '_' (coco/2014 -> coco_2014); each
 part is read by its own dataset code with the config's data settings plus data.sources.ALIAS.
@@ -17,8 +17,8 @@ positive. Nothing is ever implied absent.
 
 Order: a split's stored order is the parts' splits one after another. Training draws its epoch
 (as many images as the parts have) by part weight (data.sources.ALIAS.weight; 0 or unset: the
-part's training size, i.e. proportional): the counts are the weights' exact shares (largest remainder) and their
-order a permutation seeded by (seed, epoch), each part's images in successive seeded
+part's training size, i.e. proportional): the counts are the weights' exact shares (largest
+remainder) and their order a permutation seeded by (seed, epoch), each part's images in successive seeded
 permutations, so an epoch is deterministic, resumable from any batch, and the same draw sequence
 for every process count.
 """
@@ -34,12 +34,19 @@ from mlc_jax.errors import UserError
 ALIGNMENT = pathlib.Path(__file__).resolve().parents[1] / "resources" / "label_alignment.json"
 
 
+def aliases(name):
+  """[(alias, dataset)] of a '+' name as written (unchecked): ALIAS=NAME, or NAME with / as _."""
+  out = []
+  for part in str(name).split("+"):
+    alias, _, dataset = part.rpartition("=")
+    out.append((alias or dataset.replace("/", "_"), dataset))
+  return out
+
+
 def parse(name, known):
   """[(alias, dataset)] of a '+' name, or UserError naming the part and the fix."""
   parts = []
-  for part in name.split("+"):
-    alias, _, dataset = part.rpartition("=")
-    alias = alias or dataset.replace("/", "_")
+  for alias, dataset in aliases(name):
     if dataset not in known:
       raise UserError(f"dataset={name!r}: {dataset!r} is not a known dataset; known: "
                       f"{', '.join(sorted(known))}")
@@ -56,16 +63,13 @@ def parse(name, known):
 
 
 def part_config(config, alias, dataset):
-  """The config a part is read with: dataset=its name, data.* updated by data.sources.ALIAS."""
+  """The config a part is read with: dataset=its name, data.* updated by data.sources.ALIAS
+  (whose keys the config check has held to data settings and weight)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.dataset = dataset
-  overrides = dict(config.data.sources.get(alias, {}) or {})
-  overrides.pop("weight", None)
-  for key, value in overrides.items():
-    if key not in c.data or key == "sources":
-      raise UserError(f"data.sources.{alias}.{key}: data.{key} is not a data setting; the keys "
-                      f"a part may set are data.* (and weight)")
-    c.data[key] = value
+  for key, value in (config.data.sources.get(alias, {}) or {}).items():
+    if key != "weight":
+      c.data[key] = value
   return c
 
 
@@ -217,11 +221,11 @@ class Mixture:
     return convert
 
   def local_count(self, split, index, count):
-    from mlc_jax.data import pipeline  # noqa: PLC0415 - the pipeline imports this module's users
-    return sum(pipeline.local_count(s, split, index, count) for _, s in self.parts)
+    return sum(self.local_sizes(split, index, count))
 
   def local_sizes(self, split, index, count):
-    from mlc_jax.data import pipeline  # noqa: PLC0415
+    """Each part's share of the split on this process."""
+    from mlc_jax.data import pipeline  # noqa: PLC0415 - the pipeline calls back into a Mixture
     return [pipeline.local_count(s, split, index, count) for _, s in self.parts]
 
   def positions(self, split, index, count):

@@ -88,12 +88,6 @@ def _per_part(directory, source, config, split, scores, y, meta, tuned):
   return out
 
 
-def _add_sources(path, by_part):
-  doc = json.loads(path.read_text())
-  doc["sources"] = {alias: m for alias, m in by_part.items()}
-  workdir_lib.write_text(path, json.dumps(doc, indent=1))
-
-
 def is_current(workdir, split, config, stage=None, which="best"):
   """True when eval/SPLIT already holds the evaluation this call would make (nothing to redo)."""
   path = workdir_lib.eval_dir(workdir, split) / "metrics.json"
@@ -151,18 +145,19 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
           "digest": _digest(config, restored.stage, restored.step, split),
           "protocol": protocol.record(config, source, split, y)}
   with workdir_lib.staged(out) as staging:
+    # a mixture: each part under its own labels and protocol, keyed by part in metrics.json too
+    parts = (_per_part(staging / "sources", source, config, split, scores, y, meta, tuned)
+             if hasattr(source, "parts") else None)
     m = results.save(staging, scores, y, restored.labels, meta, config, images=images,
-                     tuned=tuned)
-    if hasattr(source, "parts"):  # a mixture: each part under its own labels and protocol
-      m["sources"] = _per_part(staging / "sources", source, config, split, scores, y, meta, tuned)
-      if workdir_lib.is_chief():
-        _add_sources(staging / "metrics.json", m["sources"])
+                     tuned=tuned, extra={"sources": parts} if parts else None)
+    if parts:
+      m["sources"] = parts
     if workdir_lib.is_chief():
       plots.training_curves(workdir_lib.read_metrics(workdir), staging / "training_curves.png")
   if not workdir_lib.is_chief():
     return m
-  for part in sorted((out / "sources").glob("*")) if hasattr(source, "parts") else ():
-    report.write(part)
+  for alias in parts or ():
+    report.write(out / "sources" / alias)
   if tuned is not None:
     workdir_lib.write_thresholds(workdir, restored.stage, restored.step, restored.labels,
                                  tuned["thresholds"], "val", restored.weights)

@@ -29,13 +29,14 @@ def compute(scores, labels, config):
 
 
 def save(directory, scores, labels, names, meta, config, *, columns=None, images=None,
-         tuned=None):
+         tuned=None, extra=None):
   """Computes every metric and writes directory/{metrics.json, scores.npz, ap_per_class.png,
   pr_curves.png[, examples.png]}; returns the metrics dict (JSON-ready). Callers write into a
   workdir.staged() folder, so a result appears whole or not at all.
 
   columns: indices of the classes the metrics cover (the baseline leaves unmapped labels out);
   tuned: {'thresholds': (C,), 'tuned_on': split} -> metrics at those per-class thresholds too.
+  extra: more top-level entries of metrics.json (a mixture's `sources`).
   """
   directory = pathlib.Path(directory)
   columns = np.arange(len(names)) if columns is None else np.asarray(columns)
@@ -61,6 +62,7 @@ def save(directory, scores, labels, names, meta, config, *, columns=None, images
   if not workdir_lib.is_chief():  # every process computes, one writes
     return m
   directory.mkdir(parents=True, exist_ok=True)
+  doc.update(extra or {})
   (directory / "metrics.json").write_text(json.dumps(jsonable(doc), indent=1))
   np.savez_compressed(directory / "scores.npz", scores=scores.astype(np.float32),
                       labels=labels.astype(np.int8), names=np.asarray(names), columns=columns)

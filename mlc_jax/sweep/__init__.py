@@ -31,7 +31,6 @@ machine's workers count under their own lock, so the study may overshoot n_trial
 trial per further machine, and a dead machine's trial stays 'running' in the study.
 """
 import contextlib
-import fcntl
 import json
 import math
 import multiprocessing
@@ -102,27 +101,19 @@ def _study(config, sweep_dir, space, worker):
   study = optuna.create_study(storage=storage, study_name="sweep", direction=direction,
                               pruner=pruner, load_if_exists=True)
   seed = int(np.random.SeedSequence([int(s.seed), worker, len(study.trials)]).generate_state(1)[0])
-  study.sampler = {"grid": lambda: _Grid(space_lib.grid(space), seed=seed),
+  study.sampler = {"grid": lambda: _grid_sampler(space_lib.grid(space), seed),
                    "random": lambda: optuna.samplers.RandomSampler(seed=seed),
                    "tpe": lambda: optuna.samplers.TPESampler(seed=seed)}[s.sampler]()
   return study
 
 
-def _grid_sampler():
+def _grid_sampler(grid, seed):
+  """Optuna's grid sampler without its study.stop() after each trial (only study.optimize allows
+  it; _work asks and tells, and stops at the grid's size itself)."""
   import optuna  # noqa: PLC0415
-
-  class Grid(optuna.samplers.GridSampler):
-    """The grid sampler, asked and told by _work, which stops at the grid's size itself
-    (Optuna's own stops the study from after_trial, which only study.optimize allows)."""
-
-    def after_trial(self, study, trial, state, values):
-      del study, trial, state, values
-
-  return Grid
-
-
-def _Grid(*args, **kwargs):  # noqa: N802 - a class, made on first use (optuna imports late)
-  return _grid_sampler()(*args, **kwargs)
+  sampler = optuna.samplers.GridSampler(grid, seed=seed)
+  sampler.after_trial = lambda study, trial, state, values: None
+  return sampler
 
 
 def _requeue_interrupted(study):
@@ -136,16 +127,6 @@ def _requeue_interrupted(study):
     if t.params and "workdir" in t.user_attrs:
       study.enqueue_trial(t.params, user_attrs={"resumes": t.number,
                                                 "workdir": t.user_attrs["workdir"]})
-
-
-@contextlib.contextmanager
-def _ask_lock(sweep_dir):
-  with open(sweep_dir / ".ask.lock", "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)  # released by the kernel if the holder dies
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _limit(config, space):
@@ -163,7 +144,7 @@ def _work(config, sweep_dir, space, worker):
   limit = _limit(config, space)
   waiting = optuna.trial.TrialState.WAITING
   while True:
-    with _ask_lock(sweep_dir):  # the count, the ask and the draw are one step among workers
+    with workdir_lib.wait_lock(sweep_dir / ".ask.lock"):  # the count, the ask and the draw are one step among workers
       trials = study.get_trials(deepcopy=False)
       if not any(t.state == waiting for t in trials) and sum(
           not report.interrupted(t) for t in trials) >= limit:

@@ -13,7 +13,6 @@ permutation per epoch), and each process feeds its own slice of every global bat
 global batches, and the trained head, are those of a 1-process run.
 """
 import contextlib
-import fcntl
 import hashlib
 import json
 import math
@@ -28,7 +27,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mlc_jax import models, parallel
+from mlc_jax import models, parallel, workdir as workdir_lib
 from mlc_jax.data import pipeline
 from mlc_jax.errors import UserError
 from mlc_jax.train import steps
@@ -103,20 +102,16 @@ def _write_split(directory, split, source, config, mesh, forward, state, batch_s
 @contextlib.contextmanager
 def _build_lock(root):
   """Holds .features.lock beside the root while a cache is checked and built: a second
-  single-process run sharing the root (a sweep's workers) waits, then finds the cache. Released
-  by the kernel if the holder dies. Multi-process runs have one chief and no sharer, and take no lock (all must reach the same
+  single-process run sharing the root (a sweep's workers) waits, then finds the cache.
+  Multi-process runs have one chief and no sharer, and take no lock (all must reach the same
   decision without waiting on each other)."""
   if jax.process_count() > 1:
     yield
     return
   root.mkdir(parents=True, exist_ok=True)
   real = root.resolve()  # beside the (shared) root, so the cache folder holds caches only
-  with open(real.parent / f".{real.name}.lock", "a") as f:
-    fcntl.flock(f, fcntl.LOCK_EX)
-    try:
-      yield
-    finally:
-      fcntl.flock(f, fcntl.LOCK_UN)
+  with workdir_lib.wait_lock(real.parent / f".{real.name}.lock"):
+    yield
 
 
 def ensure(config, workdir, source, backbone, mesh, batch_size):
