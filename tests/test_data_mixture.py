@@ -18,7 +18,7 @@ A_ROWS = [("a0.png", ["cat"], "train"), ("a1.png", ["dog", "car"], "train"),
 B_ROWS = [("b0.png", ["cars", "tree"], "train"), ("b1.png", ["animal", "dog"], "train"),
           ("b2.png", ["tree"], "train"), ("b3.png", ["animal"], "val"),
           ("b4.png", ["dog", "animal"], "test")]
-ALIGNMENT = {"same": [{"a": "car", "b": "cars"}, {"a": "dog", "b": "dog"}],
+ALIGNMENT = {"same": [{"a": "car", "b": "cars"}],  # dog = dog by name
              "implies": [{"if": ["a", "cat"], "then": ["b", "animal"]},
                          {"if": ["a", "dog"], "then": ["b", "animal"]},
                          {"if": ["a", "car"], "then": ["x", "vehicle"]}]}  # x: not in this mixture
@@ -192,3 +192,76 @@ def test_a_mixture_trains_and_each_source_is_evaluated_as_if_alone(tmp_path):
   text = (workdir / "eval" / "test" / "report.md").read_text()
   assert "## Source a: folder" in text and "## Source b: folder" in text
   assert workdir_lib.read_config(workdir).dataset == "a=folder+b=folder"
+
+
+def test_mock_coco_and_a_nus_wide_tree_as_one_mixture(tmp_path):
+  """TFDS mock COCO 2014 + a NUS-WIDE tree, with the shipped alignment, through features, head
+  and evaluate: the union's -1 pattern equals each part's own targets placed by label name, and
+  each part is evaluated under its own protocol with its own published rows."""
+  import tensorflow_datasets as tfds
+  import test_data_sources as nus
+  import test_data_tfds as coco
+  from mlc_jax import runner
+  data = tmp_path / "tfds"
+  nus._nus_tree(str(tmp_path / "nus"))
+  config = coco._source(data, "coco/2014")
+  builder = tfds.builder("coco/2014", data_dir=str(data))  # the mock's metadata, with real names
+  builder.info.features["objects"]["label"].names = json.loads(mixture.ALIGNMENT.read_text())[
+      "datasets"]["coco"]
+  builder.info.write_to_directory(builder.data_dir)
+  config.dataset, config.image_size, config.model.width = "coco/2014+nus_wide", 32, 1 / 16
+  config.model.weights, config.batch_size, config.eval_batch_size = "", 4, 4
+  config.head.batch_size, config.head.epochs = 4, 1
+  config.data.val_fraction = 0.3
+  config.stages = ("features", "head", "evaluate")
+  import ml_collections
+  config.data.sources.nus_wide = ml_collections.ConfigDict({"manual_dir": str(tmp_path / "nus")})
+  real = tfds.core.dataset_builder.FileReaderBuilder._as_dataset
+  registry.get(mixture.part_config(config, "nus_wide", "nus_wide"))  # built before the mock
+
+  def as_dataset(self, split, decoders=None, read_config=None, **kwargs):  # only COCO is mocked
+    if self.name == "nus_wide":
+      return real(self, split, decoders=decoders, read_config=read_config, **kwargs)
+    return coco._as_dataset(self, split, decoders=decoders, read_config=read_config)
+
+  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(data),
+                              as_dataset_fn=as_dataset):
+    source = registry.get(config)
+    parts = {a: registry.get(mixture.part_config(config, a, d)) for a, d in
+             (("coco_2014", "coco/2014"), ("nus_wide", "nus_wide"))}
+    coco_labels = parts["coco_2014"].labels
+    assert coco_labels[:3] == ["person", "bicycle", "car"]
+    assert source.labels == coco_labels + ["sky", "water"]  # NUS dog is COCO dog
+    assert source.notes["annotates"]["nus_wide"] == ["sky", "dog", "water"]
+    for split in ("train", "val", "test"):
+      got, start = source.label_matrix(split), 0
+      for alias, part in parts.items():
+        own = part.label_matrix(split)
+        expected = np.full((len(own), len(source.labels)), -1, np.int8)
+        for j, name in enumerate(part.labels):
+          expected[:, source.labels.index(name)] = own[:, j]
+        np.testing.assert_array_equal(got[start:start + len(own)], expected)
+        start += len(own)
+    runner.train_and_evaluate(config, str(tmp_path / "run"))
+  result = json.loads((tmp_path / "run" / "eval" / "test" / "metrics.json").read_text())
+  assert set(result["sources"]) == {"coco_2014", "nus_wide"}
+  coco_eval = json.loads((tmp_path / "run" / "eval" / "test" / "sources" / "coco_2014" /
+                          "metrics.json").read_text())
+  assert coco_eval["meta"]["protocol"]["dataset"] == "coco/2014"
+  assert coco_eval["meta"]["num_images"] == source.parts[0][1].num_examples["test"]
+  text = (tmp_path / "run" / "eval" / "test" / "report.md").read_text()
+  assert "## Source coco_2014: coco/2014" in text and "## Source nus_wide: nus_wide" in text
+  assert "Published results on coco/2014" in text
+
+
+def test_the_baseline_and_a_predictions_file_refuse_a_mixture_in_one_line(tmp_path):
+  from mlc_jax.eval import baselines, evaluate
+  config = _mixture_config(tmp_path)
+  config.image_size = 32
+  tail = (r" is scored against one dataset: give one of its parts with --config.dataset=NAME "
+          r"\(folder, folder\)")
+  with pytest.raises(UserError, match="is a mixture; the baseline" + tail):
+    baselines.baseline(config, str(tmp_path / "w"))
+  with pytest.raises(UserError, match="is a mixture; a predictions file" + tail):
+    evaluate.evaluate_predictions(str(tmp_path / "w"), str(tmp_path / "p.csv"), config=config)
+  assert not (tmp_path / "w").exists() and not (tmp_path / "tfds").exists()  # before any work

@@ -43,6 +43,14 @@ def aliases(name):
   return out
 
 
+def require_single(config, what):
+  """UserError before any work when config.dataset is a mixture: `what` scores one dataset."""
+  if "+" in config.dataset:
+    parts = ", ".join(d for _, d in aliases(config.dataset))
+    raise UserError(f"dataset={config.dataset!r} is a mixture; {what} is scored against one "
+                    f"dataset: give one of its parts with --config.dataset=NAME ({parts})")
+
+
 def parse(name, known):
   """[(alias, dataset)] of a '+' name, or UserError naming the part and the fix."""
   parts = []
@@ -103,21 +111,24 @@ def align(parts, path=None):
       owner.setdefault(key, i)
 
   def check(key, label, where):
+    """True when the entry applies to a part of this mixture; UserError on an unknown label:
+    one the file's `datasets` list for the key lacks, or (without a list) the part lacks. A
+    listed label the part does not have (a dataset read with fewer labels) does not apply."""
     names = listed.get(key)
-    if key in owner and label not in parts[owner[key]][2]:
-      raise UserError(f"{path}: {where} names {key} label {label!r}, which part "
-                      f"{parts[owner[key]][0]} does not have; correct the file or set "
-                      "data.label_alignment=FILE")
     if names is not None and label not in names:
       raise UserError(f"{path}: {where} names {key} label {label!r}, which its 'datasets' list "
                       f"for {key} does not have; correct the file")
+    if key in owner and names is None and label not in parts[owner[key]][2]:
+      raise UserError(f"{path}: {where} names {key} label {label!r}, which part "
+                      f"{parts[owner[key]][0]} does not have; correct the file or set "
+                      "data.label_alignment=FILE")
+    return key in owner and label in parts[owner[key]][2]
   group_of = {}  # (part, label) -> group id
   for g, group in enumerate(table.get("same", [])):
     if not isinstance(group, dict):
       raise UserError(f"{path}: 'same' entry {g} must be an object {{dataset: label, ...}}")
     for key, label in group.items():
-      check(key, label, f"'same' group {g}")
-      if key in owner:
+      if check(key, label, f"'same' group {g}"):
         group_of[(owner[key], label)] = g
   union, column, columns = [], {}, []
   for i, (_, _, labels) in enumerate(parts):
@@ -140,9 +151,8 @@ def align(parts, path=None):
     except (KeyError, TypeError, ValueError):
       raise UserError(f"{path}: 'implies' entry {r} must be {{\"if\": [dataset, label], "
                       "\"then\": [dataset, label]}") from None
-    check(k1, l1, f"'implies' rule {r}")
-    check(k2, l2, f"'implies' rule {r}")
-    if k1 in owner and k2 in owner and owner[k1] != owner[k2]:
+    applies = [check(k, l, f"'implies' rule {r}") for k, l in ((k1, l1), (k2, l2))]
+    if all(applies) and owner[k1] != owner[k2]:
       a, b = owner[k1], owner[k2]
       target = int(columns[b][parts[b][2].index(l2)])
       if target not in set(columns[a].tolist()):  # a part's own annotation always stands

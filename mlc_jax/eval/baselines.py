@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from mlc_jax import config as config_lib, models, parallel, workdir as workdir_lib
-from mlc_jax.data import registry
+from mlc_jax.data import mixture, registry
 from mlc_jax.errors import UserError
 from mlc_jax.eval import protocol, report, results, scoring
 from mlc_jax.models import weights as weights_lib
@@ -121,6 +121,7 @@ def baseline(config, workdir, split="test"):
   labels; writes WORKDIR/eval/SPLIT/baseline
   (metrics.json, scores.npz, plots) and the report; returns the metrics dict."""
   config_lib.validate(config)
+  mixture.require_single(config, "the baseline")
   named = named_source(config)
   if named is None:
     path = mapping_path(config)  # cheap checks first: before the dataset is opened

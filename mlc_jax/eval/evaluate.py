@@ -20,7 +20,7 @@ import numpy as np
 from absl import logging
 
 from mlc_jax import checkpoints, config as config_lib, metrics, parallel, workdir as workdir_lib
-from mlc_jax.data import registry
+from mlc_jax.data import mixture, registry
 from mlc_jax.errors import UserError
 from mlc_jax.eval import plots, prediction_files, protocol, report, results, scoring
 
@@ -189,6 +189,7 @@ def evaluate_predictions(workdir, path, split="test", config=None):
   _check_split(split)
   if config is None:
     config = workdir_lib.read_config(workdir)
+  mixture.require_single(config, "a predictions file")
   source = registry.get(config)
   names, y = prediction_files.split_examples(source, split)
   synonyms_file = config.eval.get("synonyms", "")
