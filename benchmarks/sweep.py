@@ -4,8 +4,9 @@ trials as separate `launch.py` runs, each of which starts Python and recomputes 
   .venv/bin/python benchmarks/sweep.py [--trials=4] [--weights=PRETRAINED.h5]
 
 Both sides run configs/sweep_demo.py's data with stages (features, head), head.epochs=5 and the
-same grid of head.learning_rate values, in fresh folders under a temporary directory; wall time
-from the start of the command to its end, so start-up counts on both sides.
+same grid of head.learning_rate values (no pruning: the same work on both sides), in fresh folders
+under a temporary directory; wall time from the start of the command to its end, so start-up
+counts on both sides.
 """
 import argparse
 import os
@@ -30,7 +31,8 @@ def main():
     space = f"(('head.learning_rate', ('categorical', {tuple(rates)!r})),)"
     subprocess.run([sys.executable, "launch.py", "--mode=sweep", f"--workdir={tmp}/sweep", *common,
                     f"--config.sweep.space={space}", "--config.sweep.sampler=grid",
-                    f"--config.sweep.n_trials={args.trials}"], cwd=ROOT, check=True,
+                    f"--config.sweep.n_trials={args.trials}", "--config.sweep.pruner=none"],
+                   cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     sweep_s = time.time() - start
     start = time.time()

@@ -153,13 +153,54 @@ def _two_process_config(shapes_config, param_sharding):
   return config
 
 
+def _mixture_config(shapes_config):
+  """A mixture (shapes: 8 labels; shapes_single: 16, 8 of them the same) through features, head
+  and evaluate: each part's share of every split read by each process."""
+  config = _tiny(shapes_config)
+  config.dataset, config.stages = "shapes+shapes_single", ("features", "head", "evaluate")
+  config.head.epochs, config.eval.examples = 1, 0
+  return config
+
+
 @pytest.fixture(scope="module")
 def two_process_runs(shapes_config, tmp_path_factory):
-  """Both layouts trained by one pair of jax.distributed processes (one start-up for both):
-  -> {layout: (config, workdir)} and the processes' (rc, stdout, stderr)."""
+  """Both layouts and a mixture trained by one pair of jax.distributed processes (one start-up
+  for all): -> {layout or 'mixture': (config, workdir)} and the processes' (rc, stdout, stderr)."""
   runs = {layout: (_two_process_config(shapes_config, layout),
                    tmp_path_factory.mktemp(f"two_processes_{layout}") / "run") for layout in LAYOUTS}
-  return runs, _launch([runs[layout] for layout in LAYOUTS])
+  runs["mixture"] = (_mixture_config(shapes_config),
+                     tmp_path_factory.mktemp("two_processes_mixture") / "run")
+  return runs, _launch([runs[name] for name in (*LAYOUTS, "mixture")])
+
+
+def test_two_processes_train_a_mixture_as_one_process_does(shapes_config, two_process_runs,
+                                                           tmp_path):
+  """The mixture's feature cache (rows at each image's stored position), its weighted head
+  batches, and its per-part evaluation are those of a 1-process run."""
+  from mlc_jax import checkpoints, models, runner
+  runs, results = two_process_runs
+  for i, (rc, _, stderr) in enumerate(results):
+    assert rc == 0, f"process {i}:\n{stderr[-3000:]}"
+  config, two = runs["mixture"]
+  one = tmp_path / "one"
+  runner.train_and_evaluate(config, str(one))
+  (cache_two,), (cache_one,) = ((w / "features").glob("*/meta.json") for w in (two, one))
+  for split in ("train", "val", "test"):
+    for kind in ("features", "labels"):
+      np.testing.assert_allclose(np.load(cache_two.parent / f"{split}_{kind}.npy"),
+                                 np.load(cache_one.parent / f"{split}_{kind}.npy"),
+                                 rtol=1e-5, atol=1e-6, err_msg=f"{split} {kind}")
+  head_two, head_one = (models.flat_params(checkpoints.restore_model(w, "head", "latest").model)
+                        for w in (two, one))
+  for name in head_one:
+    np.testing.assert_allclose(head_two[name], head_one[name], rtol=1e-5, atol=1e-7,
+                               err_msg=name)
+  metrics_two, metrics_one = (json.loads((w / "eval" / "test" / "metrics.json").read_text())
+                              for w in (two, one))
+  for part in ("shapes", "shapes_single"):
+    for name in ("mAP", "CF1_top3", "OF1_top3"):
+      assert metrics_two["sources"][part][name] == pytest.approx(
+          metrics_one["sources"][part][name], rel=1e-5, abs=1e-6), (part, name)
 
 
 @pytest.mark.parametrize("param_sharding", LAYOUTS)
