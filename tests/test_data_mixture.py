@@ -143,6 +143,14 @@ def test_the_shipped_alignment_names_only_labels_its_datasets_have():
   assert len(labels) == len(set(labels))
 
 
+def tf_png(array):
+  """PNG bytes of an array, as the folder dataset stores a PNG file."""
+  import io
+  buffer = io.BytesIO()
+  Image.fromarray(array).save(buffer, format="PNG")
+  return buffer.getvalue()
+
+
 def _rows(prefix, names, counts, seed):
   rng = np.random.default_rng(seed)
   rows = []
@@ -192,6 +200,14 @@ def test_a_mixture_trains_and_each_source_is_evaluated_as_if_alone(tmp_path):
   text = (workdir / "eval" / "test" / "report.md").read_text()
   assert "## Source a: folder" in text and "## Source b: folder" in text
   assert workdir_lib.read_config(workdir).dataset == "a=folder+b=folder"
+  import mlc_jax  # the public API over the union: the restored model's scores on a part's image
+  clf = mlc_jax.load(str(workdir), stage="head")
+  assert clf.labels == UNION
+  image = np.asarray(Image.open(tmp_path / "a" / "atest0.png").convert("RGB"))
+  (expected,) = 1 / (1 + np.exp(-forward(restored.model, pipeline.decode_and_resize(
+      tf_png(image), 32, "plain").numpy()[None])))
+  np.testing.assert_allclose(clf.predict([str(tmp_path / "a" / "atest0.png")])[0], expected,
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_mock_coco_and_a_nus_wide_tree_as_one_mixture(tmp_path):
@@ -265,3 +281,17 @@ def test_the_baseline_and_a_predictions_file_refuse_a_mixture_in_one_line(tmp_pa
   with pytest.raises(UserError, match="is a mixture; a predictions file" + tail):
     evaluate.evaluate_predictions(str(tmp_path / "w"), str(tmp_path / "p.csv"), config=config)
   assert not (tmp_path / "w").exists() and not (tmp_path / "tfds").exists()  # before any work
+
+
+def test_the_data_report_says_which_part_annotates_which_label(tmp_path, capsys):
+  from mlc_jax.data import report
+  config = _mixture_config(tmp_path)
+  config.image_size = 32
+  got = report.data_report(config, str(tmp_path / "w"))
+  assert got["labels"] == UNION and got["splits"]["test"]["images"] == 3
+  assert got["notes"]["annotates"] == {"a": ["car", "cat", "dog"],
+                                       "b": ["animal", "car", "dog", "tree"]}
+  out = capsys.readouterr().out
+  assert "  a annotates 3: car, cat, dog" in out and "  b annotates 4: animal, car, dog, tree" in out
+  saved = json.loads((tmp_path / "w" / "data_report.json").read_text())
+  assert saved["notes"]["annotates"] == got["notes"]["annotates"]

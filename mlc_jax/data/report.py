@@ -86,7 +86,11 @@ def format_report(report):
   lines.append("  train label frequency: " + ", ".join(f"{k} {v}" for k, v in top[:10])
                + (" ..." if len(top) > 10 else ""))
   for key, value in report["notes"].items():
-    lines.append(f"  {key}: {value}")
+    if key == "annotates":  # a mixture: which part annotates which label (the rest: unknown)
+      lines += [f"  {part} annotates {len(names)}: {', '.join(names)}"
+                for part, names in value.items()]
+    else:
+      lines.append(f"  {key}: {value}")
   lines.append(f"  skipped files: {report['skipped_count']}")
   for item in report["skipped_files"][:20]:
     lines.append(f"    {item['path']}: {item['reason']}")
