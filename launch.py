@@ -23,9 +23,10 @@ flags.DEFINE_string("images", None, "predict: an image path, folder or glob.")
 flags.DEFINE_integer("top_k", 3, "predict: labels printed per image.")
 flags.DEFINE_string("output", None, "predict: CSV/JSON-lines file to write; export: directory "
                     "(--format=keras_h5: a .h5 file).")
-flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "keras_h5"],
-                  "export: a StableHLO function with serve.py (default), or the VGG's weights as "
-                  "a Keras HDF5 file that model.weights=FILE (and Keras's load_weights) reads.")
+flags.DEFINE_enum("format", "stablehlo", ["stablehlo", "onnx", "keras_h5"],
+                  "export: a StableHLO function with serve.py (default; runs with jax), an ONNX "
+                  "graph with serve.py (runs with onnxruntime), or the VGG's weights as a Keras "
+                  "HDF5 file that model.weights=FILE (and Keras's load_weights) reads.")
 flags.DEFINE_integer("sweep_workers", 1, "sweep: worker processes on this machine (each its own "
                      "GPU where there are several, its own share of the CPU cores otherwise).",
                      lower_bound=1)

@@ -1,4 +1,5 @@
-"""Inference images/s: mlc_jax Classifier.predict vs Keras 3 (TensorFlow) `predict`, VGG16 224 px.
+"""Inference images/s: mlc_jax Classifier.predict vs Keras 3 (TensorFlow) `predict`, VGG16 224 px,
+and the same model exported to ONNX (Classifier.export(format='onnx')) run by onnxruntime.
 
   .venv/bin/python benchmarks/inference.py [--batch 8] [--batches 2] [--width 1.0] [--repeats 2]
 
@@ -6,8 +7,9 @@ Ours is mlc_jax.inference.classifier.Classifier. Both sides run the full ImageNe
 fc2, 1000-way softmax) with the SAME weights (ours, randomly initialised, copied into
 keras.applications.VGG16 layer by layer: the Keras names are ours) on the same uint8 224 px
 batch; Keras gets keras.applications.vgg16.preprocess_input, as a Keras user would call it, our
-model applies the same caffe preprocessing on device. The outputs are compared (max |probability
-difference|) so the two really compute one function.
+model applies the same caffe preprocessing on device; the ONNX graph takes the uint8 batch and
+does its own. The outputs are compared (max |probability difference|) so all three really compute
+one function. onnxruntime runs on its CPU provider with its default threads.
 """
 import argparse
 import os
@@ -87,18 +89,34 @@ def main(argv=None):
   run_ours = lambda: classifier.predict(images, batch_size=args.batch)
   run_keras = lambda: net.predict(preprocess(images.astype(np.float32)), batch_size=args.batch,
                                   verbose=0)
+  import tempfile
+
+  import onnxruntime
+  with tempfile.TemporaryDirectory() as tmp:
+    folder = classifier.export(pathlib.Path(tmp) / "onnx", format="onnx")
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"),
+                                           providers=["CPUExecutionProvider"])
+  run_onnx = lambda: np.concatenate([session.run(None, {"images": images[i:i + args.batch]})[0]
+                                     for i in range(0, len(images), args.batch)])
   first_ours, p_ours = common.best_of(run_ours, 1)
   first_keras, p_keras = common.best_of(run_keras, 1)
+  first_onnx, p_onnx = common.best_of(run_onnx, 1)
   t_ours, p_ours = common.best_of(run_ours, args.repeats)
   t_keras, p_keras = common.best_of(run_keras, args.repeats)
+  t_onnx, p_onnx = common.best_of(run_onnx, args.repeats)
   diff = float(np.max(np.abs(p_ours - p_keras)))
+  diff_onnx = float(np.max(np.abs(p_onnx - p_ours)))
   n = len(images)
-  rows = [common.row(f"inference VGG16 224px width {args.width:g} batch {args.batch}",
-                     n / t_ours, n / t_keras, "Keras predict")]
+  what = f"VGG16 224px width {args.width:g} batch {args.batch}"
+  rows = [common.row(f"inference {what}", n / t_ours, n / t_keras, "Keras predict"),
+          common.row(f"onnxruntime {what}", n / t_onnx, n / t_keras, "Keras predict"),
+          common.row(f"onnxruntime {what}", n / t_onnx, n / t_ours, "our jitted predict")]
   common.print_table(f"inference images/s, {n} images, best of {args.repeats} "
-                     f"(first calls: ours {first_ours:.1f}s, Keras {first_keras:.1f}s; "
-                     f"max |prob diff| {diff:.1e})", rows)
-  common.emit("inference", rows, max_abs_prob_diff=diff, images=n)
+                     f"(first calls: ours {first_ours:.1f}s, Keras {first_keras:.1f}s, "
+                     f"onnxruntime {first_onnx:.1f}s; max |prob diff| vs Keras {diff:.1e}, "
+                     f"onnxruntime vs ours {diff_onnx:.1e})", rows)
+  common.emit("inference", rows, max_abs_prob_diff=diff, max_abs_prob_diff_onnx=diff_onnx,
+              images=n)
 
 
 if __name__ == "__main__":

@@ -42,11 +42,11 @@ def _dispatch(mode, config, workdir, flags, overrides):
     from mlc_jax.inference import export
     fmt = getattr(flags, "format", "stablehlo")
     if not flags.output:
-      raise UserError("--mode=export needs --output=DIR" if fmt == "stablehlo" else
-                      "--mode=export --format=keras_h5 needs --output=FILE.h5")
+      raise UserError("--mode=export --format=keras_h5 needs --output=FILE.h5" if fmt == "keras_h5"
+                      else "--mode=export needs --output=DIR")
     if fmt == "keras_h5":
       return export.export_keras_h5(workdir, flags.output, which=flags.which, stage=flags.stage)
-    return export.export(workdir, flags.output, which=flags.which, stage=flags.stage)
+    return export.export(workdir, flags.output, which=flags.which, stage=flags.stage, fmt=fmt)
   if mode == "sweep":
     from mlc_jax import sweep
     path = "CONFIG"

@@ -1,7 +1,8 @@
-"""--mode=export: the exported StableHLO function runs with jax alone, matching Classifier.predict.
+"""--mode=export: the exported StableHLO function runs with jax alone, the ONNX graph with
+onnxruntime alone, each matching Classifier.predict.
 
-The exported folder is used from a subprocess in which mlc_jax, flax and TensorFlow cannot be
-imported at all, so it can only work from the folder's own files.
+The exported folder is used from a subprocess in which mlc_jax, flax and TensorFlow (and, for
+ONNX, jax) cannot be imported at all, so it can only work from the folder's own files.
 """
 import json
 import os
@@ -26,7 +27,8 @@ from trained_run import split_files, trained_workdir
 # Runs inside the export folder; importing any of BLOCKED raises ImportError.
 SERVE = """
 import sys
-BLOCKED = ("mlc_jax", "flax", "tensorflow", "orbax")
+BLOCKED = ("mlc_jax", "flax", "tensorflow", "orbax") + (("jax", "jaxlib") if sys.argv[1] == "onnx"
+                                                       else ())
 for name in BLOCKED:
   sys.modules[name] = None
 import numpy as np
@@ -35,8 +37,13 @@ model = serve.load(".")
 images = np.load("images.npy")
 np.save("out_3.npy", model.predict(images[:3]))
 np.save("out_all.npy", model.predict(images, batch_size=4))
-np.save("out_call.npy", np.asarray(model.function.call(model.params, images[:4])))
-top = model.top_k(sys.argv[1:], k=2)
+if sys.argv[1] == "onnx":  # the graph alone, as README.md calls it
+  import onnxruntime
+  session = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+  np.save("out_call.npy", session.run(None, {"images": images[:4]})[0])
+else:
+  np.save("out_call.npy", np.asarray(model.function.call(model.params, images[:4])))
+top = model.top_k(sys.argv[2:], k=2)
 print("TOP", [[label for label, _ in row] for row in top])
 import json
 names = json.load(open("fixtures.json"))
@@ -54,23 +61,35 @@ assert not loaded, loaded
 """
 
 
-@pytest.fixture(scope="module")
-def exported(shapes_config, tmp_path_factory):
+@pytest.fixture(scope="module", params=["stablehlo", "onnx"])
+def exported(shapes_config, tmp_path_factory, request):
   workdir, config = trained_workdir(shapes_config, tmp_path_factory)
   out = tmp_path_factory.mktemp("export") / "model"
-  flags = types.SimpleNamespace(output=str(out), which="best", stage=None)
+  flags = types.SimpleNamespace(output=str(out), which="best", stage=None, format=request.param)
   cli.run("export", None, str(workdir), flags)
   return workdir, config, out
 
 
 def test_export_folder(exported):
   workdir, config, out = exported
-  assert sorted(p.name for p in out.iterdir()) == [
-      "README.md", "inference.jax", "labels.txt", "params.npz", "preprocessing.json", "serve.py"]
+  fmt = json.loads((out / "preprocessing.json").read_text())["format"]
+  model = ["inference.jax", "params.npz"] if fmt == "stablehlo" else ["model.onnx"]
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      ["README.md", "labels.txt", "preprocessing.json", "serve.py"] + model)
   assert (out / "labels.txt").read_text().split() == (workdir / "labels.txt").read_text().split()
   spec = json.loads((out / "preprocessing.json").read_text())
   assert spec["image_size"] == config.image_size == 32 and spec["resize"] == "plain"
   assert spec["activation"] == "sigmoid" and len(spec["thresholds"]) == 8
+  if fmt == "onnx":
+    import onnx
+    graph = onnx.load(str(out / "model.onnx")).graph
+    (images,), (probabilities,) = graph.input, graph.output
+    dims = [d.dim_param or d.dim_value for d in images.type.tensor_type.shape.dim]
+    assert dims == ["batch", 32, 32, 3]  # symbolic batch, uint8 S x S RGB
+    assert images.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert [d.dim_param or d.dim_value for d in probabilities.type.tensor_type.shape.dim] == [
+        "batch", 8]
+    return
   assert "cpu" in spec["platforms"]
   import jax
   function = jax.export.deserialize(bytearray((out / "inference.jax").read_bytes()))
@@ -90,7 +109,8 @@ def test_exported_function_matches_classifier_with_jax_alone(exported, tmp_path)
   names = sorted(expected) + [bomb]
   (out / "fixtures.json").write_text(json.dumps(names))
   env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-  proc = subprocess.run([sys.executable, "-c", SERVE, *paths[:3]], cwd=out, env=env,
+  fmt = json.loads((out / "preprocessing.json").read_text())["format"]
+  proc = subprocess.run([sys.executable, "-c", SERVE, fmt, *paths[:3]], cwd=out, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   classifier = mlc_jax.load(workdir)
@@ -98,7 +118,8 @@ def test_exported_function_matches_classifier_with_jax_alone(exported, tmp_path)
   for name, rows in (("out_3.npy", 3), ("out_all.npy", 7), ("out_call.npy", 4)):
     got = np.load(out / name)
     assert got.dtype == np.float32 and got.shape == (rows, 8)
-    np.testing.assert_allclose(got, reference[:rows], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, reference[:rows], rtol=1e-5, atol=1e-5 if fmt == "stablehlo"
+                               else 1e-4)
   top = [[label for label, _ in row] for row in classifier.top_k(paths[:3], k=2)]
   assert f"TOP {top}" in proc.stdout
 
@@ -112,7 +133,7 @@ def test_exported_function_matches_classifier_with_jax_alone(exported, tmp_path)
     if want.shape[:2] == (32, 32):  # no resize: exactly the truth, on both sides
       np.testing.assert_array_equal(served[name.replace(".", "_")], want, err_msg=name)
       np.testing.assert_array_equal(ours, want, err_msg=name)
-    else:  # resized by XLA there and TensorFlow here: one level at most
+    else:  # resized by numpy there and TensorFlow here: one level at most
       assert np.abs(served[name.replace(".", "_")].astype(int) - ours).max() <= 1, name
   np.testing.assert_array_equal(served["exif6_jpg"], served["upright_png"])
   upright = classifier.predict([out / "fixtures" / "exif6.jpg", out / "fixtures" / "upright.png"])

@@ -90,6 +90,22 @@ class Classifier:
       return np.zeros((0, len(self.labels)), np.float32)
     return np.concatenate(out)[:n].astype(np.float32)
 
+  def export(self, path, format="stablehlo"):  # noqa: A002 - the CLI flag's name
+    """Writes this model to the folder `path` as --mode=export does: format 'stablehlo'
+    (inference.jax + params.npz, run with jax) or 'onnx' (model.onnx, run with onnxruntime), with
+    labels.txt, preprocessing.json (this Classifier's image size, resize, decoding rules,
+    activation, thresholds), serve.py and README.md. Returns the folder."""
+    from mlc_jax.inference import export as export_lib  # noqa: PLC0415 - jax.export, onnx
+    convention = getattr(self.model, "backbone", self.model).preprocessing
+    spec = export_lib.spec(image_size=self.image_size, resize=self.resize, convention=convention,
+                           activation=self.activation, exif_orientation=self.exif_orientation,
+                           max_pixels=self.max_pixels, thresholds=self.thresholds)
+    if self.checkpoint:
+      spec["checkpoint"] = self.checkpoint
+    return export_lib.write(path, self.model, self.labels, spec, format,
+                            source=f"checkpoint {self.checkpoint}" if self.checkpoint
+                            else "a Classifier")
+
   def top_k(self, images, k=3):
     """Per image, the k most probable (label, probability) pairs, most probable first."""
     probs = self.predict(images)

@@ -1,16 +1,18 @@
-"""--mode=export: a trained run as a serialized StableHLO function that runs with jax alone.
+"""--mode=export: a trained run as a model that runs without mlc_jax: StableHLO (jax) or ONNX.
 
-The export folder holds:
+The export folder holds (--format=stablehlo, the default):
   inference.jax       jax.export serialization of f(params, images) -> probabilities, where images
                       is uint8 (N, S, S, 3) RGB 0-255 with a symbolic batch N and probabilities
                       float32 (N, C); ImageNet normalisation and the activation happen inside
   params.npz          the weights {'backbone/block1_conv1/kernel': array, ...}: f's params
+or (--format=onnx) model.onnx: the same function as an ONNX graph with the weights inside
+(mlc_jax.inference.onnx_graph), for onnxruntime and any ONNX runtime; and in both:
   labels.txt          the C labels, in output order
   preprocessing.json  what to do to a picture before the function: decode to RGB, resize to S x S
-  serve.py            a loader and CLI using only jax, numpy and PIL
+  serve.py            a loader and CLI using only numpy, PIL and jax or onnxruntime
   README.md           how to call it
-Weights travel beside the function rather than inside it as constants: the StableHLO stays small
-whatever the model's size, and the weights can be read (or swapped) without jax.
+StableHLO: the weights travel beside the function rather than inside it as constants, so it stays
+small whatever the model's size, and the weights can be read (or swapped) without jax.
 """
 import importlib.resources
 import json
@@ -28,12 +30,14 @@ from mlc_jax.errors import UserError
 from mlc_jax.inference import restore
 
 PLATFORMS = ("cpu", "cuda", "tpu")
+FORMATS = ("stablehlo", "onnx")
 FUNCTION_FILE = "inference.jax"
+ONNX_FILE = "model.onnx"
 
 README = """# Exported mlc_jax model
 
-Runs with `jax`, `numpy` and `pillow` only (no mlc_jax, no flax). Exported from `{workdir}`
-(checkpoint {checkpoint}, '{which}') with jax {jax_version} for platforms {platforms}.
+Runs with `jax`, `numpy` and `pillow` only (no mlc_jax, no flax). Exported from {source}
+with jax {jax_version} for platforms {platforms}.
 
     python serve.py --k=3 photo.jpg other.png
 
@@ -51,6 +55,28 @@ Or without serve.py:
 
 `images` must already be {size} x {size} RGB uint8 (see preprocessing.json: resize '{resize}',
 bilinear with antialiasing); normalisation and the {activation} happen inside the function.
+"""
+
+ONNX_README = """# Exported mlc_jax model (ONNX)
+
+Runs with `onnxruntime`, `numpy` and `pillow` only (no mlc_jax, no jax, no TensorFlow); any ONNX
+runtime (TensorRT, OpenVINO, ...) takes model.onnx. Exported from {source}.
+
+    python serve.py --k=3 photo.jpg other.png
+
+    import serve                      # from inside this folder
+    model = serve.load(".")
+    model.predict(["photo.jpg"])      # float32 (N, {num_classes}) probabilities, labels.txt order
+    model.top_k(["photo.jpg"], k=3)   # [[(label, probability), ...], ...]
+
+Or without serve.py:
+
+    import onnxruntime as ort
+    session = ort.InferenceSession("model.onnx")
+    probabilities = session.run(None, {{"images": images}})[0]  # uint8 (N, {size}, {size}, 3) RGB
+
+`images` must already be {size} x {size} RGB uint8 (see preprocessing.json: resize '{resize}',
+bilinear with antialiasing); normalisation and the {activation} happen inside the graph.
 """
 
 
@@ -87,56 +113,92 @@ def export_function(f, params, image_size, platforms=PLATFORMS):
     return jax.export.export(jax.jit(f))(*args)
 
 
-def preprocessing_spec(config, thresholds):
-  """What a picture needs before the exported function, and what comes out of it."""
-  convention = models.preprocessing_of(config)
+def spec(*, image_size, resize, convention, activation, exif_orientation, max_pixels,
+         thresholds):
+  """preprocessing.json: what a picture needs before the exported model, and what comes out."""
   return {
-      "image_size": int(config.image_size),
-      "resize": config.data.resize,
+      "image_size": int(image_size),
+      "resize": resize,
       "interpolation": "bilinear, antialiased (tf.image.resize antialias=True), rounded to uint8",
       "decode": "mlc_jax.data.reader: EXIF orientation when exif_orientation; 16-bit keeps the "
                 "high byte; palette to its colours; grey replicated; alpha dropped",
-      "exif_orientation": bool(config.data.get("exif_orientation", True)),
-      "max_pixels": int(config.data.get("max_pixels", reader.DEFAULT_MAX_PIXELS)),
+      "exif_orientation": bool(exif_orientation),
+      "max_pixels": int(max_pixels),
       "input": {"dtype": "uint8", "layout": "NHWC", "channels": "RGB", "range": [0, 255]},
-      "normalization": f"{convention} (inside the function: do not normalise)",
-      "activation": config.head.activation,
+      "normalization": f"{convention} (inside the model: do not normalise)",
+      "activation": activation,
       "output": "float32 (N, C) probabilities in labels.txt order",
       "thresholds": None if thresholds is None else [float(t) for t in thresholds],
   }
 
 
-def export(workdir, output_dir, which="best", stage=None):
-  """--mode=export: writes the run's inference function, weights, labels and spec to output_dir.
+def preprocessing_spec(config, thresholds):
+  """spec() of a run's config."""
+  return spec(image_size=config.image_size, resize=config.data.resize,
+              convention=models.preprocessing_of(config), activation=config.head.activation,
+              exif_orientation=config.data.get("exif_orientation", True),
+              max_pixels=config.data.get("max_pixels", reader.DEFAULT_MAX_PIXELS),
+              thresholds=thresholds)
+
+
+def _folder(output_dir, workdir=None):
+  out = pathlib.Path(output_dir).expanduser()
+  if out.exists() and not out.is_dir():
+    raise UserError(f"--output={out} is a file; pass a folder for the export")
+  if workdir is not None and out.resolve() == pathlib.Path(workdir).resolve():
+    raise UserError(f"--output={out} is the workdir; pass a new folder for the export")
+  return out
+
+
+def write(output_dir, model, labels, spec_, fmt="stablehlo", source="a Classifier"):
+  """Writes model (uint8 images -> probabilities), labels.txt, preprocessing.json, serve.py and
+  README.md to output_dir in format fmt (stablehlo: inference.jax + params.npz, for jax; onnx:
+  model.onnx, for onnxruntime). The model is converted before anything is written, so a model
+  that cannot be exported leaves no folder behind. Returns the folder."""
+  if fmt not in FORMATS:
+    raise UserError(f"--format={fmt!r}: export writes one of {', '.join(FORMATS)} "
+                    "(or keras_h5 from a run)")
+  out = _folder(output_dir)
+  size, activation = int(spec_["image_size"]), spec_["activation"]
+  common = dict(source=source, num_classes=len(labels), size=size, resize=spec_["resize"],
+                activation=activation)
+  if fmt == "onnx":
+    from mlc_jax.inference import onnx_graph  # noqa: PLC0415 - onnx is imported for this only
+    proto = onnx_graph.build(model, len(labels), activation, size)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / ONNX_FILE).write_bytes(proto.SerializeToString())
+    spec_ = dict(spec_, format="onnx", opset=onnx_graph.OPSET)
+    readme = ONNX_README.format(**common)
+  else:
+    f, params = inference_function(model, activation)
+    exported = export_function(f, params, size)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / FUNCTION_FILE).write_bytes(exported.serialize())
+    np.savez(out / "params.npz", **params)
+    spec_ = dict(spec_, format="stablehlo", platforms=list(exported.platforms),
+                 jax_version=jax.__version__)
+    readme = README.format(jax_version=jax.__version__, platforms=", ".join(exported.platforms),
+                           **common)
+  (out / "labels.txt").write_text("\n".join(labels) + "\n")
+  (out / "preprocessing.json").write_text(json.dumps(spec_, indent=2) + "\n")
+  serve = importlib.resources.files("mlc_jax").joinpath("resources/serve.py").read_text()
+  (out / "serve.py").write_text(serve)
+  (out / "README.md").write_text(readme)
+  return out
+
+
+def export(workdir, output_dir, which="best", stage=None, fmt="stablehlo"):
+  """--mode=export: writes the run's model, labels and spec to output_dir (see `write`).
 
   The thresholds written are those tuned for the exported checkpoint. Returns the output folder.
   """
   r = restore.restore(workdir, which, stage)
-  workdir, config, labels, model = r.workdir, r.config, r.labels, r.model
-  out = pathlib.Path(output_dir).expanduser()
-  if out.exists() and not out.is_dir():
-    raise UserError(f"--output={out} is a file; pass a folder for the export")
-  if out.resolve() == pathlib.Path(workdir).resolve():
-    raise UserError(f"--output={out} is the workdir; pass a new folder for the export")
-  out.mkdir(parents=True, exist_ok=True)
-  f, params = inference_function(model, config.head.activation)
-  exported = export_function(f, params, int(config.image_size))
-  (out / FUNCTION_FILE).write_bytes(exported.serialize())
-  np.savez(out / "params.npz", **params)
-  (out / "labels.txt").write_text("\n".join(labels) + "\n")
-  spec = preprocessing_spec(config, r.thresholds)
-  spec.update(platforms=list(exported.platforms), jax_version=jax.__version__,
-              checkpoint=r.name)
-  (out / "preprocessing.json").write_text(json.dumps(spec, indent=2) + "\n")
-  serve = importlib.resources.files("mlc_jax").joinpath("resources/serve.py").read_text()
-  (out / "serve.py").write_text(serve)
-  (out / "README.md").write_text(README.format(
-      workdir=workdir, which=which, checkpoint=r.name, jax_version=jax.__version__,
-      platforms=", ".join(exported.platforms),
-      num_classes=len(labels), size=int(config.image_size), resize=config.data.resize,
-      activation=config.head.activation))
-  print(f"exported {workdir} ({r.name}, {which}) to {out}: {len(labels)} labels, "
-        f"{int(config.image_size)} px, platforms {', '.join(exported.platforms)}")
+  _folder(output_dir, r.workdir)
+  spec_ = dict(preprocessing_spec(r.config, r.thresholds), checkpoint=r.name)
+  out = write(output_dir, r.model, r.labels, spec_, fmt,
+              source=f"`{r.workdir}` (checkpoint {r.name}, '{which}')")
+  print(f"exported {r.workdir} ({r.name}, {which}) to {out} as {fmt}: {len(r.labels)} labels, "
+        f"{int(r.config.image_size)} px")
   return out
 
 

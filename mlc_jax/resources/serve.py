@@ -1,6 +1,9 @@
-"""Run a model exported by `python launch.py --mode=export` with jax, numpy and PIL only.
+"""Run a model exported by `python launch.py --mode=export` with numpy, PIL and jax or onnxruntime.
 
-mlc_jax copies this file into every export folder as serve.py; it never imports mlc_jax.
+mlc_jax copies this file into every export folder as serve.py; it never imports mlc_jax. The
+folder's model is inference.jax + params.npz (--format=stablehlo: run by jax) or model.onnx
+(--format=onnx: run by onnxruntime, and then neither jax nor TensorFlow is needed); each runtime
+is imported only when its model is loaded.
 
   python serve.py [--k=3] IMAGE [IMAGE ...]          # from inside the export folder
 
@@ -17,8 +20,6 @@ import pathlib
 import sys
 import warnings
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -77,9 +78,10 @@ def read(path, exif=True, max_pixels=DEFAULT_MAX_PIXELS):
 def resize(image, image_size, method="plain"):
   """uint8 (H, W, 3) -> uint8 (image_size, image_size, 3), as preprocessing.json's resize says.
 
-  jax.image.resize (antialiased linear) stands in for tf.image.resize: an image already
-  image_size square passes unchanged; otherwise a pixel may differ by one level where TensorFlow
-  and XLA round a value near .5 differently (about 0.1% of pixels).
+  An antialiased linear resize in numpy (the scale-and-translate weights tf.image.resize and
+  jax.image.resize use) stands in for tf.image.resize: an image already image_size square passes
+  unchanged; otherwise a pixel may differ by one level where the two round a value near .5
+  differently (about 0.1% of pixels).
   """
   image = np.asarray(image, dtype=np.uint8)
   h, w = image.shape[:2]
@@ -90,10 +92,27 @@ def resize(image, image_size, method="plain"):
     nh, nw = (math.ceil(np.float32(h) * scale), math.ceil(np.float32(w) * scale))
   else:
     nh, nw = image_size, image_size
-  out = jax.image.resize(image.astype(np.float32), (nh, nw, 3), "linear", antialias=True)
+  out = np.einsum("hH,wW,HWc->hwc", _weights(h, nh), _weights(w, nw), image.astype(np.float32),
+                  optimize=True)
   top, left = (nh - image_size) // 2, (nw - image_size) // 2
   out = out[top:top + image_size, left:left + image_size]
-  return np.asarray(jnp.clip(jnp.round(out), 0, 255)).astype(np.uint8)
+  return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def _weights(n_in, n_out):
+  """(n_out, n_in) float32 weights of an antialiased linear (triangle) resize along one axis:
+  the kernel widened by the downscale factor, each row normalised."""
+  scale = np.float32(n_out) / np.float32(n_in)
+  inv = np.float32(1) / scale
+  kernel_scale = max(inv, np.float32(1))
+  sample = (np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * inv - np.float32(0.5)
+  x = np.abs(sample[:, None] - np.arange(n_in, dtype=np.float32)[None, :]) / kernel_scale
+  weights = np.maximum(np.float32(0), np.float32(1) - x)
+  total = weights.sum(axis=1, keepdims=True)
+  weights = np.where(np.abs(total) > 1000 * np.finfo(np.float32).eps,
+                     weights / np.where(total != 0, total, 1), 0)
+  inside = (sample >= -0.5) & (sample <= n_in - 0.5)
+  return np.where(inside[:, None], weights, 0).astype(np.float32)
 
 
 def _to_array(item, exif, max_pixels):
@@ -112,8 +131,34 @@ def _to_array(item, exif, max_pixels):
   return np.asarray(array[..., :3], dtype=np.uint8)
 
 
+class _Jax:
+  """inference.jax + params.npz, run by jax."""
+
+  def __init__(self, export_dir):
+    import jax  # noqa: PLC0415 - only this format needs it
+    self.function = jax.export.deserialize(bytearray((export_dir / "inference.jax").read_bytes()))
+    with np.load(export_dir / "params.npz") as params:
+      self.params = {name: jax.device_put(params[name]) for name in params.files}
+    self._call = jax.jit(self.function.call)
+
+  def __call__(self, images):
+    return np.asarray(self._call(self.params, images))
+
+
+class _Onnx:
+  """model.onnx, run by onnxruntime (on its CPU provider unless another is installed)."""
+
+  def __init__(self, export_dir):
+    import onnxruntime  # noqa: PLC0415 - only this format needs it
+    self.session = onnxruntime.InferenceSession(str(export_dir / "model.onnx"),
+                                                providers=onnxruntime.get_available_providers())
+
+  def __call__(self, images):
+    return self.session.run(None, {"images": images})[0]
+
+
 class ExportedModel:
-  """The exported inference function with its labels and preprocessing spec."""
+  """The exported model (StableHLO or ONNX) with its labels and preprocessing spec."""
 
   def __init__(self, export_dir):
     export_dir = pathlib.Path(export_dir)
@@ -123,10 +168,10 @@ class ExportedModel:
     self.resize_method = self.spec["resize"]
     self.exif = bool(self.spec.get("exif_orientation", True))
     self.max_pixels = int(self.spec.get("max_pixels", DEFAULT_MAX_PIXELS))
-    self.function = jax.export.deserialize(bytearray((export_dir / "inference.jax").read_bytes()))
-    with np.load(export_dir / "params.npz") as params:
-      self.params = {name: jax.device_put(params[name]) for name in params.files}
-    self._call = jax.jit(self.function.call)
+    self.run = _Onnx(export_dir) if (export_dir / "model.onnx").exists() else _Jax(export_dir)
+    # StableHLO: the function and its weights, as README.md calls them without this file
+    self.function = getattr(self.run, "function", None)
+    self.params = getattr(self.run, "params", None)
 
   def preprocess(self, images):
     """Paths, PIL images, a list of arrays or a uint8 (N, H, W, 3) array -> uint8 (N, S, S, 3)."""
@@ -144,8 +189,7 @@ class ExportedModel:
   def predict(self, images, batch_size=32):
     """-> float32 (N, C) probabilities, in labels order."""
     images = self.preprocess(images)
-    out = [np.asarray(self._call(self.params, images[i:i + batch_size]))
-           for i in range(0, len(images), batch_size)]
+    out = [self.run(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     return np.concatenate(out).astype(np.float32)
 
   def top_k(self, images, k=3):
