@@ -28,7 +28,9 @@ import pathlib
 
 import ml_collections
 import numpy as np
+import tensorflow as tf
 
+from mlc_jax.data.source import Source
 from mlc_jax.errors import UserError
 
 ALIGNMENT = pathlib.Path(__file__).resolve().parents[1] / "resources" / "label_alignment.json"
@@ -186,11 +188,12 @@ def draws(sizes, weights, seed, epoch):
   return part, position
 
 
-class Mixture:
-  """A Source made of parts (see the module doc); the pipeline, the feature cache and the
-  evaluation read it like any Source."""
+class Mixture(Source):
+  """A Source made of parts (see the module doc): it overrides what a mixture does differently
+  (reading, shares and positions, training order, fingerprint); the pipeline, the feature cache
+  and the evaluation read it like any Source."""
 
-  def __init__(self, name, parts, weights, labels, columns, implied, alignment):
+  def __init__(self, name, parts, weights, labels, columns, implied, alignment):  # noqa: PLW0231 - no TFDS builder of its own
     self.name = name
     self.parts = parts  # [(alias, Source)]
     self.weights = [float(w) for w in weights]
@@ -217,7 +220,6 @@ class Mixture:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
   def _convert(self, i):
-    import tensorflow as tf  # noqa: PLC0415 - the config check imports this module for `parse`
     cols, implied, n = self.columns[i], self.implied[i], len(self.labels)
 
     def convert(example):
@@ -230,21 +232,18 @@ class Mixture:
       return dict(example, labels=tf.cast(union, tf.int8))
     return convert
 
-  def local_count(self, split, index, count):
+  def local_count(self, split, index=0, count=1):
     return sum(self.local_sizes(split, index, count))
 
-  def local_sizes(self, split, index, count):
-    """Each part's share of the split on this process."""
-    from mlc_jax.data import pipeline  # noqa: PLC0415 - the pipeline calls back into a Mixture
-    return [pipeline.local_count(s, split, index, count) for _, s in self.parts]
+  def local_sizes(self, split, index=0, count=1):
+    """Each part's share of the split on process `index`."""
+    return [s.local_count(split, index, count) for _, s in self.parts]
 
-  def positions(self, split, index, count):
-    """Stored positions of this process's share, in the order `read` yields it."""
-    from mlc_jax.data import pipeline  # noqa: PLC0415
-    return np.concatenate([
-        off + pipeline.local_offset(s, split, index, count)
-        + np.arange(pipeline.local_count(s, split, index, count))
-        for off, (_, s) in zip(self.offsets(split), self.parts)])
+  def positions(self, split, index=0, count=1):
+    """Stored positions of this process's share, in the order `read` yields it: each part's
+    share at the part's offset."""
+    return np.concatenate([off + s.positions(split, index, count)
+                           for off, (_, s) in zip(self.offsets(split), self.parts)])
 
   def train_order(self, seed, epoch, index=0, count=1, split="train"):
     """Indices into this process's share (as `read` yields it) of one training epoch."""
@@ -255,7 +254,6 @@ class Mixture:
   def read(self, split, *, process_index=0, process_count=1, shuffle_seed=None):
     """tf.data of {'image', 'labels' (union target)}: stored order, or (shuffle_seed) one
     epoch's weighted draws, the parts' shuffled streams cycled."""
-    import tensorflow as tf  # noqa: PLC0415
     streams = [s.read(split, process_index=process_index, process_count=process_count,
                       shuffle_seed=shuffle_seed).map(self._convert(i))
                for i, (_, s) in enumerate(self.parts)]
@@ -268,11 +266,6 @@ class Mixture:
     part, _ = draws(sizes, self.weights, shuffle_seed, 0)
     choice = tf.data.Dataset.from_tensor_slices(part.astype(np.int64))
     return tf.data.Dataset.choose_from_datasets([s.repeat() for s in streams], choice)
-
-  def label_matrix(self, split):
-    rows = [ex["labels"] for ex in self.read(split).map(lambda e: {"labels": e["labels"]})
-            .as_numpy_iterator()]
-    return np.stack(rows)
 
 
 def source(config, get, known):

@@ -18,18 +18,10 @@ import os
 import jax
 import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 from tensorflow.python.eager import context as tf_context
 
 from mlc_jax.data import images
 from mlc_jax.errors import UserError
-
-# TensorFlow only feeds the host pipeline: keep it off any accelerator JAX is using.
-try:
-  tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TensorFlow was initialised before this import; it is then already set up
-  pass
-
 
 def host_cores():
   """The CPU cores this process may use."""
@@ -88,29 +80,6 @@ def steps_per_epoch(source, split, batch_size, train):
   return math.ceil(n / batch_size)
 
 
-def local_count(source, split, index, count):
-  """Examples in this process's share of the split."""
-  if hasattr(source, "local_count"):  # a mixture: the sum of its parts' shares
-    return source.local_count(split, index, count)
-  if count == 1:
-    return source.num_examples[split]
-  spec = tfds.even_splits(source.splits[split], n=count, drop_remainder=False)[index]
-  return int(source.builder.info.splits[spec].num_examples)
-
-
-def local_offset(source, split, index, count):
-  """Position in the split's stored order of this process's first example (shares are contiguous)."""
-  return sum(local_count(source, split, i, count) for i in range(index))
-
-
-def positions(source, split, index, count):
-  """int64 stored positions of this process's share, in the order source.read yields it."""
-  if hasattr(source, "positions"):  # a mixture: each part's share at the part's offset
-    return source.positions(split, index, count)
-  start = local_offset(source, split, index, count)
-  return np.arange(start, start + local_count(source, split, index, count))
-
-
 def decode_and_resize(image_bytes, image_size, method):
   """Encoded bytes -> uint8 (image_size, image_size, 3), exactly as images.load does it."""
   return images.resize(images.decode(image_bytes), image_size, method)
@@ -133,7 +102,7 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
   """The batched tf.data.Dataset behind `batches` (elements: image, labels, mask[, index])."""
   index, count = _process()
   local, steps, image_size, method = _check(source, split, batch_size, train, config, start_batch)
-  n_local = local_count(source, split, index, count)
+  n_local = source.local_count(split, index, count)
   shuffle_seed = epoch_seed(seed, epoch) if train else None
   ds = source.read(split, process_index=index, process_count=count, shuffle_seed=shuffle_seed)
   if train:
@@ -141,7 +110,7 @@ def dataset(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
     ds = ds.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
     ds = ds.take(steps * local)
   else:  # each example's position in the split's stored order, whatever the process count
-    where = tf.constant(positions(source, split, index, count), tf.int32)
+    where = tf.constant(source.positions(split, index, count), tf.int32)
     ds = ds.enumerate().map(lambda i, ex: dict(ex, index=tf.gather(where, i)))
   # Skipping before decoding makes a resume cheap: skipped images are never decoded.
   ds = ds.skip(start_batch * local)
@@ -177,7 +146,7 @@ def decoded_split(source, split, config):
   once in stored order and kept on the source; None when it would exceed data.cache_mb."""
   index, count = _process()
   size, method = int(config.image_size), config.data.resize
-  n = local_count(source, split, index, count)
+  n = source.local_count(split, index, count)
   if n == 0 or n * size * size * 3 > float(config.data.get("cache_mb", 0)) * 2 ** 20:
     return None
   key = (split, size, method, index, count)
@@ -225,10 +194,9 @@ def batches(source, split, *, batch_size, train, config, seed=0, epoch=0, start_
   decoded = decoded_split(source, split, config)
   if decoded is not None:
     index, count = _process()
-    order = (source.train_order(seed, epoch, index, count, split)
-             if train and hasattr(source, "train_order") else None)
+    order = source.train_order(seed, epoch, index, count, split) if train else None
     return _from_memory(decoded, local=local, steps=steps, train=train, seed=seed, epoch=epoch,
-                        start_batch=start_batch, where=positions(source, split, index, count),
+                        start_batch=start_batch, where=source.positions(split, index, count),
                         order=order)
   ds = dataset(source, split, batch_size=batch_size, train=train, config=config, seed=seed,
                epoch=epoch, start_batch=start_batch)

@@ -39,7 +39,9 @@ def carve(builder, split, val_fraction, *, name):
 
 
 class Source:
-  """A TFDS-backed dataset as the pipeline sees it.
+  """A TFDS-backed dataset as the pipeline sees it: the one data contract. A Mixture (data.mixture)
+  is a Source made of parts and overrides what differs; the pipeline, the stages and evaluation
+  call these methods on any Source and never ask which kind they hold.
 
   labels: class names; num_examples: {'train', 'val', 'test'} -> stored count; skipped: files left
   out when the dataset was built, as [{'path', 'reason'}]; notes: dataset-specific counts for
@@ -49,6 +51,8 @@ class Source:
   -1 for unknown entries (default: the multi-hot of label_fn, nothing unknown); unlabeled_unknown:
   the splits whose images without any label are left out (target all -1), as a protocol drops them.
   """
+
+  parts = ()  # one dataset; a Mixture's [(alias, Source)]
 
   def __init__(self, name, builder, splits, label_fn, labels, *, skipped=(), notes=None, options=None,
                target_fn=None, protocol=None, unlabeled_unknown=()):
@@ -82,6 +86,28 @@ class Source:
     key = json.dumps([self.name, str(self.builder.version), config, self.splits, self.labels,
                       self.options, self.num_examples], sort_keys=True, default=str)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+  def local_count(self, split, index=0, count=1):
+    """Examples in process `index`'s share of the split (of `count` processes)."""
+    if count == 1:
+      return self.num_examples[split]
+    spec = tfds.even_splits(self.splits[split], n=count, drop_remainder=False)[index]
+    return int(self.builder.info.splits[spec].num_examples)
+
+  def local_offset(self, split, index=0, count=1):
+    """Position in the split's stored order of this share's first example (shares are contiguous)."""
+    return sum(self.local_count(split, i, count) for i in range(index))
+
+  def positions(self, split, index=0, count=1):
+    """int64 stored positions of process `index`'s share, in the order `read` yields it."""
+    start = self.local_offset(split, index, count)
+    return np.arange(start, start + self.local_count(split, index, count))
+
+  def train_order(self, seed, epoch, index=0, count=1, split="train"):
+    """Indices into this share (as `read` yields it) of one training epoch: a permutation
+    seeded by (seed, epoch)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(
+        self.local_count(split, index, count))
 
   def read(self, split, *, process_index=0, process_count=1, shuffle_seed=None):
     """tf.data.Dataset of {'image': encoded bytes, 'labels': int8 (C,) target (1/0/-1)}.
