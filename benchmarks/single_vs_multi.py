@@ -33,8 +33,8 @@ KEYS = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 def backbone_and_config(args):
   """(config, backbone): a trained workdir's, or the demo config's freshly built one."""
   if args.workdir:
-    from mlc_jax import checkpoints
-    restored = checkpoints.restore_model(args.workdir, which="best")
+    from mlc_jax import restore
+    restored = restore.restore_model(args.workdir, which="best")
     return restored.config, restored.model.backbone
   from configs import demo
   config = demo.get_config()

@@ -1,4 +1,4 @@
-"""Checkpoints: the Orbax format below training and inference, and the one path that restores a model.
+"""Checkpoints: the Orbax format below training, evaluation and inference.
 
 One CheckpointManager per stage under WORKDIR/checkpoints/STAGE. Each step holds the items
 'model', the pure dict of the FULL MultiLabelModel state (backbone + head, parameters and batch
@@ -10,14 +10,11 @@ steps intact; the two latest steps and the best one are kept, so a damaged lates
 fault) falls back to the one before it. A stage is done only when its DONE file exists, written
 after its last save has finished.
 
-`restore_model` is the one way a trained model comes back: evaluation, `mlc_jax.load`, prediction,
-export and fine-tuning from the head stage all call it.
+Turning a workdir back into a model is mlc_jax.restore's job; this module knows the format only.
 """
-import dataclasses
 import json
 import os
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +24,7 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from mlc_jax import models, parallel, workdir as workdir_lib
+from mlc_jax import models, workdir as workdir_lib
 from mlc_jax.config import BEST_METRICS, TRAINED_STAGES
 from mlc_jax.errors import UserError
 
@@ -85,8 +82,6 @@ class Manager:
   """A thin CheckpointManager: keeps the two latest steps (resume) and the best (by best_metric)."""
 
   def __init__(self, workdir, stage, best_metric="val_loss", *, read_only=False):
-    if best_metric not in BEST_METRICS:
-      raise UserError(f"checkpoint.best_metric={best_metric!r} is not one of {tuple(BEST_METRICS)}")
     _quiet_orbax()
     self.mode = BEST_METRICS[best_metric]
     self.best_metric = best_metric
@@ -216,24 +211,6 @@ def load_model_state(model, pure):
   nnx.update(model, state)
 
 
-@dataclasses.dataclass
-class Restored:
-  """A model restored from a workdir, with what describes it."""
-  workdir: Any
-  config: Any       # config.json
-  labels: list      # labels.txt
-  model: Any        # MultiLabelModel with the checkpoint's values
-  stage: str
-  step: int
-  thresholds: Any   # float32 (C,) tuned for this very checkpoint (and weights), or None
-  weights: str = "regular"  # 'ema': the checkpoint's moving average of the weights
-
-  @property
-  def name(self):
-    """'STAGE/STEP', with ' (EMA)' for the moving average's weights."""
-    return f"{self.stage}/{self.step}" + (" (EMA)" if self.weights == "ema" else "")
-
-
 def best_metric_of(config, stage):
   """The metric that ranks a stage's checkpoints: checkpoint.best_metric, except that only the
   finetune stage keeps EMA weights (the head stage ranks by the plain metric)."""
@@ -244,58 +221,3 @@ def best_metric_of(config, stage):
 def weights_of(config, stage):
   """'ema' when the stage's best checkpoint is the one of its EMA weights, else 'regular'."""
   return "ema" if best_metric_of(config, stage).endswith("_ema") else "regular"
-
-
-def _default_placement():
-  # One process: this machine's first device. Several: replicated over all of them (each
-  # process then holds a whole copy; Orbax restores collectively).
-  if jax.process_count() == 1:
-    return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return parallel.replicated(parallel.mesh())
-
-
-def restore_model(workdir, stage=None, which="best", *, model=None, device=None, weights=None):
-  """The trained model of a workdir: stage (None = the last with checkpoints), which step.
-
-  which: 'best' (by the run's checkpoint.best_metric), 'latest' or a step number. weights:
-  'regular' or 'ema' (default: the ones the best metric ranks, weights_of). model: restore into
-  this model's arrays, keeping their shardings (training); otherwise a model is built from
-  config.json and every array lands on `device` (default: this machine's first device; with
-  several processes, replicated over all devices).
-  """
-  config = workdir_lib.read_config(workdir)
-  labels = workdir_lib.read_labels(workdir)
-  stage = stage or final_stage(workdir)
-  if stage not in TRAINED_STAGES:
-    raise UserError(f"stage {stage!r} has no checkpoints; choose one of {TRAINED_STAGES}")
-  directory = workdir_lib.checkpoint_dir(workdir, stage)
-  weights = weights or weights_of(config, stage)
-  if weights not in ("regular", "ema"):
-    raise UserError(f"weights={weights!r} must be 'regular' or 'ema'")
-  mngr = Manager(workdir, stage, best_metric_of(config, stage), read_only=True)
-  try:
-    step = mngr.step_for(which)
-    if step is None:
-      where = directory if not isinstance(which, int) else directory / str(which)
-      raise UserError(f"no complete checkpoint in {where}; train with --mode=train or pass "
-                      "another checkpoint folder")
-    build = lambda: models.build_model(config, len(labels), rngs=nnx.Rngs(0))
-    if model is None:
-      # Shapes only: random initialisation of a full VGG16 would cost seconds and be overwritten.
-      model = nnx.eval_shape(build)
-      target = abstract_of(model_state(model), device or _default_placement())
-    else:
-      target = abstract_of(model_state(model))
-    if weights == "ema" and not (directory / str(step) / "ema").is_dir():
-      raise UserError(f"checkpoint {directory / str(step)} holds no EMA weights (the run's "
-                      "finetune.ema_decay was 0); use weights='regular'")
-    restored = mngr.restore(step, **{"abstract_model" if weights == "regular" else "abstract_ema":
-                                     target})
-  finally:
-    mngr.close()
-  if any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(nnx.state(model, nnx.Not(SAVED)))):
-    model = build()  # state the checkpoint does not keep (RNG streams) needs real values
-  load_model_state(model, restored["model" if weights == "regular" else "ema"])
-  thresholds = workdir_lib.read_thresholds(workdir, stage, step, labels, weights)
-  return Restored(workdir_lib.path(workdir), config, labels, model, stage, int(step), thresholds,
-                  weights)

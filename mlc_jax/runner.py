@@ -18,9 +18,12 @@ from mlc_jax.eval import evaluate
 from mlc_jax.train import loop, stages
 
 
-def _summary(workdir, config):
+def _summary(workdir, config, metrics=None):
+  """The closing lines: test metrics (this run's evaluation, else the one an earlier run of this
+  workdir wrote), the final checkpoint and the report."""
   path = workdir_lib.eval_dir(workdir, "test") / "metrics.json"
-  metrics = json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
+  if metrics is None:
+    metrics = json.loads(path.read_text()).get("metrics", {}) if path.exists() else {}
   k = int(config.eval.k)
   parts = [f"{name} {metrics[name]:.4f}" for name in ("mAP", f"CF1_top{k}", f"OF1_top{k}")
            if isinstance(metrics.get(name), (int, float))]
@@ -44,6 +47,7 @@ def train_and_evaluate(config, workdir, *, accept_config_change=False, on_epoch=
   reports it to its pruner; what it raises ends the run, the epoch's checkpoint kept).
   """
   config_lib.validate(config)
+  registry.check(config)
   parallel.initialize(config)
   mesh = parallel.mesh()
   config_lib.validate(config, mesh)
@@ -53,6 +57,7 @@ def train_and_evaluate(config, workdir, *, accept_config_change=False, on_epoch=
     config_lib.validate(config, mesh, source)
     config = workdir_lib.record_config(config, workdir, source.labels,
                                        accept_change=accept_config_change)
+    evaluated = None
     run = loop.Run(config=config, workdir=workdir, source=source, labels=list(source.labels),
                    mesh=mesh, on_epoch=on_epoch)
     try:
@@ -66,12 +71,13 @@ def train_and_evaluate(config, workdir, *, accept_config_change=False, on_epoch=
             logging.info("evaluate: %s already holds this checkpoint's evaluation, skipping",
                          workdir_lib.eval_dir(workdir, "test"))
             continue
-          evaluate.evaluate(workdir, split="test", given=config, source=source, mesh=mesh)
+          evaluated = evaluate.evaluate(workdir, split="test", source=source, mesh=mesh,
+                                        run_config=config)
         else:
           stages.RUNNERS[stage](run)
     finally:
       run.close()
-  summary = _summary(workdir, config)
+  summary = _summary(workdir, config, evaluated)
   if jax.process_index() == 0:
     print(summary, flush=True)
   return summary

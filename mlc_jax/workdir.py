@@ -32,15 +32,6 @@ from absl import logging
 from mlc_jax import config as config_lib
 from mlc_jax.errors import UserError
 
-# Keys that cannot change a finished stage: a relaunch may set them freely (not recorded).
-FREE_KEYS = ("log_every_steps", "eval_batch_size", "distributed", "stages",
-             "checkpoint.every_steps", "data.data_dir", "data.manual_dir", "data.cache_mb",
-             "model.cache_dir", "model.weights_url", "eval.*", "sweep.*")
-# Keys that change the shapes in a checkpoint: never changed once a checkpoint exists.
-STRUCTURE_KEYS = ("dataset", "model.arch", "model.batch_norm", "model.width", "model.pooling",
-                  "model.include_top", "head.hidden")
-
-
 def path(workdir, *parts):
   """WORKDIR/parts..., absolute."""
   return pathlib.Path(workdir).expanduser().resolve().joinpath(*parts)
@@ -94,11 +85,6 @@ def read_labels(workdir):
   return p.read_text().splitlines()
 
 
-def is_free(key):
-  """Whether a relaunch may change `key` freely (FREE_KEYS)."""
-  return any(key == f or (f.endswith(".*") and key.startswith(f[:-1])) for f in FREE_KEYS)
-
-
 def _plain(config):
   """config -> {flat key: JSON value} (tuples become lists, as config.json stores them); head.hidden
   as its list of sizes, so an older config's 1024 equals (1024,)."""
@@ -112,7 +98,7 @@ def _plain(config):
 
 
 def config_changes(saved, new):
-  """{key: (old, new)} of the keys whose values differ and are not FREE_KEYS.
+  """{key: (old, new)} of the keys whose values differ and are not free (config.keys).
 
   A key the saved config lacks (written by an older version) counts as holding its default.
   """
@@ -120,7 +106,7 @@ def config_changes(saved, new):
   defaults = _plain(config_lib.get_config())
   changes = {}
   for key in sorted(set(old) | set(now)):
-    if is_free(key):
+    if config_lib.is_free(key):
       continue
     before, after = old.get(key, defaults.get(key)), now.get(key, defaults.get(key))
     if before != after:
@@ -161,8 +147,7 @@ def record_config(config, workdir, labels, *, accept_change=False):
   if not changes:
     return config
   listing = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
-  structural = [k for k in changes if k in STRUCTURE_KEYS or k.startswith("model.")
-                and k not in ("model.cache_dir", "model.weights_url")]
+  structural = [k for k in changes if config_lib.is_structural(k)]
   if structural and _has_checkpoint(workdir):
     raise UserError(f"{p} was written for another model: {listing}. The checkpoints in "
                     f"{checkpoint_dir(workdir, '')} have that model's shapes, so these keys cannot "

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import mlc_jax
-from mlc_jax import checkpoints, models
+from mlc_jax import checkpoints, models, restore
 from mlc_jax.data import registry
 from mlc_jax.eval import evaluate
 
@@ -50,10 +50,10 @@ def _same(params, expected):
 def test_best_is_the_lowest_loss_or_the_highest_map(shapes_config, tmp_path, best_metric,
                                                     best_step):
   _, saved = _workdir(shapes_config, tmp_path, best_metric)
-  best = checkpoints.restore_model(tmp_path, which="best")
+  best = restore.restore_model(tmp_path, which="best")
   assert (best.stage, best.step) == ("head", best_step)
   _same(models.flat_params(best.model), saved[("head", best_step)])
-  latest = checkpoints.restore_model(tmp_path, which="latest")
+  latest = restore.restore_model(tmp_path, which="latest")
   assert latest.step == 3
   _same(models.flat_params(latest.model), saved[("head", 3)])
 

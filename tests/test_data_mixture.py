@@ -165,7 +165,7 @@ def test_a_mixture_trains_and_each_source_is_evaluated_as_if_alone(tmp_path):
   """features -> head -> evaluate on a mixture; each part's section equals scoring that part
   alone with the same model, on its own labels."""
   import ml_collections
-  from mlc_jax import checkpoints, metrics, runner, workdir as workdir_lib
+  from mlc_jax import metrics, restore, runner, workdir as workdir_lib
   from conftest import forward
   _folder(tmp_path / "a", _rows("a", ["car", "cat", "dog"], (16, 6, 8), 0), 0)
   _folder(tmp_path / "b", _rows("b", ["animal", "cars", "dog", "tree"], (16, 6, 8), 1), 1)
@@ -183,7 +183,7 @@ def test_a_mixture_trains_and_each_source_is_evaluated_as_if_alone(tmp_path):
   runner.train_and_evaluate(config, str(workdir))
   assert (workdir / "labels.txt").read_text().split("\n")[:5] == UNION
   union = json.loads((workdir / "eval" / "test" / "metrics.json").read_text())
-  restored = checkpoints.restore_model(str(workdir), "head", "best")
+  restored = restore.restore_model(str(workdir), "head", "best")
   for alias, cols in (("a", [0, 1, 2]), ("b", [0, 2, 3, 4])):
     part = registry.get(mixture.part_config(config, alias, "folder"))
     batches = list(pipeline.batches(part, "test", batch_size=8, train=False, config=config))

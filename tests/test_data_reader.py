@@ -148,7 +148,7 @@ def test_predict_cli_names_the_bomb_and_counts_it(tmp_path, fixtures, monkeypatc
   folder, expected, bomb = fixtures
   fed = []
 
-  class Stub:  # restore.load's classifier without a trained run
+  class Stub:  # classifier.load's classifier without a trained run
     labels, image_size, resize, exif_orientation = ["a"], SIZE, "plain", True
     max_pixels = reader.DEFAULT_MAX_PIXELS  # as Classifier resolves it
 
@@ -156,7 +156,7 @@ def test_predict_cli_names_the_bomb_and_counts_it(tmp_path, fixtures, monkeypatc
       fed.append(np.asarray(arrays))
       return np.zeros((len(arrays), 1), np.float32)
 
-  monkeypatch.setattr(predict.restore, "load", lambda *args: Stub())
+  monkeypatch.setattr(predict.classifier_lib, "load", lambda *args: Stub())
   result = predict.predict_cli(tmp_path / "run", [str(folder / "exif6.jpg"), str(folder / bomb)])
   err = capsys.readouterr().err
   assert f"skipped {folder / bomb}: too large (12000 x 12000" in err

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import mlc_jax
-from mlc_jax.inference import predict, restore
+from mlc_jax.inference import predict
 from mlc_jax.errors import UserError
 from trained_run import read_json, split_files, trained_workdir
 
@@ -178,18 +178,18 @@ def test_predict_cli_writes_files_evaluation_reads(run, classifier, test_images,
   assert set(record) == {"filename", "scores"} and set(record["scores"]) == set(classifier.labels)
 
 
-def test_gather_images(tmp_path):
+def test_list_images(tmp_path):
   for name in ("b.png", "a.JPG", "sub/c.png", "skip.txt"):
     (tmp_path / name).parent.mkdir(exist_ok=True)
     (tmp_path / name).write_bytes(b"x")
   expected = [str(tmp_path / n) for n in ("a.JPG", "b.png", "sub/c.png")]
-  assert predict.gather_images(tmp_path) == expected
-  assert predict.gather_images(str(tmp_path / "*.txt")) == [str(tmp_path / "skip.txt")]
-  assert predict.gather_images(str(tmp_path / "b.png")) == [str(tmp_path / "b.png")]
+  assert predict.list_images(tmp_path)[0] == expected
+  assert predict.list_images(str(tmp_path / "*.txt"))[0] == [str(tmp_path / "skip.txt")]
+  assert predict.list_images(str(tmp_path / "b.png"))[0] == [str(tmp_path / "b.png")]
   with pytest.raises(UserError, match="matches no image files"):
-    predict.gather_images(str(tmp_path / "*.gif"))
+    predict.list_images(str(tmp_path / "*.gif"))
   with pytest.raises(UserError, match="no such file"):
-    predict.gather_images(str(tmp_path / "missing.png"))
+    predict.list_images(str(tmp_path / "missing.png"))
 
 
 def test_bad_inputs(run, tmp_path):
@@ -272,13 +272,13 @@ def test_predict_cli_summary_counts_each_kind(tmp_path, monkeypatch, capsys):
   root = _inputs_folder(tmp_path / "in")
   (root / "broken.png").write_bytes(b"not a png")
 
-  class Stub:  # restore.load's classifier without a trained run: the score is the mean pixel
+  class Stub:  # classifier.load's classifier without a trained run: the score is the mean pixel
     labels, image_size, resize, exif_orientation, max_pixels = ["bright"], 16, "plain", True, 9e7
 
     def predict(self, arrays):
       return np.array([[a.mean() / 255] for a in arrays], np.float32)
 
-  monkeypatch.setattr(predict.restore, "load", lambda *args: Stub())
+  monkeypatch.setattr(predict.classifier_lib, "load", lambda *args: Stub())
   result = predict.predict_cli(tmp_path / "run", root)
   err = capsys.readouterr().err
   assert result["filenames"] == [str(root / n) for n in ("a.png", "b.webp", "dir.jpg/inner.png")]

@@ -128,13 +128,13 @@ def _launch(runs, processes=2, timeout=600):
 @pytest.fixture(scope="module")
 def one_process_head(shapes_config, tmp_path_factory):
   """The head stage trained in this (1-process, 1-device) runtime: the 2-process run's reference."""
-  from mlc_jax import checkpoints, models, runner
+  from mlc_jax import models, restore, runner
   config = _tiny(shapes_config, unfreeze_blocks="1")
   config.stages = ("features", "head")
   config.head.epochs = 1
   workdir = tmp_path_factory.mktemp("one_process_head")
   runner.train_and_evaluate(config, str(workdir))
-  return models.flat_params(checkpoints.restore_model(workdir, "head", "latest").model)
+  return models.flat_params(restore.restore_model(workdir, "head", "latest").model)
 
 
 LAYOUTS = ("replicated", "fsdp")
@@ -177,7 +177,7 @@ def test_two_processes_train_a_mixture_as_one_process_does(shapes_config, two_pr
                                                            tmp_path):
   """The mixture's feature cache (rows at each image's stored position), its weighted head
   batches, and its per-part evaluation are those of a 1-process run."""
-  from mlc_jax import checkpoints, models, runner
+  from mlc_jax import models, restore, runner
   runs, results = two_process_runs
   for i, (rc, _, stderr) in enumerate(results):
     assert rc == 0, f"process {i}:\n{stderr[-3000:]}"
@@ -190,7 +190,7 @@ def test_two_processes_train_a_mixture_as_one_process_does(shapes_config, two_pr
       np.testing.assert_allclose(np.load(cache_two.parent / f"{split}_{kind}.npy"),
                                  np.load(cache_one.parent / f"{split}_{kind}.npy"),
                                  rtol=1e-5, atol=1e-6, err_msg=f"{split} {kind}")
-  head_two, head_one = (models.flat_params(checkpoints.restore_model(w, "head", "latest").model)
+  head_two, head_one = (models.flat_params(restore.restore_model(w, "head", "latest").model)
                         for w in (two, one))
   for name in head_one:
     np.testing.assert_allclose(head_two[name], head_one[name], rtol=1e-5, atol=1e-7,
@@ -208,7 +208,7 @@ def test_two_processes_train_and_checkpoint(shapes_config, param_sharding, two_p
                                             one_process_head):
   from flax import nnx
 
-  from mlc_jax import checkpoints, models
+  from mlc_jax import checkpoints, models, restore
   from mlc_jax.eval import evaluate
   from mlc_jax.train import optim
   runs, results = two_process_runs
@@ -239,7 +239,7 @@ def test_two_processes_train_and_checkpoint(shapes_config, param_sharding, two_p
   assert checkpoints.is_done(workdir, "finetune")
 
   # The head stage sees the global batches of a 1-process run: the same trained head.
-  head = models.flat_params(checkpoints.restore_model(workdir, "head", "latest").model)
+  head = models.flat_params(restore.restore_model(workdir, "head", "latest").model)
   assert head.keys() == one_process_head.keys()
   for name in head:
     np.testing.assert_allclose(head[name], one_process_head[name], rtol=1e-5, atol=1e-7,
@@ -253,13 +253,13 @@ def test_two_processes_train_and_checkpoint(shapes_config, param_sharding, two_p
       assert one[name] == pytest.approx(two[name], rel=1e-5, abs=1e-6), name
 
   # The collective checkpoint restores in this single process (one CPU device).
-  restored = checkpoints.restore_model(workdir, "finetune", "latest")
+  restored = restore.restore_model(workdir, "finetune", "latest")
   assert restored.labels == (workdir / "labels.txt").read_text().splitlines()
   fresh = models.build_model(restored.config, len(restored.labels),
                              rngs=nnx.Rngs(int(config.seed)))
   after, before = models.flat_params(restored.model), models.flat_params(fresh)
   assert after.keys() == before.keys()
-  keep = optim.trainable_filter("1")
+  keep = optim.ParamGroups(optim.unfreeze_groups("1")).trainable()
   trainable = {"/".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(fresh, keep))}
   for name, value in after.items():
     assert np.all(np.isfinite(value)), name

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, subprocess_env
-from mlc_jax import checkpoints, runner
+from mlc_jax import checkpoints, restore, runner
 from mlc_jax.errors import UserError
 
 
@@ -30,7 +30,7 @@ def _rows(workdir):
 
 def _params(workdir, weights=None):
   from mlc_jax import models
-  return models.flat_params(checkpoints.restore_model(workdir, which="latest",
+  return models.flat_params(restore.restore_model(workdir, which="latest",
                                                       weights=weights).model)
 
 

@@ -1,10 +1,13 @@
-"""The one check of a config: `validate` fails before any work with the key, the value and the fix."""
+"""The one check of a config: `validate` fails before any work with the key, the value and the fix.
+
+It checks every key the config itself can judge; config.dataset and a mixture's data.sources are
+the dataset registry's to check (mlc_jax.data.registry.check), since the config knows no dataset.
+"""
 import math
 import os
 import re
 
-from mlc_jax import config as defaults
-from mlc_jax.data import mixture, registry
+from mlc_jax.config import defaults
 from mlc_jax.errors import UserError
 
 CHOICES, STAGES, get = defaults.CHOICES, defaults.STAGES, defaults.get
@@ -63,16 +66,8 @@ def check_keys(config, reference=None):
   """UserError naming the first key of config that the defaults lack, and the nearest valid keys."""
   known = defaults.flatten(reference if reference is not None else defaults.get_config())
   sections = {k.rpartition(".")[0] for k in known}
-  aliases = [alias for alias, _ in mixture.aliases(config.get("dataset", ""))]
   for key in defaults.flatten(config):
-    if key.startswith("data.sources."):  # a mixture part's data settings (data/mixture.py)
-      alias, _, field = key[len("data.sources."):].partition(".")
-      if "+" not in str(config.get("dataset", "")) or alias not in aliases:
-        raise UserError(f"{key}: {alias!r} is not a part of dataset={config.get('dataset')!r} "
-                        f"(its parts: {', '.join(aliases)}); name a part of a '+' mixture")
-      if field != "weight" and f"data.{field}" not in known:
-        raise UserError(f"{key}: data.{field} is not a data setting; a part may set data.* keys "
-                        "and weight")
+    if key.startswith("data.sources."):  # a mixture part's settings: the dataset registry's check
       continue
     if key not in known and key not in sections:
       raise UserError(defaults.unknown_key_message(key, known))
@@ -104,16 +99,7 @@ def _check_pure(config):
   check_keys(config)
   c = _Checker(config)
   c.number("seed", integer=True)
-  if "+" in config.dataset:  # a mixture: each part a registered dataset (data/mixture.py)
-    for alias, dataset in mixture.parse(config.dataset, registry.DATASETS):
-      own = config.data.sources.get(alias, {}) or {}
-      if dataset in ("folder", "nus_wide") and not (own.get("manual_dir") or
-                                                    config.data.manual_dir):
-        c.fail(f"data.sources.{alias}.manual_dir", "", f"part {alias} ({dataset}) needs the "
-               "folder of its images (see BUILD.md)")
-    c.existing("data.label_alignment")
-  elif config.dataset not in registry.DATASETS:
-    c.fail("dataset", config.dataset, f"unknown; known datasets: {', '.join(registry.names())}")
+  c.existing("data.label_alignment")
   c.number("image_size", 32, integer=True, fix="must be an integer >= 32 (VGG pools five times)")
   for key in ("batch_size", "eval_batch_size", "head.batch_size"):
     c.number(key, 1, integer=True)
@@ -135,9 +121,6 @@ def _check_pure(config):
               "model.batch_norm", "model.include_top", "finetune.nesterov", "eval.topk_min_score",
               "eval.tune_thresholds", "eval.head_alone"):
     c.boolean(key)
-  if config.dataset in ("folder", "nus_wide") and not config.data.manual_dir:
-    c.fail("data.manual_dir", "", f"dataset={config.dataset} needs the folder of its images "
-           "(see BUILD.md)")
   c.existing("data.manual_dir", "folder")
   c.existing("data.csv")
   c.existing("data.labels_file")

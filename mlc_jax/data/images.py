@@ -36,8 +36,6 @@ def resize(image, image_size, method="plain"):
   plain: stretch to the square (the proposal's choice). crop: scale the short side to
   image_size keeping the aspect ratio, then take the central square.
   """
-  if method not in RESIZE_METHODS:
-    raise UserError(f"data.resize={method!r} is not one of {RESIZE_METHODS}")
   image = tf.convert_to_tensor(image)
   if method == "crop":
     shape = tf.cast(tf.shape(image)[:2], tf.float32)

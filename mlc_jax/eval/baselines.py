@@ -23,7 +23,6 @@ from mlc_jax.eval import protocol, report, results, scoring
 from mlc_jax.models import weights as weights_lib
 from mlc_jax.models.imagenet import IMAGENET_WNIDS
 
-REDUCE = config_lib.CHOICES["eval.baseline_reduce"]
 
 
 def mapping_path(config):
@@ -80,8 +79,6 @@ def load_mapping(path, labels):
 
 def map_scores(probabilities, groups, num_labels, reduce="max"):
   """ImageNet probabilities (N, 1000) -> label scores (N, num_labels); unmapped columns stay 0."""
-  if reduce not in REDUCE:
-    raise UserError(f"eval.baseline_reduce={reduce!r} is not one of {REDUCE}")
   out = np.zeros((len(probabilities), num_labels), np.float32)
   for column, indices in groups.items():
     part = probabilities[:, indices]
@@ -121,6 +118,7 @@ def baseline(config, workdir, split="test"):
   labels; writes WORKDIR/eval/SPLIT/baseline
   (metrics.json, scores.npz, plots) and the report; returns the metrics dict."""
   config_lib.validate(config)
+  registry.check(config)
   mixture.require_single(config, "the baseline")
   named = named_source(config)
   if named is None:

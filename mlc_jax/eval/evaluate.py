@@ -7,7 +7,7 @@ service's predictions file, same metrics. Each publishes its outputs all togethe
 report.md, which sets every result found side by side (the baseline: mlc_jax.eval.baselines).
 
 The evaluation runs under the workdir's config.json. Keys that do not change the model may come
-from the given config (EVAL_KEYS: a moved dataset, a smaller evaluation batch, eval.*); an
+from the given config (config.keys' evaluation class: a moved dataset, a smaller evaluation batch, eval.*); an
 explicit command-line override of any other key is refused, since it would misdescribe the model.
 """
 import hashlib
@@ -19,35 +19,29 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mlc_jax import checkpoints, config as config_lib, metrics, parallel, workdir as workdir_lib
+from mlc_jax import (checkpoints, config as config_lib, metrics, parallel, restore,
+                     workdir as workdir_lib)
+from mlc_jax.config import keys as config_keys
 from mlc_jax.data import mixture, registry
+from mlc_jax.data.source import SPLITS
 from mlc_jax.errors import UserError
 from mlc_jax.eval import plots, prediction_files, protocol, report, results, scoring
 
-SPLITS = ("train", "val", "test")
-# Keys an evaluation may take from the given config: they cannot change the model's numbers.
-EVAL_KEYS = ("eval_batch_size", "data.data_dir", "data.manual_dir", "data.cache_mb",
-             "log_every_steps", "eval.*")
-
-
-def _eval_key(key):
-  return any(key == k or (k.endswith(".*") and key.startswith(k[:-1])) for k in EVAL_KEYS)
-
-
 def evaluation_config(saved, given=None, explicit=None):
-  """config.json with the EVAL_KEYS of `given`; `explicit` ({key: value}, the command line's
-  overrides) may name only EVAL_KEYS (UserError otherwise)."""
-  bad = sorted(k for k in (explicit or {}) if not _eval_key(k))
+  """config.json with the evaluation keys (config.keys) of `given`; `explicit` ({key: value}, the
+  command line's overrides) may name only those (UserError otherwise)."""
+  bad = sorted(k for k in (explicit or {}) if not config_lib.is_evaluation(k))
   if bad:
     raise UserError(f"--mode=evaluate runs the model as trained (config.json); overriding "
-                    f"{', '.join(bad)} would change it. Overridable here: {', '.join(EVAL_KEYS)}")
+                    f"{', '.join(bad)} would change it. Overridable here: "
+                    f"{', '.join(config_keys.keys_of(config_keys.EVALUATION))}")
   config = ml_collections.ConfigDict(saved.to_dict())
   if given is None:
     return config
   ignored = []
   for key, value in config_lib.flatten(given).items():
     old = config_lib.get(config, key)
-    if _eval_key(key):
+    if config_lib.is_evaluation(key):
       section, _, field = key.rpartition(".")
       (config[section] if section else config)[field] = value
     elif old is not None and json.dumps(old, default=str) != json.dumps(value, default=str):
@@ -66,7 +60,7 @@ def _check_split(split):
 def _digest(config, stage, step, split):
   """What makes an evaluation: the checkpoint, the split and the config (less free keys)."""
   flat = {k: v for k, v in config_lib.flatten(json.loads(config.to_json())).items()
-          if not workdir_lib.is_free(k) or k.startswith("eval.")}
+          if not config_lib.is_free(k) or k.startswith("eval.")}
   key = json.dumps([stage, int(step), split, flat], sort_keys=True, default=str)
   return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -105,20 +99,23 @@ def is_current(workdir, split, config, stage=None, which="best"):
 
 
 def evaluate(workdir, split="test", which="best", stage=None, *, predictions=None, given=None,
-             explicit=None, source=None, mesh=None):
+             explicit=None, source=None, mesh=None, run_config=None):
   """Evaluates a checkpoint of workdir (or a predictions file) on `split`; returns the metrics.
 
   Writes WORKDIR/eval/SPLIT/{metrics.json, scores.npz, report.md, *.png}. stage: 'head' or
   'finetune' (default: the last with checkpoints); which: 'best', 'latest' or a step number.
   given / explicit: see evaluation_config (for a predictions file, `given` names the dataset;
-  default config.json). source: the dataset, when the caller has it open.
+  default config.json). source: the dataset, when the caller has it open. run_config: the run's
+  config as this process recorded it (train_and_evaluate, with source): used as it is, instead
+  of reading config.json back.
   """
   _check_split(split)
   if predictions:  # a service's predictions: the given config names the dataset
     return evaluate_predictions(workdir, predictions, split=split, config=given)
-  config = evaluation_config(workdir_lib.read_config(workdir), given, explicit)
+  config = run_config or evaluation_config(workdir_lib.read_config(workdir), given, explicit)
+  labels = list(source.labels) if run_config is not None and source is not None else None
   mesh = mesh or parallel.mesh()
-  restored = checkpoints.restore_model(workdir, stage, which)
+  restored = restore.restore_model(workdir, stage, which, config=config, labels=labels)
   source = source or registry.get(config)
   if list(source.labels) != list(restored.labels):
     raise UserError(f"{workdir}/labels.txt ({len(restored.labels)} labels) does not match dataset "
@@ -130,7 +127,7 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   out = workdir_lib.eval_dir(workdir, split)
   if (config.eval.get("head_alone", False) and restored.stage != "head"
       and checkpoints.steps_on_disk(workdir, "head")):
-    _head_alone(workdir, config, source, split, mesh, out, activation)
+    _head_alone(workdir, config, restored.labels, source, split, mesh, out, activation)
   elif (out / "head").is_dir() and workdir_lib.is_chief():
     shutil.rmtree(out / "head")  # an earlier run's: not this evaluation's (it is recomputable)
   tuned = None
@@ -147,7 +144,7 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   with workdir_lib.staged(out) as staging:
     # a mixture: each part under its own labels and protocol, keyed by part in metrics.json too
     parts = (_per_part(staging / "sources", source, config, split, scores, y, meta, tuned)
-             if hasattr(source, "parts") else None)
+             if source.parts else None)
     m = results.save(staging, scores, y, restored.labels, meta, config, images=images,
                      tuned=tuned, extra={"sources": parts} if parts else None)
     if parts:
@@ -167,10 +164,10 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   return m
 
 
-def _head_alone(workdir, config, source, split, mesh, out, activation):
+def _head_alone(workdir, config, labels, source, split, mesh, out, activation):
   """eval.head_alone: the head stage's best checkpoint (the head on the frozen backbone's
   features) scored on split into out/head, which the report shows beside the fine-tuned model."""
-  head = checkpoints.restore_model(workdir, "head", "best")
+  head = restore.restore_model(workdir, "head", "best", config=config, labels=labels)
   scores, y, _ = scoring.scorer(head.model, config, mesh, activation)(source, split, keep_images=0)
   meta = {"kind": "model", "dataset": config.dataset, "split": split, "activation": activation,
           "checkpoint": f"step {head.step} of the head stage (best)", "stage": "head",

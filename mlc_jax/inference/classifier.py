@@ -1,7 +1,7 @@
 """Classifier: a trained model plus its labels, predicting from paths, PIL images or uint8 arrays.
 
-`load_imagenet(path)` wraps an ImageNet VGG file as a 1000-class softmax Classifier;
-`mlc_jax.load(workdir)` (mlc_jax.inference.restore) a trained run.
+`load(workdir)` (`mlc_jax.load`) restores a trained run as a Classifier (mlc_jax.restore);
+`load_imagenet(path)` wraps an ImageNet VGG file as a 1000-class softmax Classifier.
 """
 import os
 
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mlc_jax import models
+from mlc_jax import models, restore as restore_lib
 from mlc_jax.config import CHOICES
 from mlc_jax.data import reader  # PIL and numpy only
 from mlc_jax.errors import UserError
@@ -130,3 +130,21 @@ def load_imagenet(path="imagenet", *, cache_dir=None, dtype="float32"):
   model, _ = models.imagenet_vgg(path, cache_dir=cache_dir, dtype=dtype)
   return Classifier(model, imagenet.IMAGENET_CLASSES, image_size=224, resize="plain",
                     activation="softmax")
+
+
+def load(path, which="best", stage=None, weights=None):
+  """Restores a trained run -> Classifier.
+
+  path: a workdir, or a checkpoint folder inside it (WORKDIR/checkpoints/STAGE[/STEP]).
+  which: 'best' (by the run's checkpoint.best_metric) or 'latest'; ignored when path names a step.
+  weights: 'regular' or 'ema' (default: the ones checkpoint.best_metric ranks; see
+  Classifier.checkpoint). The Classifier's thresholds are those tuned for exactly this checkpoint
+  and weights (else 0.5 everywhere).
+  Parameters land on this machine's default device, whatever the run was trained on.
+  """
+  r = restore_lib.restore(path, which, stage, weights)
+  return Classifier(r.model, r.labels, image_size=r.config.image_size, resize=r.config.data.resize,
+                    activation=r.config.head.activation, thresholds=r.thresholds,
+                    checkpoint=r.name,
+                    exif_orientation=r.config.data.get("exif_orientation", True),
+                    max_pixels=r.config.data.get("max_pixels", None))

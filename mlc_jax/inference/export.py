@@ -23,11 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mlc_jax import models
+from mlc_jax import models, restore
 from mlc_jax.data import reader
 from mlc_jax.models import weights as weights_lib
 from mlc_jax.errors import UserError
-from mlc_jax.inference import restore
 
 PLATFORMS = ("cpu", "cuda", "tpu")
 FORMATS = ("stablehlo", "onnx")

@@ -16,7 +16,7 @@ import numpy as np
 from mlc_jax.data import images as image_io
 from mlc_jax.data import reader
 from mlc_jax.errors import UserError
-from mlc_jax.inference import restore
+from mlc_jax.inference import classifier as classifier_lib
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what the reader takes
 CHUNK = 256  # images predicted at a time by predict_cli (each decoded and resized on its own)
@@ -83,11 +83,6 @@ def list_images(images):
     raise UserError(f"--images={images} matches no image files{left}; pass a file, a folder or a "
                     "glob like 'photos/*.jpg'")
   return list(dict.fromkeys(found)), skipped  # the same file named twice is predicted once
-
-
-def gather_images(images):
-  """list_images without the report: the sorted file paths to predict (UserError if none)."""
-  return list_images(images)[0]
 
 
 def summarize(skipped):
@@ -164,7 +159,7 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
     raise UserError(f"--output={output}: use a .csv or .jsonl file name")  # before the slow part
   if top_k < 1:
     raise UserError(f"--top_k={top_k} must be at least 1")
-  classifier = restore.load(workdir, which, stage)
+  classifier = classifier_lib.load(workdir, which, stage)
   labels = list(classifier.labels)
   k = min(top_k, len(labels))
   for path, _, reason in listed:

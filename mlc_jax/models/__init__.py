@@ -8,8 +8,8 @@ from mlc_jax.models.model import (SAVED, MultiLabelModel, activation, build_back
                                   keras_layers,
                                   load_backbone_weights,
                                   preprocessing_of, probabilities, weights_path)
-from mlc_jax.models.vgg import VGG, block_of
+from mlc_jax.models.vgg import VGG
 
-__all__ = ["MultiLabelModel", "VGG", "Head", "SAVED", "activation", "block_of", "build_backbone",
+__all__ = ["MultiLabelModel", "VGG", "Head", "SAVED", "activation", "build_backbone",
            "build_model", "file_classifier", "flat_params", "imagenet_vgg", "keras_layers", "load_backbone_weights", "preprocessing_of",
            "probabilities", "weights_path"]

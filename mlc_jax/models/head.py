@@ -3,8 +3,15 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlc_jax.config import hidden_sizes
 from mlc_jax.models.vgg import host_initializer
+
+
+def sizes(hidden):
+  """The hidden layers' sizes as a tuple: (N1, N2, ...) as given, N -> (N,), 0 or () -> ()
+  (config.head.hidden is checked by config.validate before a model is built)."""
+  if isinstance(hidden, (tuple, list)):
+    return tuple(int(v) for v in hidden)
+  return (int(hidden),) if hidden else ()
 
 
 class Head(nnx.Module):
@@ -17,7 +24,7 @@ class Head(nnx.Module):
 
   def __init__(self, in_features, num_classes, *, hidden=(1024,), dropout=0.5, rngs=None):
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    self.sizes = hidden_sizes(hidden)  # a tuple: static in NNX
+    self.sizes = sizes(hidden)  # a tuple: static in NNX
     width = in_features
     for i, units in enumerate(self.sizes, 1):
       setattr(self, f"fc{i}", nnx.Linear(width, units, kernel_init=host_initializer("glorot"),

@@ -5,7 +5,6 @@ ReLU as torchvision's vgg*_bn do), a 2x2 max pool ending each block, then either
 (fc1, fc2, predictions on the flattened 7x7 map at 224 px) or a pooling of the last map.
 Input: uint8 (or float 0-255) RGB NHWC; the weights' preprocessing runs inside the model, on device.
 """
-import re
 
 import jax
 import jax.numpy as jnp
@@ -39,24 +38,7 @@ def scaled(channels, width):
 
 def conv_names(arch):
   """Keras names of the convolutions of `arch`, in order: block1_conv1, block1_conv2, ..."""
-  if arch not in BLOCKS:
-    raise UserError(f"model.arch={arch!r} is not one of {sorted(BLOCKS)}")
   return [f"block{b}_conv{i}" for b, n in enumerate(BLOCKS[arch], 1) for i in range(1, n + 1)]
-
-
-def block_of(path):
-  """Conv block (1-5) of a parameter path ('backbone/block3_conv2/kernel' or a tuple); 6 for VGG's
-  fc1/fc2/predictions; None for anything else (the head)."""
-  parts = path.split("/") if isinstance(path, str) else [str(p) for p in path]
-  if "head" in parts:
-    return None  # the multi-label head's fc1/predictions are not VGG's top
-  for part in parts:
-    match = re.fullmatch(r"block(\d)_(conv|bn)\d+", part)
-    if match:
-      return int(match.group(1))
-    if part in ("fc1", "fc2", "predictions"):
-      return 6
-  return None
 
 
 def preprocess(images, convention):
@@ -70,9 +52,7 @@ def preprocess(images, convention):
     return x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
   if convention == "torch":
     return (x / 255.0 - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(TORCH_STD, jnp.float32)
-  if convention == "unit":
-    return x / 255.0
-  raise UserError(f"model.preprocessing={convention!r} is not one of {CONVENTIONS}")
+  return x / 255.0  # unit (the constructor holds a VGG to CONVENTIONS)
 
 
 def host_initializer(kind):
@@ -119,7 +99,8 @@ class VGG(nnx.Module):
   def __init__(self, arch="vgg16", *, include_top=False, pooling="avg", width=1.0, batch_norm=False,
                num_classes=1000, image_size=224, dtype=jnp.float32, preprocessing="caffe",
                rngs=None):
-    conv_names(arch)  # validates arch
+    if arch not in BLOCKS:
+      raise UserError(f"model.arch={arch!r} is not one of {sorted(BLOCKS)}")
     if pooling not in POOLINGS:
       raise UserError(f"model.pooling={pooling!r} is not one of {POOLINGS}")
     if preprocessing not in CONVENTIONS:

@@ -9,7 +9,7 @@ Stages resume exactly from their latest checkpoint (mlc_jax.train.loop).
 from absl import logging
 from flax import nnx
 
-from mlc_jax import checkpoints, config as config_lib, models, parallel
+from mlc_jax import checkpoints, config as config_lib, models, parallel, restore
 from mlc_jax.train import loop, losses, optim
 
 
@@ -99,7 +99,7 @@ def run_head(run):
   model = new_model(config, len(run.labels), run.mesh)
   cache = features.load(_cache(run, model))
   train = features.Feed(*cache["train"], batch_size=config.head.batch_size, train=True,
-                        seed=config.seed, order=getattr(run.source, "train_order", None))
+                        seed=config.seed, order=run.source.train_order)
   val = features.Feed(*cache["val"], batch_size=config_lib.eval_batch_size(config, run.mesh),
                       train=False)
   return loop.fit(run, head_stage(config, model, train, val))
@@ -110,7 +110,8 @@ def run_finetune(run):
   config = run.config
   model = new_model(config, len(run.labels), run.mesh)
   if checkpoints.steps_on_disk(run.workdir, "head"):
-    restored = checkpoints.restore_model(run.workdir, "head", "best", model=model)
+    restored = restore.restore_model(run.workdir, "head", "best", model=model, config=config,
+                                     labels=run.labels)
     logging.info("finetune: starting from the head checkpoint of step %d", restored.step)
   pipeline, _ = _input_pipeline()
   train = pipeline.Feed(run.source, "train", batch_size=config.batch_size, train=True,
