@@ -10,6 +10,10 @@ import os
 import platform
 import time
 
+from mlc_jax import parallel
+
+parallel.setup_process()  # a benchmark is an entry point: XLA's CPU flags, TensorFlow off the GPUs
+
 
 def best_of(fn, repeats):
   """(best seconds, last result) of `repeats` calls of fn (each call must block until done)."""

@@ -12,6 +12,9 @@ from mlc_jax import parallel, workdir as workdir_lib
 from mlc_jax.errors import Stopped, UserError
 
 
+DATA_MODES = ("train", "evaluate", "baseline", "sweep", "data_report")  # modes that run tf.data
+
+
 def _need_config(config, mode):
   if config is None:
     raise UserError(f"--mode={mode} needs --config=configs/NAME.py")
@@ -69,6 +72,7 @@ def run(mode, config, workdir, flags, overrides=None):
   Orbax) takes ~12 s to import, the export path ~3 s, so --mode=export does not pay for the rest.
   """
   try:
+    parallel.setup_process(tensorflow=mode in DATA_MODES)
     return _dispatch(mode, config, workdir, flags, overrides or {})
   except UserError as e:
     logging.flush()

@@ -17,6 +17,27 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mlc_jax.errors import UserError
 
+# jaxlib 0.12.0.1's XLA:CPU YNNPACK fusion returns inf/NaN for jitted bfloat16 conv->pool->conv
+# chains (reproduced with plain lax ops); turning that one fusion off fixes it at no measurable f32
+# cost. GPUs ignore CPU flags.
+XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
+
+
+def setup_process(tensorflow=True):
+  """The process-wide settings a run needs, made by its entry point (launch.py's main, a test or
+  benchmark process, your own script), never by importing the library: XLA's CPU flags (before
+  JAX starts its backend), and TensorFlow, which only feeds the host pipeline, kept off any
+  accelerator JAX uses (tensorflow=False leaves TensorFlow unimported)."""
+  if XLA_CPU_FLAGS.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CPU_FLAGS}".strip()
+  if tensorflow:
+    import tensorflow as tf  # noqa: PLC0415 - only modes that read data pay for it
+    try:
+      tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TensorFlow already initialised its devices: then already set up
+      pass
+
+
 AXIS = "data"
 FSDP_MIN_SIZE = 2 ** 18  # elements; smaller arrays (biases, BatchNorm, small kernels) stay whole
 

@@ -26,13 +26,18 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
+from mlc_jax import parallel  # noqa: E402
+
+parallel.setup_process(tensorflow=False)  # the test process is an entry point: XLA's CPU flags (CPU only)
+
 
 def subprocess_env(xla_flags="", **extra):
   """The environment for a test's subprocess run: this one's (the compile cache and flags, no
   distributed settings), on the CPU, without Keras, with xla_flags added and `extra` set."""
   env = {k: v for k, v in os.environ.items()
          if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"))}
-  env.update({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"{QUICK_COMPILE} {xla_flags}".strip(),
+  env.update({"JAX_PLATFORMS": "cpu",
+              "XLA_FLAGS": f"{QUICK_COMPILE} {parallel.XLA_CPU_FLAGS} {xla_flags}".strip(),
               **extra})
   # Keras hidden: TensorFlow's import would load it for nothing (tests/without_keras/keras)
   env["PYTHONPATH"] = os.pathsep.join(
