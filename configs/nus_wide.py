@@ -8,17 +8,10 @@ The proposal's recipe: VGG16 with ImageNet weights at 224 px, head on bottleneck
 none of the 81 concepts: dropped, as published results do, unless data.keep_unlabeled=True
 (then they train as all-negative, and eval.protocol='literature' still leaves the test ones out).
 """
-from mlc_jax import config as defaults
+from configs import coco2014
 
 
 def get_config():
-  c = defaults.get_config()
+  c = coco2014.get_config()  # the same recipe as configs/coco2014.py, on NUS-WIDE
   c.dataset = "nus_wide"
-  c.image_size = 224
-  c.model.weights = "imagenet"
-  c.head.epochs = 10
-  c.finetune.epochs = 8
-  c.finetune.unfreeze_blocks = "1"
-  c.data.val_fraction = 0.05
-  c.early_stopping_patience = 3
   return c

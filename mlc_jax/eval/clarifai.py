@@ -1,8 +1,9 @@
 """A small client for the Clarifai v2 predict API that writes a predictions file (JSON lines).
 
-    CLARIFAI_API_KEY=... python -m mlc_jax.clarifai --output=clarifai.jsonl IMAGE_OR_GLOB ...
+    CLARIFAI_API_KEY=... python -m mlc_jax.eval.clarifai --output=clarifai.jsonl IMAGE_OR_GLOB ...
 
-then `launch.py --mode=evaluate --workdir=W --predictions=clarifai.jsonl` scores it (mlc_jax.predictions).
+then `launch.py --mode=evaluate --workdir=W --predictions=clarifai.jsonl` scores it
+(mlc_jax.eval.prediction_files).
 Requests are spaced to a rate limit, retried with exponential backoff on 429, 5xx and connection
 errors, and every answer is cached on disk by image content, so a rerun costs no requests.
 """
