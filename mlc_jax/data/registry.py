@@ -65,11 +65,15 @@ def check(config):
 
 
 def get(config):
-  """The Source for config.dataset (prepared on first use, reused afterwards)."""
+  """The Source for config.dataset (checked first; prepared on first use, reused afterwards)."""
   check(config)
+  return _open(config)
+
+
+def _open(config):
   name = config.dataset
-  if "+" in name:  # a mixture of registered datasets (mlc_jax.data.mixture)
+  if "+" in name:  # a mixture of registered datasets (mlc_jax.data.mixture): each part opened here
     from mlc_jax.data import mixture  # noqa: PLC0415 - TensorFlow, only for a mixture
-    return mixture.source(config, get, DATASETS)
+    return mixture.source(config, _open, DATASETS)
   module, function = DATASETS[name]
   return getattr(importlib.import_module(module), function)(config)
