@@ -236,14 +236,17 @@ def table(dataset, ours, protocol=None, *, k=3, topk_min_score=False):
         cells += [""] * len(TOP3) + [f"(ours use k={k})"]
     cells.append("")
     lines.append("| " + " | ".join(cells) + " |")
+  marks = (["'(unverified)' marks a figure found in no source read"] if any(map(unverified, rows))
+           else []) + (["'a / b' = two sources disagree (notes below)"]
+                       if any("disagreement" in r for r in rows) else [])
   notes = ["", "Each published figure was checked against the table named under Sources "
            "('figures': paper = the method's own paper table, other_paper = a later paper's "
-           "comparison table, readme = the authors' README, secondary = a third-party reprint); "
-           "'(unverified)' marks a figure found in no source read; 'a / b' = two sources disagree "
-           "(notes below); details in resources/literature.json."]
+           "comparison table, readme = the authors' README, secondary = a third-party reprint)"
+           + "".join(f"; {m}" for m in marks) + "; details in resources/literature.json."]
   if with_map10:
-    notes.append(f"{MAP_AT_10}: CNN-RNN's MAP@10 (its ref. [34], Turpin & Scholer), a ranking "
-                 "measure cut at 10, another metric than per-class mAP; it never sits under mAP.")
-  notes += [f"- {r['method']}: {r['table_note']}" for r in rows if r.get("table_note")]
+    notes += ["", f"{MAP_AT_10}: CNN-RNN's MAP@10 (its ref. [34], Turpin & Scholer), a ranking "
+                  "measure cut at 10, another metric than per-class mAP; it never sits under mAP."]
+  table_notes = [f"- {r['method']}: {r['table_note']}" for r in rows if r.get("table_note")]
+  notes += [""] + table_notes if table_notes else []
   refs = [_source_line(lit, r) for r in sorted(rows, key=lambda r: r["method"])]
   return "\n".join(lines + notes + ["", "Sources:"] + refs) + "\n"
