@@ -77,6 +77,7 @@ def part_config(config, alias, dataset):
   (whose keys the config check has held to data settings and weight)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.dataset = dataset
+  c.data.sources = ml_collections.ConfigDict()  # a part is one dataset: its settings merged below
   for key, value in (config.data.sources.get(alias, {}) or {}).items():
     if key != "weight":
       c.data[key] = value

@@ -86,17 +86,14 @@ def suggest(trial, space):
 
 
 def trial_config(base, params):
-  """The base config with params set (lists back to tuples where the key holds one)."""
+  """The base config with params set (ConfigDict turns a JSON list back into the key's tuple and
+  an int into the key's float)."""
   c = ml_collections.ConfigDict(base.to_dict())
   for key, value in params.items():
     section, _, field = key.rpartition(".")
     node = c
     for part in filter(None, section.split(".")):
       node = node[part]
-    if isinstance(node[field], tuple) and isinstance(value, list):
-      value = tuple(value)
-    if isinstance(node[field], float) and isinstance(value, int):
-      value = float(value)
     node[field] = value
   c.stages = tuple(s for s in base.stages if s != "evaluate")  # the test split stays unread
   return c
