@@ -29,10 +29,9 @@ from jax.experimental import multihost_utils
 
 from mlc_jax import models, parallel, workdir as workdir_lib
 from mlc_jax.data import pipeline
+from mlc_jax.data.source import SPLITS
 from mlc_jax.errors import UserError
 from mlc_jax.train import steps
-
-SPLITS = ("train", "val", "test")
 
 
 def params_digest(module):
