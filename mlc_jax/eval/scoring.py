@@ -1,7 +1,4 @@
 """Scoring a split with a model: one jitted forward per batch over every device of the mesh."""
-import functools
-
-import jax
 import numpy as np
 from flax import nnx
 
@@ -20,9 +17,7 @@ def scorer(model, config, mesh, activation="sigmoid"):
   batch_size = config_lib.eval_batch_size(config, mesh)
   graphdef, state = nnx.split(model)
   state = parallel.replicate(state, mesh)
-  repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  forward = jax.jit(functools.partial(models.probabilities, graphdef, activation_name=activation),
-                    in_shardings=(repl, data), out_shardings=data)
+  forward = models.forward(graphdef, activation, mesh)
 
   def score(source, split, keep_images=16):
     scores, labels, index, kept = [], [], [], []
