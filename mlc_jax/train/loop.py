@@ -111,18 +111,11 @@ def prepare(stage, config, mesh):
 
 
 def run_validation(eval_step, state, frozen, feed, mesh):
-  """(mean loss, scores, labels) over the valid (unpadded) images of feed's batches."""
-  scores, labels, masks, loss_sums = [], [], [], []
-  for batch in parallel.prefetch(feed.epoch(), mesh):
-    s, loss_sum = eval_step(state, frozen, batch)
-    scores.append(s)
-    labels.append(batch["labels"])
-    masks.append(batch["mask"])
-    loss_sums.append(loss_sum)
-  scores, labels, masks, loss_sums = parallel.to_host((scores, labels, masks, loss_sums))
-  mask = np.concatenate(masks).astype(bool)
-  loss = float(np.sum(loss_sums, dtype=np.float64)) / max(1, int(mask.sum()))
-  return loss, np.concatenate(scores)[mask], np.concatenate(labels)[mask]
+  """(mean loss, scores, labels) over the valid (unpadded) images of feed's batches, in the split's
+  stored order (parallel.gather)."""
+  rows = parallel.gather(lambda weights, batch: eval_step(weights, frozen, batch), state,
+                         feed.epoch(), mesh)
+  return rows["total"] / max(1, len(rows["outputs"])), rows["outputs"], rows["labels"]
 
 
 def track_best(metric, best, bad_epochs, value):
