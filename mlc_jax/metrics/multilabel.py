@@ -1,21 +1,16 @@
-"""Multi-label metrics with the literature's definitions and sklearn's numbers.
+"""The multi-label metrics: `compute` (every metric at once), `per_class_table`, `tune_thresholds`.
 
-`compute(scores, labels)` returns every metric at once; `Accumulator` gathers batches during evaluation;
-`per_class_table` and `tune_thresholds` serve reports and threshold selection. A label entry is 1
-(present), 0 (absent) or -1 (unknown: a VOC difficult object, a class another dataset annotates, a
-partial annotation); every metric uses the known entries only. The arithmetic runs in jitted,
-vectorised JAX kernels (mlc_jax.metrics.kernels) over chunks, so N = 1e6 images by C = 1e3 classes
-fits in memory; the host only sums the chunks' counts and averages per-image values in float64.
-Scores are compared in float32.
+A label entry is 1 (present), 0 (absent) or -1 (unknown: a VOC difficult object, a class another
+dataset annotates, a partial annotation); every metric uses the known entries only. The arithmetic
+runs in jitted, vectorised JAX kernels (mlc_jax.metrics.kernels) over chunks, so N = 1e6 images by
+C = 1e3 classes fits in memory; the host only sums the chunks' counts and averages per-image values
+in float64. Scores are compared in float32.
 """
 import jax.numpy as jnp
 import numpy as np
 
 from mlc_jax.errors import UserError
 from mlc_jax.metrics import kernels
-from mlc_jax.metrics.accumulator import Accumulator
-
-__all__ = ["compute", "per_class_table", "tune_thresholds", "Accumulator"]
 
 # elements per jitted call: a few hundred MiB of temporaries at most
 _ROW_CHUNK_ELEMENTS = 1 << 23
