@@ -8,9 +8,9 @@ split over 'data' along its largest evenly divisible axis (ZeRO-3 / FSDP): a ste
 parameters it computes with, and the gradient comes back reduce-scattered to the shards, so each
 device holds 1/N of the parameters, gradients and optimizer state between steps.
 
-`gather` is the one pass of a model over a padded split (validation, evaluation, the feature
-cache): a forward per device batch, its rows on this host with the padding dropped, in the
-split's stored order.
+`gather_split` (and `gather_batches`, batch by batch) is the one pass of a model over a padded
+split (validation, evaluation, the feature cache): a forward per device batch, its rows on this
+host with the padding dropped, in the split's stored order.
 """
 import os
 
@@ -157,8 +157,8 @@ def prefetch(batches, mesh_, size=2):
     yield queue.pop(0)
 
 
-def gathered(forward, state, batches, mesh_, keys=("labels",)):
-  """Yields, per batch of a padded split, its real rows (mask True) as whole numpy arrays on this host.
+def gather_batches(forward, state, batches, mesh_, keys=("labels",)):
+  """Yields, per batch of a padded split, its real rows (mask True) as numpy arrays on this host.
 
   forward(state, device batch) returns the rows' outputs (B, ...), or (outputs, total) with total
   one value per batch (a loss sum). Each item: {'outputs', each of `keys`, 'index' when the batch
@@ -188,13 +188,13 @@ def _real_rows(out, fields):
   return rows
 
 
-def gather(forward, state, batches, mesh_, keys=("labels",)):
-  """The rows of every batch of a padded split (see `gathered`), concatenated: {'outputs', keys...,
-  'index', 'total' (summed in float64)}, in the split's stored order when the batches carry
-  'index' (else in the batches' order), whatever the number of processes."""
-  parts = list(gathered(forward, state, batches, mesh_, keys))
+def gather_split(forward, state, batches, mesh_, keys=("labels",)):
+  """The rows of every batch of a padded split (see `gather_batches`), concatenated: {'outputs',
+  keys..., 'index', 'total' (summed in float64)}, in the split's stored order when the batches
+  carry 'index' (else in the batches' order), whatever the number of processes."""
+  parts = list(gather_batches(forward, state, batches, mesh_, keys))
   if not parts:
-    raise ValueError("gather: no batches")
+    raise ValueError("gather_split: no batches")
   out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "total"}
   if "total" in parts[0]:
     out["total"] = float(np.sum([p["total"] for p in parts], dtype=np.float64))

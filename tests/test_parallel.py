@@ -270,8 +270,8 @@ def test_two_processes_train_and_checkpoint(shapes_config, param_sharding, two_p
 
 
 def test_gather_drops_padding_and_puts_rows_back_in_stored_order():
-  # What metrics.Accumulator promised, now parallel.gather's job: padded rows hold garbage (NaN
-  # scores, label 7) that must not count, the rows come back in stored order from batches whose
+  # What metrics.Accumulator promised, now parallel.gather_split's job: padded rows hold garbage
+  # (NaN scores, label 7) that must not count, the rows come back in stored order from batches whose
   # 'index' runs in another order (as several processes' shares do), and the per-batch totals add
   # up in float64. Reference: the unpadded data in stored order, and one metrics.compute on it.
   import jax
@@ -294,11 +294,12 @@ def test_gather_drops_padding_and_puts_rows_back_in_stored_order():
   def forward(weight, batch):
     return batch["scores"] * weight, jax.numpy.sum(jax.numpy.where(batch["mask"], 1.5, 0.0))
 
-  got = parallel.gather(forward, np.float32(1), iter(batches), parallel.mesh())
+  got = parallel.gather_split(forward, np.float32(1), iter(batches), parallel.mesh())
   np.testing.assert_array_equal(got["outputs"], scores)
   np.testing.assert_array_equal(got["labels"], labels)
   np.testing.assert_array_equal(got["index"], np.arange(n))
   assert got["total"] == 1.5 * n
-  whole, gathered = metrics.compute(scores, labels, k=3), metrics.compute(got["outputs"], got["labels"], k=3)
+  whole = metrics.compute(scores, labels, k=3)
+  from_gather = metrics.compute(got["outputs"], got["labels"], k=3)
   for key, value in whole.items():
-    np.testing.assert_array_equal(gathered[key], value, err_msg=key)
+    np.testing.assert_array_equal(from_gather[key], value, err_msg=key)

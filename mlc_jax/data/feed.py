@@ -22,7 +22,7 @@ def epoch_order(n, rows, *, train, seed=0, epoch=0, order=None):
 
 
 def batches(arrays, order, *, size, steps, start_batch=0, share=None, where=None, dtypes=None):
-  """Batches start_batch..steps-1 of `arrays` ({name: (n, ...) array}), each {name, 'mask'[, 'index']}.
+  """Batches start_batch..steps-1 of `arrays` ({name: (n, ...) array}): {name, 'mask'[, 'index']}.
 
   Batch b holds the rows order[b*size:(b+1)*size], of which this process keeps `share` (a slice;
   None: all). Rows numbered n or more are padding: mask False, every array 0 there. where: each

@@ -11,9 +11,9 @@ def scorer(model, config, mesh, activation="sigmoid"):
 
   Parameters are replicated over the mesh's 'data' axis and batches split over it (the batch is
   config.eval_batch_size rounded up to a multiple of the devices); the function compiles once for
-  every split it scores. parallel.gather drops the padding rows by the pipeline's mask, so every
-  image counts once, and puts the rows back in the split's stored order whatever the number of
-  processes.
+  every split it scores. parallel.gather_split drops the padding rows by the pipeline's mask, so
+  every image counts once, and puts the rows back in the split's stored order whatever the number
+  of processes.
   """
   batch_size = config_lib.eval_batch_size(config, mesh)
   graphdef, state = nnx.split(model)
@@ -30,7 +30,7 @@ def scorer(model, config, mesh, activation="sigmoid"):
           kept.append(batch["image"][batch["mask"]][:keep_images])
         yield batch
 
-    rows = parallel.gather(lambda weights, batch: forward(weights, batch["image"]), state,
+    rows = parallel.gather_split(lambda weights, batch: forward(weights, batch["image"]), state,
                            batches(), mesh)
     images = np.concatenate(kept)[:keep_images] if kept else np.zeros((0, 1, 1, 3), np.uint8)
     return rows["outputs"].astype(np.float32), rows["labels"].astype(np.int8), images

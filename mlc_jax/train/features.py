@@ -78,8 +78,8 @@ def _write_split(directory, split, source, config, mesh, forward, state, batch_s
   feats = labels = None
   seen = 0
   batches = pipeline.batches(source, split, batch_size=batch_size, train=False, config=config)
-  for rows in parallel.gathered(lambda weights, batch: forward(weights, batch["image"]), state,
-                                batches, mesh):
+  for rows in parallel.gather_batches(lambda weights, batch: forward(weights, batch["image"]),
+                                      state, batches, mesh):
     seen += len(rows["index"])
     if not write:
       continue
