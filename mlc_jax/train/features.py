@@ -8,9 +8,10 @@ compute dtype. A cache is written to a temporary directory and renamed, so it is
 a cache under another key is removed when a new one is built, unless the root is shared (a
 symlink: a sweep's trials), where each key is built once under a file lock.
 
-`Feed` serves the head stage from a cache: batches are rows of one global order (a seeded
-permutation per epoch), and each process feeds its own slice of every global batch, so the
-global batches, and the trained head, are those of a 1-process run.
+`Feed` serves the head stage from a cache (on mlc_jax.data.feed): batches are rows of one global
+order (a seeded permutation per epoch), and each process feeds its own slice of every global
+batch, so the global batches, and the trained head, are those of a 1-process run. The cache is
+written from parallel.gather_batches, the one pass of a model over a padded split.
 """
 import contextlib
 import hashlib
