@@ -120,15 +120,9 @@ def run_steps(prepared, state, batch, steps, *, first=0, key=None):
 
 def forward(model, mesh, activation="sigmoid"):
   """(jitted scores(state, images), state placed replicated): the model in inference mode, as
-  mlc_jax.inference.classifier runs it (models.probabilities), images split over 'data'."""
-  import functools
-
-  import jax
+  mlc_jax.eval.scoring runs it (models.forward), images split over 'data'."""
   from flax import nnx
 
   from mlc_jax import models, parallel
   graphdef, state = nnx.split(model)
-  fn = jax.jit(functools.partial(models.probabilities, graphdef, activation_name=activation),
-               in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-               out_shardings=parallel.data_sharding(mesh))
-  return fn, parallel.replicate(state, mesh)
+  return models.forward(graphdef, activation, mesh), parallel.replicate(state, mesh)

@@ -7,6 +7,10 @@ into one global array. Parameters and optimizer state are replicated (`param_sha
 split over 'data' along its largest evenly divisible axis (ZeRO-3 / FSDP): a step gathers the
 parameters it computes with, and the gradient comes back reduce-scattered to the shards, so each
 device holds 1/N of the parameters, gradients and optimizer state between steps.
+
+`gather_split` (and `gather_batches`, batch by batch) is the one pass of a model over a padded
+split (validation, evaluation, the feature cache): a forward per device batch, its rows on this
+host with the padding dropped, in the split's stored order.
 """
 import os
 
@@ -172,3 +176,50 @@ def prefetch(batches, mesh_, size=2):
       yield queue.pop(0)
   while queue:
     yield queue.pop(0)
+
+
+def gather_batches(forward, state, batches, mesh_, keys=("labels",)):
+  """Yields, per batch of a padded split, its real rows (mask True) as numpy arrays on this host.
+
+  forward(state, device batch) returns the rows' outputs (B, ...), or (outputs, total) with total
+  one value per batch (a loss sum). Each item: {'outputs', each of `keys`, 'index' when the batch
+  has one, 'total' when forward gives one}; the rows are the global batch's, every process's
+  slice, on every process. The host copy of a batch is taken while the next one runs.
+  """
+  pending = None
+  for batch in prefetch(batches, mesh_):
+    fields = {k: batch[k] for k in (*keys, "index", "mask") if k in batch}
+    item = (forward(state, batch), fields)
+    if pending is not None:
+      yield _real_rows(*pending)
+    pending = item
+  if pending is not None:
+    yield _real_rows(*pending)
+
+
+def _real_rows(out, fields):
+  out, fields = to_host((out, fields))
+  mask = fields.pop("mask").astype(bool)
+  total = None
+  if isinstance(out, tuple):
+    out, total = out
+  rows = {"outputs": out[mask], **{k: v[mask] for k, v in fields.items()}}
+  if total is not None:
+    rows["total"] = total
+  return rows
+
+
+def gather_split(forward, state, batches, mesh_, keys=("labels",)):
+  """The rows of every batch of a padded split (see `gather_batches`), concatenated: {'outputs',
+  keys..., 'index', 'total' (summed in float64)}, in the split's stored order when the batches
+  carry 'index' (else in the batches' order), whatever the number of processes."""
+  parts = list(gather_batches(forward, state, batches, mesh_, keys))
+  if not parts:
+    raise ValueError("gather_split: no batches")
+  out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "total"}
+  if "total" in parts[0]:
+    out["total"] = float(np.sum([p["total"] for p in parts], dtype=np.float64))
+  if "index" in out:
+    order = np.argsort(out["index"], kind="stable")
+    out = {k: v if k == "total" else v[order] for k, v in out.items()}
+  return out

@@ -5,6 +5,7 @@ import pytest
 from sklearn import metrics as skm
 
 from mlc_jax import metrics
+from mlc_jax.metrics import multilabel
 from mlc_jax.errors import UserError
 
 TOL = 1e-5
@@ -97,8 +98,8 @@ def test_chunked_equals_one_shot(tied_data, monkeypatch):
   scores, y = tied_data
   whole = metrics.compute(scores, y)
   # 250-row chunks (the last one padded) and 5-class blocks (the last one padded)
-  monkeypatch.setattr(metrics, "_ROW_CHUNK_ELEMENTS", 250 * 12)
-  monkeypatch.setattr(metrics, "_CLASS_BLOCK_ELEMENTS", 600 * 5)
+  monkeypatch.setattr(multilabel, "_ROW_CHUNK_ELEMENTS", 250 * 12)
+  monkeypatch.setattr(multilabel, "_CLASS_BLOCK_ELEMENTS", 600 * 5)
   chunked = metrics.compute(scores, y)
   for key, value in whole.items():
     if key != "topk_variant":
@@ -158,34 +159,6 @@ def test_no_positive_anywhere_is_never_nan():
     if key != "topk_variant":
       assert not np.any(np.isnan(value)), key
   assert got["mAP"] == 0.0 and got["CP"] == 0.0 and got["coverage"] == 0.0 and got["one_error"] == 0.0
-
-
-def test_accumulator_equals_one_shot_with_masked_padding(tied_data):
-  scores, y = tied_data
-  acc = metrics.Accumulator(12)
-  for start in range(0, 600, 256):
-    s, l = scores[start:start + 256], y[start:start + 256].astype(np.float32)
-    mask = np.ones(256, bool)
-    mask[len(s):] = False
-    # padding rows hold garbage that must not count
-    s = np.concatenate([s, np.full((256 - len(s), 12), np.nan, np.float32)])
-    l = np.concatenate([l, np.full((256 - len(l), 12), 7.0, np.float32)])
-    acc.update(s, l, mask)
-  assert acc.num_examples == 600
-  got, whole = acc.compute(k=3), metrics.compute(scores, y, k=3)
-  for key, value in whole.items():
-    np.testing.assert_array_equal(got[key], value, err_msg=key)
-
-
-def test_accumulator_rejects_bad_labels_and_shapes():
-  acc = metrics.Accumulator(3)
-  with pytest.raises(UserError, match="classes|batch"):
-    acc.update(np.zeros((2, 4), np.float32), np.zeros((2, 4)))
-  with pytest.raises(UserError, match="no batches"):
-    acc.compute()
-  acc.update(np.zeros((4, 3), np.float32), np.full((4, 3), 0.5))
-  with pytest.raises(UserError, match="0 or 1"):
-    acc.compute()
 
 
 def test_per_class_table_matches_sklearn(tied_data):
@@ -375,8 +348,8 @@ def test_chunked_equals_one_shot_with_unknowns(tied_data, monkeypatch):
   scores, y = with_unknowns(*tied_data, 0.2)
   whole = metrics.compute(scores, y)
   # 120-row chunks (the last one padded) and 5-class blocks (the last one padded)
-  monkeypatch.setattr(metrics, "_ROW_CHUNK_ELEMENTS", 120 * 12)
-  monkeypatch.setattr(metrics, "_CLASS_BLOCK_ELEMENTS", 300 * 5)
+  monkeypatch.setattr(multilabel, "_ROW_CHUNK_ELEMENTS", 120 * 12)
+  monkeypatch.setattr(multilabel, "_CLASS_BLOCK_ELEMENTS", 300 * 5)
   chunked = metrics.compute(scores, y)
   for key, value in whole.items():
     if key != "topk_variant":
@@ -406,25 +379,6 @@ def test_every_label_unknown_is_never_nan():
     if key != "topk_variant":
       assert not np.any(np.isnan(value)), key
   assert got["mAP"] == 0.0 and got["f1_samples"] == 0.0 and got["hamming_loss"] == 0.0
-
-
-def test_accumulator_with_padding_and_unknowns_equals_one_call(tied_data):
-  scores, y = with_unknowns(*tied_data, 0.2)
-  acc = metrics.Accumulator(12)
-  for start in range(0, 300, 128):  # the last batch: 44 images and 84 padded rows of garbage
-    s, l = scores[start:start + 128], y[start:start + 128].astype(np.float32)
-    mask = np.ones(128, bool)
-    mask[len(s):] = False
-    s = np.concatenate([s, np.full((128 - len(s), 12), np.nan, np.float32)])
-    l = np.concatenate([l, np.full((128 - len(l), 12), -7.0, np.float32)])
-    acc.update(s, l, mask)
-  got, whole = acc.compute(k=3), metrics.compute(scores, y, k=3)
-  for key, value in whole.items():
-    np.testing.assert_array_equal(got[key], value, err_msg=key)
-  acc.reset()
-  acc.update(scores[:4], np.full((4, 12), -2.0, np.float32))
-  with pytest.raises(UserError, match="0 or 1"):
-    acc.compute()
 
 
 def test_per_class_table_with_unknowns_matches_sklearn(tied_data):

@@ -267,3 +267,39 @@ def test_two_processes_train_and_checkpoint(shapes_config, param_sharding, two_p
       assert not np.array_equal(value, before[name]), f"{name} did not train"
     else:
       np.testing.assert_array_equal(value, before[name], err_msg=f"frozen {name} changed")
+
+
+def test_gather_drops_padding_and_puts_rows_back_in_stored_order():
+  # What metrics.Accumulator promised, now parallel.gather_split's job: padded rows hold garbage
+  # (NaN scores, label 7) that must not count, the rows come back in stored order from batches whose
+  # 'index' runs in another order (as several processes' shares do), and the per-batch totals add
+  # up in float64. Reference: the unpadded data in stored order, and one metrics.compute on it.
+  import jax
+  from mlc_jax import metrics, parallel
+  rng = np.random.default_rng(0)
+  n, c, size = 90, 6, 16
+  scores = np.round(rng.random((n, c)), 1).astype(np.float32)  # ties
+  labels = np.where(rng.random((n, c)) < 0.1, -1, rng.random((n, c)) < 0.3).astype(np.int8)
+  shuffled = rng.permutation(n)
+  pad = -n % size
+  order = np.concatenate([shuffled, np.full(pad, -1)])
+  batches = []
+  for start in range(0, n + pad, size):
+    rows = order[start:start + size]
+    mask = rows >= 0
+    s = np.where(mask[:, None], scores[np.maximum(rows, 0)], np.nan).astype(np.float32)
+    y = np.where(mask[:, None], labels[np.maximum(rows, 0)], 7).astype(np.int8)
+    batches.append({"scores": s, "labels": y, "mask": mask, "index": rows.astype(np.int32)})
+
+  def forward(weight, batch):
+    return batch["scores"] * weight, jax.numpy.sum(jax.numpy.where(batch["mask"], 1.5, 0.0))
+
+  got = parallel.gather_split(forward, np.float32(1), iter(batches), parallel.mesh())
+  np.testing.assert_array_equal(got["outputs"], scores)
+  np.testing.assert_array_equal(got["labels"], labels)
+  np.testing.assert_array_equal(got["index"], np.arange(n))
+  assert got["total"] == 1.5 * n
+  whole = metrics.compute(scores, labels, k=3)
+  from_gather = metrics.compute(got["outputs"], got["labels"], k=3)
+  for key, value in whole.items():
+    np.testing.assert_array_equal(from_gather[key], value, err_msg=key)

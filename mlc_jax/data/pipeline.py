@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context as tf_context
 
-from mlc_jax.data import images
+from mlc_jax.data import feed, images
 from mlc_jax.errors import UserError
 
 def host_cores():
@@ -161,24 +161,12 @@ def _from_memory(decoded, *, local, steps, train, seed, epoch, start_batch, wher
   """The batches of one epoch gathered from a decoded split (same contract as tf.data's).
 
   where: each decoded row's stored position; order: the epoch's training order (a mixture's
-  weighted draws), default a seeded permutation of this process's share."""
+  weighted draws), default a seeded permutation of this process's share (data.feed)."""
   images_, labels = decoded
-  n = len(images_)
-  if train:  # a seeded permutation of this process's share; the remainder is dropped
-    if order is None:
-      order = np.random.default_rng([int(seed), int(epoch)]).permutation(n)
-    order = order[:steps * local]
-  else:  # stored order; positions past the end are padding
-    order = np.arange(steps * local)
-  for b in range(start_batch, steps):
-    index = order[b * local:(b + 1) * local]
-    mask = index < n
-    image, label = images_[np.minimum(index, n - 1)], labels[np.minimum(index, n - 1)]
-    image[~mask], label[~mask] = 0, 0  # padding: blank images, no labels
-    batch = {"image": image, "labels": label, "mask": mask}
-    if not train:
-      batch["index"] = np.where(mask, where[np.minimum(index, n - 1)], -1).astype(np.int32)
-    yield batch
+  rows = feed.epoch_order(len(images_), steps * local, train=train, seed=seed, epoch=epoch,
+                          order=order)
+  return feed.batches({"image": images_, "labels": labels}, rows, size=local, steps=steps,
+                      start_batch=start_batch, where=None if train else where)
 
 
 def batches(source, split, *, batch_size, train, config, seed=0, epoch=0, start_batch=0):

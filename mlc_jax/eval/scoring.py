@@ -1,7 +1,4 @@
 """Scoring a split with a model: one jitted forward per batch over every device of the mesh."""
-import functools
-
-import jax
 import numpy as np
 from flax import nnx
 
@@ -14,31 +11,28 @@ def scorer(model, config, mesh, activation="sigmoid"):
 
   Parameters are replicated over the mesh's 'data' axis and batches split over it (the batch is
   config.eval_batch_size rounded up to a multiple of the devices); the function compiles once for
-  every split it scores. Padding rows are dropped by the pipeline's mask, so every image counts
-  once, and rows come back in the split's stored order whatever the number of processes.
+  every split it scores. parallel.gather_split drops the padding rows by the pipeline's mask, so
+  every image counts once, and puts the rows back in the split's stored order whatever the number
+  of processes.
   """
   batch_size = config_lib.eval_batch_size(config, mesh)
   graphdef, state = nnx.split(model)
   state = parallel.replicate(state, mesh)
-  repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
-  forward = jax.jit(functools.partial(models.probabilities, graphdef, activation_name=activation),
-                    in_shardings=(repl, data), out_shardings=data)
+  forward = models.forward(graphdef, activation, mesh)
 
   def score(source, split, keep_images=16):
-    scores, labels, index, kept = [], [], [], []
-    for batch in pipeline.batches(source, split, batch_size=batch_size, train=False, config=config):
-      device = parallel.shard_batch(batch, mesh)
-      s, y, i, mask = parallel.to_host((forward(state, device["image"]), device["labels"],
-                                        device["index"], device["mask"]))
-      mask = mask.astype(bool)
-      scores.append(s[mask])
-      labels.append(y[mask])
-      index.append(i[mask])
-      if sum(len(k) for k in kept) < keep_images:  # this process's first images: stored order
-        kept.append(batch["image"][batch["mask"]][:keep_images])
-    order = np.argsort(np.concatenate(index), kind="stable")  # the split's stored order
+    kept = []
+
+    def batches():  # keeps this process's first images (stored order) on their way
+      for batch in pipeline.batches(source, split, batch_size=batch_size, train=False,
+                                    config=config):
+        if sum(len(k) for k in kept) < keep_images:
+          kept.append(batch["image"][batch["mask"]][:keep_images])
+        yield batch
+
+    rows = parallel.gather_split(lambda weights, batch: forward(weights, batch["image"]), state,
+                           batches(), mesh)
     images = np.concatenate(kept)[:keep_images] if kept else np.zeros((0, 1, 1, 3), np.uint8)
-    return (np.concatenate(scores)[order].astype(np.float32),
-            np.concatenate(labels)[order].astype(np.int8), images)
+    return rows["outputs"].astype(np.float32), rows["labels"].astype(np.int8), images
 
   return score

@@ -5,7 +5,6 @@
 """
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -17,9 +16,6 @@ from mlc_jax.errors import UserError
 from mlc_jax.models import imagenet
 
 ACTIVATIONS = CHOICES["head.activation"]
-
-
-_probabilities = jax.jit(models.probabilities, static_argnums=(0, 3))
 
 
 def _is_single(images):
@@ -79,13 +75,14 @@ class Classifier:
     """float32 (N, C) probabilities (sigmoid per label, or softmax) for the images."""
     array = self.images_array(images)
     graphdef, state = nnx.split(self.model)
+    forward = models.forward(graphdef, self.activation)
     n, out = len(array), []
     size = min(int(batch_size), n) or 1
     for start in range(0, n, size):
       batch = array[start:start + size]
       if len(batch) < size:  # pad the last batch so every call reuses one compiled shape
         batch = np.concatenate([batch, np.zeros((size - len(batch),) + batch.shape[1:], np.uint8)])
-      out.append(np.asarray(_probabilities(graphdef, state, jnp.asarray(batch), self.activation)))
+      out.append(np.asarray(forward(state, jnp.asarray(batch))))
     if not out:
       return np.zeros((0, len(self.labels)), np.float32)
     return np.concatenate(out)[:n].astype(np.float32)

@@ -95,8 +95,8 @@ def inference_function(model, activation):
     state = nnx.state(nnx.merge(graphdef, saved, rest), models.SAVED)
     pure = jax.tree_util.tree_unflatten(treedef, [params[n] for n in names])
     nnx.replace_by_pure_dict(state, pure)
-    logits = nnx.merge(graphdef, state, rest)(images, train=False).astype(jnp.float32)
-    return jax.nn.softmax(logits) if activation == "softmax" else jax.nn.sigmoid(logits)
+    # the model's logits are float32 (models' contract): the scores of Classifier.predict
+    return models.probabilities(graphdef, nnx.merge_state(state, rest), images, activation)
 
   return f, params
 

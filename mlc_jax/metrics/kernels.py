@@ -195,9 +195,3 @@ def label_codes(labels, xp):
     return labels.astype(xp.int8)
   code = xp.where(labels == 1, 1, xp.where(labels == 0, 0, xp.where(labels == -1, -1, 2)))
   return code.astype(xp.int8)
-
-
-@jax.jit
-def pack(scores, labels, mask):
-  """Compacts an accumulator batch: float32 scores, int8 label codes (label_codes), bool mask."""
-  return scores.astype(jnp.float32), label_codes(labels, jnp), mask.astype(bool)

@@ -4,12 +4,12 @@ Nothing here knows a dataset or a training stage.
 """
 from mlc_jax.models.head import Head
 from mlc_jax.models.model import (SAVED, MultiLabelModel, activation, build_backbone, build_model,
-                                  file_classifier, flat_params, imagenet_vgg,
+                                  file_classifier, flat_params, forward, imagenet_vgg,
                                   keras_layers,
                                   load_backbone_weights,
                                   preprocessing_of, probabilities, weights_path)
 from mlc_jax.models.vgg import VGG
 
 __all__ = ["MultiLabelModel", "VGG", "Head", "SAVED", "activation", "build_backbone",
-           "build_model", "file_classifier", "flat_params", "imagenet_vgg", "keras_layers", "load_backbone_weights", "preprocessing_of",
+           "build_model", "file_classifier", "flat_params", "forward", "imagenet_vgg", "keras_layers", "load_backbone_weights", "preprocessing_of",
            "probabilities", "weights_path"]

@@ -1,10 +1,12 @@
 """The multi-label model (VGG backbone + head) built from the config, its weights and its outputs."""
+import functools
 import json
 
 import jax
 import numpy as np
 from flax import nnx
 
+from mlc_jax import parallel
 from mlc_jax.errors import UserError
 from mlc_jax.models import imagenet, weights
 from mlc_jax.models.head import Head
@@ -146,6 +148,20 @@ def activation(logits, name):
 def probabilities(graphdef, state, images, activation_name):
   """Scores of a merged model in inference mode (pure: jit it with graphdef static)."""
   return activation(nnx.merge(graphdef, state)(images, train=False), activation_name)
+
+
+@functools.lru_cache(maxsize=16)
+def forward(graphdef, activation_name="sigmoid", mesh=None):
+  """The one jitted forward: fn(state, images) -> scores (`probabilities` of the model graphdef).
+
+  mesh: the state replicated and images and scores split over its 'data' axis; None: wherever
+  the arguments are. Cached by (graphdef, activation, mesh): a model split again compiles once.
+  """
+  fn = functools.partial(probabilities, graphdef, activation_name=activation_name)
+  if mesh is None:
+    return jax.jit(fn)
+  data = parallel.data_sharding(mesh)
+  return jax.jit(fn, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
 
 
 def flat_params(model):

@@ -8,9 +8,10 @@ compute dtype. A cache is written to a temporary directory and renamed, so it is
 a cache under another key is removed when a new one is built, unless the root is shared (a
 symlink: a sweep's trials), where each key is built once under a file lock.
 
-`Feed` serves the head stage from a cache: batches are rows of one global order (a seeded
-permutation per epoch), and each process feeds its own slice of every global batch, so the
-global batches, and the trained head, are those of a 1-process run.
+`Feed` serves the head stage from a cache (on mlc_jax.data.feed): batches are rows of one global
+order (a seeded permutation per epoch), and each process feeds its own slice of every global
+batch, so the global batches, and the trained head, are those of a 1-process run. The cache is
+written from parallel.gather_batches, the one pass of a model over a padded split.
 """
 import contextlib
 import hashlib
@@ -28,11 +29,10 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from mlc_jax import models, parallel, workdir as workdir_lib
-from mlc_jax.data import pipeline
+from mlc_jax.data import feed, pipeline
+from mlc_jax.data.source import SPLITS
 from mlc_jax.errors import UserError
 from mlc_jax.train import steps
-
-SPLITS = ("train", "val", "test")
 
 
 def params_digest(module):
@@ -78,20 +78,18 @@ def _write_split(directory, split, source, config, mesh, forward, state, batch_s
   classes = len(source.labels)
   feats = labels = None
   seen = 0
-  for batch in pipeline.batches(source, split, batch_size=batch_size, train=False, config=config):
-    device = parallel.shard_batch(batch, mesh)
-    out, mask, y, index = parallel.to_host((forward(state, device["image"]), device["mask"],
-                                            device["labels"], device["index"]))
-    mask = mask.astype(bool)
-    seen += int(mask.sum())
+  batches = pipeline.batches(source, split, batch_size=batch_size, train=False, config=config)
+  for rows in parallel.gather_batches(lambda weights, batch: forward(weights, batch["image"]),
+                                      state, batches, mesh):
+    seen += len(rows["index"])
     if not write:
       continue
     if feats is None:
       f_path, l_path = _paths(directory, split)
-      feats = np.lib.format.open_memmap(f_path, "w+", np.float32, (n, out.shape[-1]))
+      feats = np.lib.format.open_memmap(f_path, "w+", np.float32, (n, rows["outputs"].shape[-1]))
       labels = np.lib.format.open_memmap(l_path, "w+", np.int8, (n, classes))
-    feats[index[mask]] = out[mask]
-    labels[index[mask]] = y[mask]
+    feats[rows["index"]] = rows["outputs"]
+    labels[rows["index"]] = rows["labels"]
   if seen != n:
     raise RuntimeError(f"features of {split}: wrote {seen} rows, expected {n}")
   if write:
@@ -172,20 +170,15 @@ class Feed:
 
   def epoch(self, epoch=0, start_batch=0):
     """Iterator of this process's numpy batches for one epoch, from batch start_batch on."""
-    n, size, spe = len(self.features), self.batch_size, self.steps_per_epoch
-    index, count = jax.process_index(), jax.process_count()
+    size, spe = self.batch_size, self.steps_per_epoch
     local = pipeline.local_batch_size(size)
+    order = None
     if self.train and self.order is not None:  # a mixture's weighted draws (data.mixture)
-      order = np.asarray(self.order(self.seed, int(epoch)))[:spe * size]
-    elif self.train:
-      order = np.random.default_rng([self.seed, int(epoch)]).permutation(n)[:spe * size]
-    else:
-      order = np.arange(spe * size)
-    for b in range(start_batch, spe):
-      rows = order[b * size:(b + 1) * size][index * local:(index + 1) * local]
-      mask = rows < n
-      picked = np.minimum(rows, n - 1)
-      x = np.asarray(self.features[picked], np.float32)
-      y = np.asarray(self.labels[picked], np.int8)
-      x[~mask], y[~mask] = 0, 0
-      yield {"features": x, "labels": y, "mask": mask}
+      order = self.order(self.seed, int(epoch))
+    rows = feed.epoch_order(len(self.features), spe * size, train=self.train, seed=self.seed,
+                            epoch=epoch, order=order)
+    index = jax.process_index()
+    return feed.batches({"features": self.features, "labels": self.labels}, rows, size=size,
+                        steps=spe, start_batch=start_batch,
+                        share=slice(index * local, (index + 1) * local),
+                        dtypes={"features": np.float32, "labels": np.int8})

@@ -24,7 +24,7 @@ import tensorboardX
 from absl import logging
 from flax import nnx
 
-from mlc_jax import checkpoints, metrics, parallel, workdir as workdir_lib
+from mlc_jax import checkpoints, metrics, models, parallel, workdir as workdir_lib
 from mlc_jax.config import BEST_METRICS
 from mlc_jax.errors import UserError
 from mlc_jax.train import progress, state as state_lib, steps
@@ -111,18 +111,11 @@ def prepare(stage, config, mesh):
 
 
 def run_validation(eval_step, state, frozen, feed, mesh):
-  """(mean loss, scores, labels) over the valid (unpadded) images of feed's batches."""
-  scores, labels, masks, loss_sums = [], [], [], []
-  for batch in parallel.prefetch(feed.epoch(), mesh):
-    s, loss_sum = eval_step(state, frozen, batch)
-    scores.append(s)
-    labels.append(batch["labels"])
-    masks.append(batch["mask"])
-    loss_sums.append(loss_sum)
-  scores, labels, masks, loss_sums = parallel.to_host((scores, labels, masks, loss_sums))
-  mask = np.concatenate(masks).astype(bool)
-  loss = float(np.sum(loss_sums, dtype=np.float64)) / max(1, int(mask.sum()))
-  return loss, np.concatenate(scores)[mask], np.concatenate(labels)[mask]
+  """(mean loss, scores, labels) over the valid (unpadded) images of feed's batches, in the split's
+  stored order (parallel.gather_split)."""
+  rows = parallel.gather_split(lambda weights, batch: eval_step(weights, frozen, batch), state,
+                               feed.epoch(), mesh)
+  return rows["total"] / max(1, len(rows["outputs"])), rows["outputs"], rows["labels"]
 
 
 def track_best(metric, best, bad_epochs, value):
@@ -147,37 +140,54 @@ def _check_finite(value, stage, step, mngr):
                   "--mode=train again to resume")
 
 
-def _counters(**kw):
-  return {k: np.asarray(v, np.float64 if isinstance(v, float) else np.int64) for k, v in kw.items()}
+@dataclasses.dataclass
+class Counters:
+  """Where a stage stands, saved with each checkpoint (the 'train' item's 'counters')."""
+  epoch: int = 0           # epochs done
+  batch: int = 0           # batches done in the current epoch
+  loss_sum: float = 0.0    # the epoch's training loss so far, summed over loss_steps steps
+  loss_steps: int = 0
+  best: float = math.inf   # early stopping: the best value of the stage's metric so far,
+  bad_epochs: int = 0      # and the epochs since it improved
+  stopped: int = 0         # 1 once early stopping ended the stage
+
+  def arrays(self):
+    """The checkpoint's form: {name: float64 or int64 numpy scalar}."""
+    return {f.name: np.asarray(getattr(self, f.name), np.float64 if f.type is float else np.int64)
+            for f in dataclasses.fields(self)}
+
+  @classmethod
+  def from_arrays(cls, arrays):
+    """The inverse of `arrays` (a restored checkpoint's counters)."""
+    return cls(**{f.name: f.type(np.asarray(arrays[f.name])) for f in dataclasses.fields(cls)})
 
 
 class _Saver:
-  """Moves a TrainState into and out of checkpoints: the full model plus the train item."""
+  """Moves a TrainState into and out of checkpoints: the full model's parameters and batch
+  statistics (the state's weights and the frozen rest) plus the train item."""
 
-  def __init__(self, stage, split_filters, shardings):
-    self.stage, self.filters, self.shardings = stage, split_filters, shardings
+  def __init__(self, stage, frozen, shardings):
+    self.stage, self.frozen, self.shardings = stage, frozen, shardings
+    self.filters = (stage.trainable, stage.stats)
 
   def model_state(self, state):
-    """The full model's pure dict with the state's weights (the 'model' item)."""
-    nnx.update(self.stage.model, state.trainable, state.stats)
-    return checkpoints.model_state(self.stage.model)
+    """The full model's pure dict with the state's weights (the 'model' item), as
+    checkpoints.model_state gives it for the model holding them."""
+    merged = nnx.merge_state(state.trainable, state.stats, self.frozen)
+    return nnx.to_pure_dict(nnx.filter_state(merged, models.SAVED))
 
   def ema_state(self, state):
     """The same with the moving average's weights (the 'ema' item), or None without one."""
-    if state.ema is None:
-      return None
-    pure = self.model_state(state.ema_weights())
-    nnx.update(self.stage.model, state.trainable, state.stats)  # the model keeps the weights
-    return pure
+    return None if state.ema is None else self.model_state(state.ema_weights())
 
   def save(self, mngr, step, state, counters, metrics=None):
-    train = {"opt_state": state.opt_state, "counters": _counters(**counters)}
+    train = {"opt_state": state.opt_state, "counters": counters.arrays()}
     mngr.save(step, self.model_state(state), train, metrics=metrics, ema=self.ema_state(state))
 
   def restore(self, mngr, state, counters):
     """(step, state, counters) of the newest intact checkpoint, or (None, state, counters)."""
     abstract_train = {"opt_state": checkpoints.abstract_of(state.opt_state),
-                      "counters": _counters(**counters)}
+                      "counters": counters.arrays()}
     target = checkpoints.abstract_of(self.model_state(state))
     step, restored = mngr.restore_latest_intact(target, abstract_train,
                                                 target if state.ema is not None else None)
@@ -191,10 +201,10 @@ class _Saver:
       ema = jax.tree.map(lambda x: x, {"trainable": ema_trainable, "stats": ema_stats})
     checkpoints.load_model_state(self.stage.model, restored["model"])
     _, trainable, stats, _ = nnx.split(self.stage.model, *self.filters, ...)
-    c = {k: type(counters[k])(np.asarray(v)) for k, v in restored["train"]["counters"].items()}
+    c = Counters.from_arrays(restored["train"]["counters"])
     state = state_lib.place(trainable, stats, self.stage.tx, self.shardings,
-                            opt_state=restored["train"]["opt_state"], loss_sum=c["loss_sum"],
-                            loss_steps=c["loss_steps"], ema=ema)
+                            opt_state=restored["train"]["opt_state"], loss_sum=c.loss_sum,
+                            loss_steps=c.loss_steps, ema=ema)
     return step, state, c
 
 
@@ -208,98 +218,122 @@ def _summed_loss(state):
   return float(host[0]) / max(1, int(host[1])), float(host[0]), int(host[1])
 
 
+class _Fit:
+  """One stage being fitted: its checkpoints, prepared steps, TrainState and Counters."""
+
+  def __init__(self, run, stage):
+    config, name = run.config, stage.name
+    self.run, self.stage, self.name = run, stage, name
+    self.best_metric = checkpoints.best_metric_of(config, name)
+    self.mngr = checkpoints.Manager(run.workdir, name, self.best_metric)
+    self.spe, self.epochs = stage.train.steps_per_epoch, int(stage.config.epochs)
+    self.p = prepare(stage, config, run.mesh)
+    self.saver = _Saver(stage, self.p.frozen, self.p.shardings)
+    start = Counters(best=math.inf if BEST_METRICS[self.best_metric] == "min" else -math.inf)
+    latest, self.state, self.c = self.saver.restore(self.mngr, self.p.state, start)
+    if latest is not None:
+      logging.info("%s: resuming from step %d (epoch %d, batch %d)", name, latest,
+                   self.c.epoch + 1, self.c.batch)
+    self.step = self.c.epoch * self.spe + self.c.batch
+    if run.is_chief:
+      workdir_lib.truncate_metrics(run.workdir, name, self.step if latest is not None else -1)
+    self.base_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), STAGE_INDEX[name])
+    self.log_every = max(1, int(config.log_every_steps))
+    self.every = int(config.checkpoint.every_steps)
+    self.patience = int(config.early_stopping_patience)
+
+  @property
+  def running(self):
+    return self.c.epoch < self.epochs and not self.c.stopped
+
+  def save(self, metrics=None):
+    self.saver.save(self.mngr, self.step, self.state, self.c, metrics=metrics)
+
+  def train_epoch(self, stop):
+    """The epoch's remaining train steps, with their logging, mid-epoch checkpoints and stop
+    requests -> (images this epoch, images skipped on resume)."""
+    run, stage, name, spe, c = self.run, self.stage, self.name, self.spe, self.c
+    epoch, start = c.epoch, c.batch
+    bar = progress.Progress(name, epoch, self.epochs, spe, start, run.is_chief)
+    # Images of this epoch, counted from the global batches; a resume counts the skipped ones.
+    images = skipped = start * stage.train.batch_size
+    t_log, images_log = time.time(), images
+    done = start
+    for batch in parallel.prefetch(stage.train.epoch(epoch, start), run.mesh):
+      self.state = self.p.train_step(self.state, self.p.frozen, batch, self.base_key, self.step)
+      self.step, done = self.step + 1, done + 1
+      images += batch["mask"].shape[0]  # the global batch: every image once
+      mid_save = self.every > 0 and self.step % self.every == 0 and done < spe
+      synced = done % self.log_every == 0 or done == spe or mid_save
+      if synced:
+        loss, loss_sum, loss_steps = _summed_loss(self.state)
+        _check_finite(loss, name, self.step, self.mngr)
+        now = time.time()
+        bar.update(done, loss, (images - images_log) / max(now - t_log, 1e-9))
+        t_log, images_log = now, images
+        if run.is_chief and run.writer() is not None:
+          run.writer().add_scalar(f"{name}/train_loss", loss, self.step)
+      stopping = stop.requested(synced) and done < spe
+      if mid_save or stopping:
+        if not synced:
+          _, loss_sum, loss_steps = _summed_loss(self.state)
+        c.batch, c.loss_sum, c.loss_steps = done, loss_sum, loss_steps
+        self.save()
+      if stopping:
+        self.mngr.wait()
+        stop.exit(f"{name}: stopped by {stop.signal_name} at step {self.step} (epoch {epoch + 1}, "
+                  f"batch {done}/{spe}); saved {self.mngr.directory / str(self.step)}. Run the "
+                  "same command to resume from it")
+    bar.close()
+    return images, skipped
+
+  def end_epoch(self, stop, t_epoch, images, skipped):
+    """Validation, the epoch's row and checkpoint, early stopping and a stop asked for."""
+    run, stage, name, c = self.run, self.stage, self.name, self.c
+    train_seconds = time.time() - t_epoch
+    train_loss, _, _ = _summed_loss(self.state)
+    _check_finite(train_loss, name, self.step, self.mngr)
+    epoch = c.epoch
+    row = {"stage": name, "epoch": epoch + 1, "step": self.step, "train_loss": train_loss}
+    row.update(_validation_row(self.p.eval_step, self.state, self.p.frozen, stage.val, run.mesh,
+                               run.config))
+    row.update(learning_rate=float(stage.schedule(self.step // stage.accumulate_steps)),
+               train_images=images,
+               images_per_second=round((images - skipped) / max(train_seconds, 1e-9), 1),
+               seconds=round(time.time() - t_epoch, 2))
+    c.best, c.bad_epochs = track_best(self.best_metric, c.best, c.bad_epochs, row[self.best_metric])
+    halt = self.patience > 0 and c.bad_epochs >= self.patience
+    c.epoch, c.batch, c.loss_sum, c.loss_steps, c.stopped = epoch + 1, 0, 0.0, 0, int(halt)
+    self.state = _reset_sums(self.state, self.p.shardings)
+    self.save(metrics={k: row[k] for k in BEST_METRICS if k in row})
+    _log_epoch(run, row)
+    if run.on_epoch is not None:
+      self.mngr.wait()  # the epoch's checkpoint is complete whatever the callback does
+      run.on_epoch(row)
+    if halt:
+      logging.info("%s: early stop after epoch %d (%d epochs without improvement of %s)",
+                   name, epoch + 1, self.patience, self.best_metric)
+    if stop.requested(True) and c.epoch < self.epochs and not halt:
+      self.mngr.wait()
+      stop.exit(f"{name}: stopped by {stop.signal_name} after epoch {epoch + 1}; saved "
+                f"{self.mngr.directory / str(self.step)}. Run the same command to resume from it")
+
+
 def fit(run, stage):
   """Trains one stage to its end (or early stop), resuming from its latest intact checkpoint."""
-  config, mesh, name = run.config, run.mesh, stage.name
-  best_metric = checkpoints.best_metric_of(config, name)
-  mode = BEST_METRICS[best_metric]
-  mngr = checkpoints.Manager(run.workdir, name, best_metric)
-  spe, epochs = stage.train.steps_per_epoch, int(stage.config.epochs)
-  p = prepare(stage, config, mesh)
-  state, frozen, shardings = p.state, p.frozen, p.shardings
-  train_step, eval_step = p.train_step, p.eval_step
-  saver = _Saver(stage, (stage.trainable, stage.stats), shardings)
-  c = dict(epoch=0, batch=0, loss_sum=0.0, loss_steps=0,
-           best=math.inf if mode == "min" else -math.inf, bad_epochs=0, stopped=0)
-  latest, state, c = saver.restore(mngr, state, c)
-  if latest is not None:
-    logging.info("%s: resuming from step %d (epoch %d, batch %d)", name, latest, c["epoch"] + 1,
-                 c["batch"])
-  step = c["epoch"] * spe + c["batch"]
-  if run.is_chief:
-    workdir_lib.truncate_metrics(run.workdir, name, step if latest is not None else -1)
-  base_key = jax.random.fold_in(jax.random.PRNGKey(int(config.seed)), STAGE_INDEX[name])
-  log_every = max(1, int(config.log_every_steps))
-  every = int(config.checkpoint.every_steps)
-  patience = int(config.early_stopping_patience)
+  f = _Fit(run, stage)
   try:
     with progress.StopSignals() as stop:
-      while c["epoch"] < epochs and not c["stopped"]:
-        epoch, start = c["epoch"], c["batch"]
+      while f.running:
         t_epoch = time.time()
-        bar = progress.Progress(name, epoch, epochs, spe, start, run.is_chief)
-        # Images of this epoch, counted from the global batches; a resume counts the skipped ones.
-        images = skipped = start * stage.train.batch_size
-        t_log, images_log = time.time(), images
-        done = start
-        for batch in parallel.prefetch(stage.train.epoch(epoch, start), mesh):
-          state = train_step(state, frozen, batch, base_key, step)
-          step, done = step + 1, done + 1
-          images += batch["mask"].shape[0]  # the global batch: every image once
-          mid_save = every > 0 and step % every == 0 and done < spe
-          synced = done % log_every == 0 or done == spe or mid_save
-          if synced:
-            loss, loss_sum, loss_steps = _summed_loss(state)
-            _check_finite(loss, name, step, mngr)
-            now = time.time()
-            bar.update(done, loss, (images - images_log) / max(now - t_log, 1e-9))
-            t_log, images_log = now, images
-            if run.is_chief and run.writer() is not None:
-              run.writer().add_scalar(f"{name}/train_loss", loss, step)
-          stopping = stop.requested(synced) and done < spe
-          if mid_save or stopping:
-            if not synced:
-              _, loss_sum, loss_steps = _summed_loss(state)
-            c.update(batch=done, loss_sum=loss_sum, loss_steps=loss_steps)
-            saver.save(mngr, step, state, c)
-          if stopping:
-            mngr.wait()
-            stop.exit(f"{name}: stopped by {stop.signal_name} at step {step} (epoch {epoch + 1}, "
-                      f"batch {done}/{spe}); saved {mngr.directory / str(step)}. Run the same "
-                      "command to resume from it")
-        bar.close()
-        train_seconds = time.time() - t_epoch
-        train_loss, _, _ = _summed_loss(state)
-        _check_finite(train_loss, name, step, mngr)
-        row = {"stage": name, "epoch": epoch + 1, "step": step, "train_loss": train_loss}
-        row.update(_validation_row(eval_step, state, frozen, stage.val, mesh, config))
-        row.update(learning_rate=float(stage.schedule(step // stage.accumulate_steps)),
-                   train_images=images,
-                   images_per_second=round((images - skipped) / max(train_seconds, 1e-9), 1),
-                   seconds=round(time.time() - t_epoch, 2))
-        c["best"], c["bad_epochs"] = track_best(best_metric, c["best"], c["bad_epochs"],
-                                                row[best_metric])
-        halt = patience > 0 and c["bad_epochs"] >= patience
-        c.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_steps=0, stopped=int(halt))
-        state = _reset_sums(state, shardings)
-        saver.save(mngr, step, state, c, metrics={k: row[k] for k in BEST_METRICS if k in row})
-        _log_epoch(run, row)
-        if run.on_epoch is not None:
-          mngr.wait()  # the epoch's checkpoint is complete whatever the callback does
-          run.on_epoch(row)
-        if halt:
-          logging.info("%s: early stop after epoch %d (%d epochs without improvement of %s)",
-                       name, epoch + 1, patience, best_metric)
-        if stop.requested(True) and c["epoch"] < epochs and not halt:
-          mngr.wait()
-          stop.exit(f"{name}: stopped by {stop.signal_name} after epoch {epoch + 1}; saved "
-                    f"{mngr.directory / str(step)}. Run the same command to resume from it")
+        images, skipped = f.train_epoch(stop)
+        f.end_epoch(stop, t_epoch, images, skipped)
   finally:
-    mngr.wait()  # even on an error: a started save completes, not half-written
-  checkpoints.mark_done(run.workdir, name, {"step": step, "best": c["best"]})
-  mngr.close()
-  saver.model_state(state)  # the model object holds the final values
-  return state
+    f.mngr.wait()  # even on an error: a started save completes, not half-written
+  checkpoints.mark_done(run.workdir, stage.name, {"step": f.step, "best": f.c.best})
+  f.mngr.close()
+  nnx.update(stage.model, f.state.trainable, f.state.stats)  # the model holds the final values
+  return f.state
 
 
 def _validation_row(eval_step, state, frozen, feed, mesh, config):
