@@ -13,8 +13,6 @@ import tensorflow as tf
 from mlc_jax.data import reader
 from mlc_jax.errors import UserError
 
-RESIZE_METHODS = ("plain", "crop")
-
 
 def decode(image_bytes):
   """JPEG/PNG/GIF/BMP/WebP bytes -> uint8 (H, W, 3) tensor (grey and RGBA become RGB).

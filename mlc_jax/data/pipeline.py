@@ -86,15 +86,13 @@ def decode_and_resize(image_bytes, image_size, method):
 
 
 def _check(source, split, batch_size, train, config, start_batch):
-  """(local batch, steps, image size, resize method), or UserError on a bad request."""
+  """(local batch, steps, image size, resize method), or UserError on a bad request (data.resize
+  is config.validate's to check)."""
   local = local_batch_size(batch_size)
   steps = steps_per_epoch(source, split, batch_size, train)
   if not 0 <= start_batch <= steps:
     raise UserError(f"start_batch={start_batch} is outside the epoch's {steps} batches")
-  method = config.data.resize
-  if method not in images.RESIZE_METHODS:
-    raise UserError(f"data.resize={method!r} is not one of {images.RESIZE_METHODS}")
-  return local, steps, int(config.image_size), method
+  return local, steps, int(config.image_size), config.data.resize
 
 
 @_own_tf_seed()
