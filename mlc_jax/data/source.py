@@ -18,10 +18,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from jax.experimental import multihost_utils
 
+from mlc_jax.data.splits import EVAL_SPLITS, SPLITS  # noqa: F401 - re-exported
 from mlc_jax.errors import UserError
-
-SPLITS = ("train", "val", "test")
-EVAL_SPLITS = ("val", "test")  # the splits evaluation protocols (eval.protocol) apply to
 
 
 def carve(builder, split, val_fraction, *, name):

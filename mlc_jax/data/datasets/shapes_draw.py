@@ -10,12 +10,13 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
+from mlc_jax.data.splits import SPLITS
+
 CLASSES = ("disc", "ring", "square", "rectangle_outline", "triangle", "star", "cross", "crescent")
 # shapes_single, the demo's source task (as ImageNet is to COCO): the 8 above and 8 more, none of
 # them another one rotated (the drawing rotates every shape).
 SINGLE_CLASSES = CLASSES + ("ellipse", "pentagon", "hexagon", "arrow", "semicircle",
                             "triangle_outline", "square_outline", "t_shape")
-SPLITS = ("train", "val", "test")
 _SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled so edges are anti-aliased
 
 
