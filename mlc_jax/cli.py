@@ -1,6 +1,7 @@
 """Maps launch.py's --mode onto library functions; a user's error becomes one clear line.
 
-UserError -> `error: ...` on stderr, exit 1; errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
+UserError -> `error: ...` on stderr, exit 1 (so is a write the disk refused, full or read-only,
+wherever it happens: mlc_jax.disk); errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
 was saved) -> its one line, exit 128 + the signal; Ctrl-C elsewhere -> one line, exit 130.
 """
 import signal
@@ -8,7 +9,7 @@ import sys
 
 from absl import logging
 
-from mlc_jax import parallel, workdir as workdir_lib
+from mlc_jax import disk, parallel, workdir as workdir_lib
 from mlc_jax.errors import Stopped, UserError
 
 
@@ -83,3 +84,12 @@ def run(mode, config, workdir, flags, overrides=None):
     print("interrupted (Ctrl-C); what was saved is kept: run the same command to continue",
           file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
+  except Exception as e:  # noqa: BLE001 - a disk refusal no guard named: still one line
+    number = disk.code(e)
+    if number is None:
+      raise
+    logging.flush()
+    where = getattr(e, "filename", None) or workdir
+    print(f"error: {disk.message('a file', where, 'what was saved before is intact', number)}",
+          file=sys.stderr)
+    sys.exit(1)

@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import pathlib
+import shutil
 import socket
 import tempfile
 
@@ -30,7 +31,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mlc_jax import checked, config as config_lib
+from mlc_jax import checked, config as config_lib, disk
 from mlc_jax.errors import UserError
 
 # Keys that cannot change a finished stage: a relaunch may set them freely (not recorded).
@@ -213,8 +214,9 @@ def _diff_labels(old, new):
 def _take_lock(workdir):
   """An open fd of WORKDIR/.lock holding its flock; UserError naming the holder when it is held."""
   p = path(workdir, ".lock")
-  p.parent.mkdir(parents=True, exist_ok=True)
-  fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+  with disk.guard(f"the lock file {p.name}", p.parent, "nothing in the workdir was changed"):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
@@ -384,14 +386,14 @@ def staged(directory):
   The outputs of one evaluation are computed and written there first, so a failure (or a kill)
   before the end leaves the previous evaluation whole.
   """
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
+  directory, tmp = pathlib.Path(directory), None
   try:
-    yield tmp
-    for item in sorted(tmp.iterdir()):
-      os.replace(item, directory / item.name)
+    with disk.guard("the outputs", directory, "the previous ones there are intact"):
+      directory.mkdir(parents=True, exist_ok=True)
+      tmp = pathlib.Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
+      yield tmp
+      for item in sorted(tmp.iterdir()):
+        os.replace(item, directory / item.name)
   finally:
-    for item in tmp.glob("*"):
-      item.unlink()
-    tmp.rmdir()
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)
