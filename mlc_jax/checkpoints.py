@@ -77,16 +77,23 @@ def _closed_loop(value):
   return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
 
 
+def _orbax_leftover(u):
+  """An unraisable exception of an Orbax coroutine abandoned after a failed restore or save (its
+  error was raised, and said in one line, already) or of a callback into its closed loop."""
+  code = getattr(u.object, "cr_code", None)
+  return _closed_loop(u.exc_value) or (code is not None and "orbax" in code.co_filename)
+
+
 def _quiet_orbax():
-  """Installs the filters above, and drops the 'Event loop is closed' tracebacks TensorStore's
-  callbacks print (through sys.excepthook or sys.unraisablehook) when a failed save or restore
-  ended Orbax's event loop with reads or writes still in flight: noise around the one line."""
+  """Installs the filters above, and drops the tracebacks a failed save or restore leaves behind:
+  'Event loop is closed' from TensorStore's callbacks (sys.excepthook) and the errors of Orbax's
+  abandoned coroutines (sys.unraisablehook), dozens of each around the one line that says it."""
   if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
     logging.get_absl_logger().addFilter(_QuietOrbax())
     logging.get_absl_logger().addFilter(disk.Quiet())  # a full disk: the one line says it
     hook, unraisable = sys.excepthook, sys.unraisablehook
     sys.excepthook = lambda kind, value, tb: None if _closed_loop(value) else hook(kind, value, tb)
-    sys.unraisablehook = lambda u: None if _closed_loop(u.exc_value) else unraisable(u)
+    sys.unraisablehook = lambda u: None if _orbax_leftover(u) else unraisable(u)
 
 
 def _detach(x):

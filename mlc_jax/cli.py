@@ -2,10 +2,12 @@
 
 UserError -> `error: ...` on stderr, exit 1 (so is a write the disk refused, full or read-only,
 wherever it happens: mlc_jax.disk); errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
-was saved) -> its one line, exit 128 + the signal; Ctrl-C elsewhere -> one line, exit 130.
+was saved) -> its one line, exit 128 + the signal; Ctrl-C or SIGTERM elsewhere (building the
+feature cache, evaluating: nothing half-written is kept there) -> one line, exit 128 + the signal.
 """
 import signal
 import sys
+import threading
 
 from absl import logging
 
@@ -63,12 +65,25 @@ def _dispatch(mode, config, workdir, flags, overrides):
   raise UserError(f"unknown --mode={mode!r}")
 
 
+def _stop_on_sigterm(mode):
+  """While a mode runs, SIGTERM raises errors.Stopped (one line) instead of killing the process
+  silently; a training loop installs its own handler, which saves a checkpoint first."""
+  def handler(signum, frame):
+    del frame
+    raise Stopped(f"--mode={mode} stopped by SIGTERM; what was saved is kept (nothing half-written "
+                  "is): run the same command to continue", signum)
+  if threading.current_thread() is threading.main_thread():
+    return signal.signal(signal.SIGTERM, handler)
+  return None
+
+
 def run(mode, config, workdir, flags, overrides=None):
   """Runs one mode; see the module doc for how it ends on an error.
 
   Modules are imported per mode, measured on 2 cores: the training runner (TensorFlow, TFDS,
   Orbax) takes ~12 s to import, the export path ~3 s, so --mode=export does not pay for the rest.
   """
+  previous = _stop_on_sigterm(mode)
   try:
     return _dispatch(mode, config, workdir, flags, overrides or {})
   except UserError as e:
@@ -93,3 +108,6 @@ def run(mode, config, workdir, flags, overrides=None):
     print(f"error: {disk.message('a file', where, 'what was saved before is intact', number)}",
           file=sys.stderr)
     sys.exit(1)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)

@@ -15,6 +15,7 @@ import numpy as np
 
 from mlc_jax.data import images as image_io
 from mlc_jax.data import reader
+from mlc_jax import checkpoints, config as config_lib, workdir as workdir_lib
 from mlc_jax.errors import UserError
 from mlc_jax.inference import restore
 
@@ -151,6 +152,25 @@ def format_top_k(filename, top):
   return filename + "  " + "  ".join(f"{label} {p:.3f}" for label, p in top)
 
 
+def model_note(workdir, classifier, which):
+  """'checkpoint STAGE/STEP (which) of WORKDIR', and why when it is not the run's final model: its
+  stage has not finished, or a later stage of config.stages has no checkpoint yet (a run going
+  on: the answer comes from the head while the finetune stage trains)."""
+  root = restore.find_workdir(workdir)[0]
+  stage = classifier.checkpoint.split("/")[0]
+  note = f"checkpoint {classifier.checkpoint} ({which}) of {root}"
+  if not checkpoints.is_done(root, stage):
+    return f"{note}; the {stage} stage has not finished: this checkpoint is from within its training"
+  stages = workdir_lib.read_config(root).get("stages", ())
+  later = [s for s in stages if s in config_lib.TRAINED_STAGES
+           and config_lib.STAGES.index(s) > config_lib.STAGES.index(stage)
+           and not checkpoints.steps_on_disk(root, s)]
+  if later:
+    return (f"{note}; the {later[0]} stage has no checkpoint yet: this is the {stage} stage's "
+            "model")
+  return note
+
+
 def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None):
   """--mode=predict: prints each image's top-k labels; --output writes every label's score.
 
@@ -165,6 +185,7 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
   if top_k < 1:
     raise UserError(f"--top_k={top_k} must be at least 1")
   classifier = restore.load(workdir, which, stage)
+  print(f"predicting with {model_note(workdir, classifier, which)}", file=sys.stderr)
   labels = list(classifier.labels)
   k = min(top_k, len(labels))
   for path, _, reason in listed:

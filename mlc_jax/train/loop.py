@@ -282,8 +282,10 @@ def fit(run, stage):
         halt = patience > 0 and c["bad_epochs"] >= patience
         c.update(epoch=epoch + 1, batch=0, loss_sum=0.0, loss_steps=0, stopped=int(halt))
         state = _reset_sums(state, shardings)
-        saver.save(mngr, step, state, c, metrics={k: row[k] for k in BEST_METRICS if k in row})
+        # the row first: a kill before the checkpoint redoes the epoch (its row rewritten); one
+        # after it would leave a resumable step whose row is lost
         _log_epoch(run, row)
+        saver.save(mngr, step, state, c, metrics={k: row[k] for k in BEST_METRICS if k in row})
         if run.on_epoch is not None:
           mngr.wait()  # the epoch's checkpoint is complete whatever the callback does
           run.on_epoch(row)

@@ -1,0 +1,145 @@
+"""One line, never a flood, never silence: a restore refused, SIGTERM outside the training loop,
+a metrics row cut by a kill, and prediction from a run whose later stage has not finished."""
+import hashlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import types
+
+import ml_collections
+import pytest
+
+from conftest import ROOT, subprocess_env
+from mlc_jax import checkpoints, runner, workdir as workdir_lib
+from mlc_jax.inference import predict
+from trained_run import split_files, trained_workdir
+
+
+def _copy(workdir, to):
+  shutil.copytree(workdir, to, ignore=shutil.ignore_patterns(".lock"))
+  return to
+
+
+def _edit_config(workdir, **changes):
+  """config.json edited as an older version would have left it (no digest record)."""
+  p = workdir / "config.json"
+  doc = json.loads(p.read_text())
+  for key, value in changes.items():
+    section, _, field = key.rpartition(".")
+    (doc[section] if section else doc)[field] = value
+  p.write_text(json.dumps(doc))
+  (workdir / ".config.json.sha256").unlink()
+
+
+def _tree(directory):
+  return {str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _launch(*args, script=None):
+  code = script or "import runpy, sys; sys.argv[0] = 'launch.py'; runpy.run_path('launch.py', run_name='__main__')"
+  return subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_one_line_without_a_flood(
+    shapes_config, tmp_path_factory, tmp_path):
+  trained, _ = trained_workdir(shapes_config, tmp_path_factory)
+  workdir = _copy(trained, tmp_path / "w")
+  _edit_config(workdir, **{"head.hidden": [7]})  # the checkpoint's head has other shapes
+  proc = _launch("--mode=evaluate", f"--workdir={workdir}")
+  assert proc.returncode == 1
+  for noise in ("Traceback", "Exception ignored", "Event loop is closed"):
+    assert noise not in proc.stderr, proc.stderr[-3000:]
+  (line,) = [l for l in proc.stderr.splitlines() if l.startswith(("error", "E"))]
+  assert line.startswith(f"error: checkpoint {workdir}/checkpoints/head/") and \
+      "does not fit the model config.json describes" in line
+
+
+# Runs --mode=MODE through cli.run with FUNCTION (module:name) patched to signal SIGTERM to its
+# own process the first time it is called, as a preempted machine would mid-stage.
+SELF_TERM = """
+import importlib, json, os, signal, sys, types
+import ml_collections
+from mlc_jax import cli
+mode, target, workdir = sys.argv[1:4]
+module, name = target.split(":")
+module = importlib.import_module(module)
+real = getattr(module, name)
+def term_then_go_on(*args, **kwargs):
+  os.kill(os.getpid(), signal.SIGTERM)
+  return real(*args, **kwargs)
+setattr(module, name, term_then_go_on)
+config = ml_collections.ConfigDict(json.loads(sys.argv[4])) if len(sys.argv) > 4 else None
+cli.run(mode, config, workdir, types.SimpleNamespace(accept_config_change=False, split="test",
+        which="best", stage=None, predictions=None))
+"""
+
+
+@pytest.mark.parametrize("mode", ["train", "evaluate"])
+def test_sigterm_while_features_build_or_evaluate_runs_is_one_line(
+    mode, shapes_config, tmp_path_factory, tmp_path):
+  if mode == "train":  # the features stage of a new run
+    config = ml_collections.ConfigDict(shapes_config.to_dict())
+    config.stages = ("features", "head")
+    workdir, args = tmp_path / "w", ["mlc_jax.train.features:_write_split"]
+  else:
+    trained, config = trained_workdir(shapes_config, tmp_path_factory)
+    workdir, args = _copy(trained, tmp_path / "w"), ["mlc_jax.eval.results:save"]
+    before = _tree(workdir / "eval")
+  extra = [config.to_json()] if mode == "train" else []
+  proc = _launch(mode, *args, str(workdir), *extra, script=SELF_TERM)
+  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  lines = [l for l in proc.stderr.splitlines() if "SIGTERM" in l or l.startswith(("E", "error"))]
+  assert lines == [f"--mode={mode} stopped by SIGTERM; what was saved is kept (nothing "
+                   "half-written is): run the same command to continue"], proc.stderr[-3000:]
+  if mode == "train":  # no cache published half-built
+    assert not list((workdir / "features").glob("[0-9a-f]*"))
+  else:  # the previous evaluation whole, no staging folder left
+    assert _tree(workdir / "eval") == before
+
+
+def test_a_metrics_row_cut_by_a_kill_is_written_again_on_resume(shapes_config, tmp_path,
+                                                                  monkeypatch):
+  config = ml_collections.ConfigDict(shapes_config.to_dict())
+  config.stages = ("features", "head")
+  config.head.epochs, config.head.hidden = 2, (16,)
+  workdir = tmp_path / "w"
+  real, rows = workdir_lib.append_metrics, []
+
+  def killed_in_epoch_2(directory, row):
+    rows.append(dict(row))
+    if row["epoch"] == 2:  # a kill mid-write: half the line, then nothing more
+      with workdir_lib.metrics_path(directory).open("a") as f:
+        f.write(json.dumps(row)[:30])
+      raise KeyboardInterrupt
+    real(directory, row)
+  monkeypatch.setattr(workdir_lib, "append_metrics", killed_in_epoch_2)
+  with pytest.raises(KeyboardInterrupt):
+    runner.train_and_evaluate(config, str(workdir))
+  monkeypatch.setattr(workdir_lib, "append_metrics", real)
+  runner.train_and_evaluate(config, str(workdir))
+  got = workdir_lib.read_metrics(workdir)
+  timing = ("seconds", "images_per_second")
+  assert [{k: v for k, v in r.items() if k not in timing} for r in got] == \
+      [{k: v for k, v in r.items() if k not in timing} for r in rows]  # epoch 2: the same numbers
+  assert [r["epoch"] for r in got] == [1, 2]
+
+
+def test_predict_says_which_checkpoint_answers_while_a_later_stage_runs(
+    shapes_config, tmp_path_factory, tmp_path, capsys):
+  trained, config = trained_workdir(shapes_config, tmp_path_factory)
+  workdir = _copy(trained, tmp_path / "w")
+  paths, _ = split_files(config, "test", tmp_path / "images", limit=2)
+  _edit_config(workdir, stages=["features", "head", "finetune", "evaluate"])  # finetune to come
+  predict.predict_cli(str(workdir), str(tmp_path / "images"), top_k=1)
+  step = checkpoints.Manager(workdir, "head", read_only=True).best_step()
+  assert (f"predicting with checkpoint head/{step} (best) of {workdir}; the finetune stage has no "
+          "checkpoint yet: this is the head stage's model") in capsys.readouterr().err
+  (workdir / "checkpoints" / "head" / "DONE").unlink()  # the head stage still training
+  predict.predict_cli(str(workdir), str(tmp_path / "images"), top_k=1)
+  assert (f"predicting with checkpoint head/{step} (best) of {workdir}; the head stage has not "
+          "finished: this checkpoint is from within its training") in capsys.readouterr().err
