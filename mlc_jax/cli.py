@@ -5,6 +5,7 @@ wherever it happens: mlc_jax.disk); errors.Stopped (SIGTERM, Ctrl-C after a chec
 was saved) -> its one line, exit 128 + the signal; Ctrl-C or SIGTERM elsewhere (building the
 feature cache, evaluating: nothing half-written is kept there) -> one line, exit 128 + the signal.
 """
+import os
 import signal
 import sys
 import threading
@@ -22,6 +23,10 @@ def _need_config(config, mode):
 
 
 def _dispatch(mode, config, workdir, flags, overrides):
+  if workdir and os.path.exists(os.path.expanduser(str(workdir))) and not os.path.isdir(
+      os.path.expanduser(str(workdir))):
+    raise UserError(f"--workdir={workdir} is a file, not a folder; pass the folder of a run "
+                    "(or a new one)")
   if mode == "train":
     if config is not None and not parallel.wants_distributed(config):
       workdir_lib.check_unlocked(workdir)  # a busy workdir answers before the imports below

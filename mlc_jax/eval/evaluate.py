@@ -37,7 +37,9 @@ def _eval_key(key):
 def evaluation_config(saved, given=None, explicit=None):
   """config.json with the EVAL_KEYS of `given`; `explicit` ({key: value}, the command line's
   overrides) may name only EVAL_KEYS (UserError otherwise)."""
-  bad = sorted(k for k in (explicit or {}) if not _eval_key(k))
+  # a value equal to config.json's changes nothing (the training command's own flags, repeated)
+  bad = sorted(k for k, v in (explicit or {}).items() if not _eval_key(k) and
+               json.dumps(config_lib.get(saved, k), default=str) != json.dumps(v, default=str))
   if bad:
     raise UserError(f"--mode=evaluate runs the model as trained (config.json); overriding "
                     f"{', '.join(bad)} would change it. Overridable here: {', '.join(EVAL_KEYS)}")

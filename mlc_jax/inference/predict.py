@@ -19,7 +19,7 @@ from mlc_jax import checkpoints, config as config_lib, workdir as workdir_lib
 from mlc_jax.errors import UserError
 from mlc_jax.inference import restore
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what the reader takes
+IMAGE_SUFFIXES = reader.IMAGE_SUFFIXES  # the one list
 CHUNK = 256  # images predicted at a time by predict_cli (each decoded and resized on its own)
 # Why a file under --images was not predicted: the kinds the summary line counts, in its order.
 UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, TOO_LARGE, UNDECODABLE = (
