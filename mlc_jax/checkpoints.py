@@ -28,7 +28,8 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
-from mlc_jax import disk, models, parallel, workdir as workdir_lib
+from mlc_jax import models, parallel, workdir as workdir_lib
+from mlc_jax.files import disk
 from mlc_jax.config import BEST_METRICS, TRAINED_STAGES
 from mlc_jax.errors import UserError
 

@@ -1,7 +1,7 @@
 """Maps launch.py's --mode onto library functions; a user's error becomes one clear line.
 
 UserError -> `error: ...` on stderr, exit 1 (so is a write the disk refused, full or read-only,
-wherever it happens: mlc_jax.disk); errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
+wherever it happens: mlc_jax.files.disk); errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
 was saved) -> its one line, exit 128 + the signal; Ctrl-C or SIGTERM elsewhere (building the
 feature cache, evaluating: nothing half-written is kept there) -> one line, exit 128 + the signal.
 """
@@ -12,7 +12,8 @@ import threading
 
 from absl import logging
 
-from mlc_jax import disk, parallel, workdir as workdir_lib
+from mlc_jax import parallel, workdir as workdir_lib
+from mlc_jax.files import disk
 from mlc_jax.errors import Stopped, UserError
 
 

@@ -13,7 +13,7 @@
   tensorboard/
   .lock                  held (flock) by the process writing the workdir: its pid and host inside
 Every file is written to a temporary name and renamed, so a kill leaves the old file or the new one.
-config.json, labels.txt, thresholds.json carry a digest record (mlc_jax.checked): see read_*.
+config.json, labels.txt, thresholds.json carry a digest record (mlc_jax.files): see read_*.
 """
 import contextlib
 import datetime
@@ -31,7 +31,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from mlc_jax import checked, config as config_lib, disk
+from mlc_jax import config as config_lib
+from mlc_jax.files import checked, disk
 from mlc_jax.errors import UserError
 
 # Keys that cannot change a finished stage: a relaunch may set them freely (not recorded).
@@ -367,11 +368,9 @@ def read_thresholds(workdir, stage, step, labels, weights="regular"):
   entry = _read_threshold_file(p).get(_threshold_key(step, weights))
   if entry is None:
     return None
-  try:
-    if list(entry["labels"]) == list(labels) and len(entry["thresholds"]) == len(labels):
-      return np.asarray(entry["thresholds"], np.float32)
-  except (KeyError, TypeError, ValueError):
-    pass
+  if (isinstance(entry, dict) and list(entry.get("labels") or []) == list(labels)
+      and len(entry.get("thresholds") or []) == len(labels)):
+    return np.asarray(entry["thresholds"], np.float32)
   logging.warning("%s step %s: its thresholds are not for labels.txt's labels; ignoring them (0.5 "
                   "everywhere until --mode=evaluate tunes them again)", p, step)
   return None

@@ -19,6 +19,8 @@ FORBIDDEN = {
     "inference": ("runner", "cli", "train", "eval"),
     "checkpoints": ("runner", "cli", "train", "eval", "inference", "data"),
     "parallel": ("runner", "cli", "train", "eval", "inference", "data", "models", "checkpoints"),
+    "files": ("config", "workdir", "parallel", "checkpoints", "runner", "cli", "models", "data",
+              "train", "eval", "inference", "metrics", "sweep"),
 }
 
 

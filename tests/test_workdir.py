@@ -177,7 +177,7 @@ def test_staged_outputs_appear_all_together_or_not_at_all(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.md", "scores.npz"]
 
 
-# -- files read back are checked against what wrote them (mlc_jax.checked) -----------------------
+# -- files read back are checked against what wrote them (mlc_jax.files.checked) -----------------------
 
 def _copy(workdir, to):
   import shutil
@@ -197,7 +197,7 @@ def _one_error_line(capsys, call):
 
 
 def test_a_digest_record_catches_truncation_and_edits_and_survives_a_kill(tmp_path):
-  from mlc_jax import checked
+  from mlc_jax.files import checked
   p = tmp_path / "f.json"
   checked.write_text(p, '{"a": 1}')
   assert checked.problem(p) is None

@@ -7,7 +7,7 @@ backbone, is covered exactly), the dataset fingerprint, the image size, the resi
 compute dtype. A cache is written to a temporary directory and renamed, so it is valid or absent;
 a cache under another key is removed when a new one is built, unless the root is shared (a
 symlink: a sweep's trials), where each key is built once under a file lock. Each file carries a
-size record (mlc_jax.checked): a cache whose file was truncated since is rebuilt, with a notice.
+size record (mlc_jax.files.checked): a cache whose file was truncated since is rebuilt, with a notice.
 
 `Feed` serves the head stage from a cache: batches are rows of one global order (a seeded
 permutation per epoch), and each process feeds its own slice of every global batch, so the
@@ -28,7 +28,8 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from mlc_jax import checked, models, parallel, workdir as workdir_lib
+from mlc_jax import models, parallel, workdir as workdir_lib
+from mlc_jax.files import checked
 from mlc_jax.data import pipeline
 from mlc_jax.errors import UserError
 from mlc_jax.train import steps
