@@ -12,7 +12,7 @@ import ml_collections
 import pytest
 
 from conftest import ROOT, subprocess_env
-from mlc_jax import checkpoints, runner, workdir as workdir_lib
+from mlc_jax import checkpoints, cli, runner, workdir as workdir_lib
 from mlc_jax.inference import predict
 from trained_run import split_files, trained_workdir
 
@@ -44,58 +44,66 @@ def _launch(*args, script=None):
                         capture_output=True, text=True, timeout=300)
 
 
-def test_a_checkpoint_that_does_not_fit_the_model_is_one_line_without_a_flood(
-    shapes_config, tmp_path_factory, tmp_path):
+def _flags():
+  return types.SimpleNamespace(accept_config_change=False, split="test", which="best",
+                               stage=None, predictions=None)
+
+
+def _exit_lines(capsys, call, status):
+  """Runs call, which must end with SystemExit(status); -> stderr's lines, checked traceback-free."""
+  with pytest.raises(SystemExit) as e:
+    call()
+  err = capsys.readouterr().err
+  assert e.value.code == status, err[-3000:]
+  for noise in ("Traceback", "Exception ignored", "Event loop is closed"):
+    assert noise not in err, err[-3000:]
+  return [l for l in err.splitlines() if l.strip()]
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_is_one_line(shapes_config, tmp_path_factory,
+                                                              tmp_path, capsys):
   trained, _ = trained_workdir(shapes_config, tmp_path_factory)
   workdir = _copy(trained, tmp_path / "w")
   _edit_config(workdir, **{"head.hidden": [7]})  # the checkpoint's head has other shapes
-  proc = _launch("--mode=evaluate", f"--workdir={workdir}")
-  assert proc.returncode == 1
-  for noise in ("Traceback", "Exception ignored", "Event loop is closed"):
-    assert noise not in proc.stderr, proc.stderr[-3000:]
-  (line,) = [l for l in proc.stderr.splitlines() if l.startswith(("error", "E"))]
+  (line,) = _exit_lines(capsys, lambda: cli.run("evaluate", None, str(workdir), _flags()), 1)
   assert line.startswith(f"error: checkpoint {workdir}/checkpoints/head/") and \
       "does not fit the model config.json describes" in line
 
 
-# Runs --mode=MODE through cli.run with FUNCTION (module:name) patched to signal SIGTERM to its
-# own process the first time it is called, as a preempted machine would mid-stage.
-SELF_TERM = """
-import importlib, json, os, signal, sys, types
-import ml_collections
-from mlc_jax import cli
-mode, target, workdir = sys.argv[1:4]
-module, name = target.split(":")
-module = importlib.import_module(module)
-real = getattr(module, name)
-def term_then_go_on(*args, **kwargs):
-  os.kill(os.getpid(), signal.SIGTERM)
-  return real(*args, **kwargs)
-setattr(module, name, term_then_go_on)
-config = ml_collections.ConfigDict(json.loads(sys.argv[4])) if len(sys.argv) > 4 else None
-cli.run(mode, config, workdir, types.SimpleNamespace(accept_config_change=False, split="test",
-        which="best", stage=None, predictions=None))
-"""
+class _Unhandled(Exception):
+  """What this test's own SIGTERM handler raises: cli.run did not put its handler in place."""
 
 
 @pytest.mark.parametrize("mode", ["train", "evaluate"])
 def test_sigterm_while_features_build_or_evaluate_runs_is_one_line(
-    mode, shapes_config, tmp_path_factory, tmp_path):
+    mode, shapes_config, tmp_path_factory, tmp_path, capsys, monkeypatch):
   if mode == "train":  # the features stage of a new run
+    from mlc_jax.train import features as module
     config = ml_collections.ConfigDict(shapes_config.to_dict())
     config.stages = ("features", "head")
-    workdir, args = tmp_path / "w", ["mlc_jax.train.features:_write_split"]
+    workdir, name, given = tmp_path / "w", "_write_split", config
   else:
-    trained, config = trained_workdir(shapes_config, tmp_path_factory)
-    workdir, args = _copy(trained, tmp_path / "w"), ["mlc_jax.eval.results:save"]
+    from mlc_jax.eval import results as module
+    trained, _ = trained_workdir(shapes_config, tmp_path_factory)
+    workdir, name, given = _copy(trained, tmp_path / "w"), "save", None
     before = _tree(workdir / "eval")
-  extra = [config.to_json()] if mode == "train" else []
-  proc = _launch(mode, *args, str(workdir), *extra, script=SELF_TERM)
-  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
-  assert "Traceback" not in proc.stderr
-  lines = [l for l in proc.stderr.splitlines() if "SIGTERM" in l or l.startswith(("E", "error"))]
-  assert lines == [f"--mode={mode} stopped by SIGTERM; what was saved is kept (nothing "
-                   "half-written is): run the same command to continue"], proc.stderr[-3000:]
+  real = getattr(module, name)
+
+  def term_then_go_on(*args, **kwargs):  # a preempted machine, mid-stage
+    signal.raise_signal(signal.SIGTERM)
+    return real(*args, **kwargs)
+  monkeypatch.setattr(module, name, term_then_go_on)
+
+  def unhandled(signum, frame):
+    raise _Unhandled("SIGTERM reached the default handler: the process would die silently")
+  previous = signal.signal(signal.SIGTERM, unhandled)
+  try:
+    lines = _exit_lines(capsys, lambda: cli.run(mode, given, str(workdir), _flags()),
+                        128 + signal.SIGTERM)
+  finally:
+    assert signal.signal(signal.SIGTERM, previous) is unhandled  # cli.run put it back
+  assert lines[-1] == (f"--mode={mode} stopped by SIGTERM; what was saved is kept (nothing "
+                       "half-written is): run the same command to continue")
   if mode == "train":  # no cache published half-built
     assert not list((workdir / "features").glob("[0-9a-f]*"))
   else:  # the previous evaluation whole, no staging folder left
