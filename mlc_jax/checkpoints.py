@@ -14,6 +14,7 @@ Turning a workdir back into a model is mlc_jax.restore's job; this module knows 
 """
 import json
 import os
+import sys
 import time
 
 import jax
@@ -25,6 +26,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from mlc_jax import models, workdir as workdir_lib
+from mlc_jax.files import disk
 from mlc_jax.config import BEST_METRICS, TRAINED_STAGES
 from mlc_jax.errors import UserError
 
@@ -69,9 +71,27 @@ class _QuietOrbax:
     return record.levelno >= 30 and not str(record.msg).startswith(self.BENIGN)
 
 
+def _closed_loop(value):
+  return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _orbax_leftover(u):
+  """An unraisable exception of an Orbax coroutine abandoned after a failed restore or save (its
+  error was raised, and said in one line, already) or of a callback into its closed loop."""
+  code = getattr(u.object, "cr_code", None)
+  return _closed_loop(u.exc_value) or (code is not None and "orbax" in code.co_filename)
+
+
 def _quiet_orbax():
+  """Installs the filters above, and drops the tracebacks a failed save or restore leaves behind:
+  'Event loop is closed' from TensorStore's callbacks (sys.excepthook) and the errors of Orbax's
+  abandoned coroutines (sys.unraisablehook), dozens of each around the one line that says it."""
   if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
     logging.get_absl_logger().addFilter(_QuietOrbax())
+    logging.get_absl_logger().addFilter(disk.Quiet())  # a full disk: the one line says it
+    hook, unraisable = sys.excepthook, sys.unraisablehook
+    sys.excepthook = lambda kind, value, tb: None if _closed_loop(value) else hook(kind, value, tb)
+    sys.unraisablehook = lambda u: None if _orbax_leftover(u) else unraisable(u)
 
 
 def _detach(x):
@@ -130,7 +150,21 @@ class Manager:
       items["ema"] = ema
     items = jax.tree.map(_detach, items)
     args = ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in items.items()})
-    self._mngr.save(step, args=args, metrics=metrics, force=True)
+    with self._disk_guard(f"a checkpoint (step {step} or the one before)"):
+      self._mngr.save(step, args=args, metrics=metrics, force=True)
+
+  def _disk_guard(self, what):
+    """disk.guard for a save: on a full or read-only disk, the manager is given up (its writer
+    threads stopped, so no flood follows the one line) and the steps on disk are named."""
+    def intact():  # once the writer has stopped: the steps committed by then
+      steps = [str(s) for s in steps_on_disk(self.directory.parent.parent, self.directory.name)]
+      return (f"the steps saved before ({', '.join(steps)}) are intact" if steps else
+              "nothing saved before is lost")
+    return disk.guard(what, self.directory, intact, cleanup=self._give_up)
+
+  def _give_up(self):
+    self._failed = True
+    self._mngr.close()
 
   def restore(self, step, abstract_model=None, abstract_train=None, abstract_ema=None):
     """Restores the named items of step against abstract targets -> dict item -> pytree.
@@ -169,12 +203,15 @@ class Manager:
     return None, None
 
   def wait(self):
-    """Blocks until every started save is committed."""
-    self._mngr.wait_until_finished()
+    """Blocks until every started save is committed (disk.DiskError when one could not be)."""
+    if not getattr(self, "_failed", False):
+      with self._disk_guard("a checkpoint"):
+        self._mngr.wait_until_finished()
 
   def close(self):
     """Waits for pending saves and releases the manager."""
-    self._mngr.close()
+    if not getattr(self, "_failed", False):
+      self._mngr.close()
 
 
 class CheckpointError(UserError):

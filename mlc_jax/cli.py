@@ -1,14 +1,19 @@
 """Maps launch.py's --mode onto library functions; a user's error becomes one clear line.
 
-UserError -> `error: ...` on stderr, exit 1; errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
-was saved) -> its one line, exit 128 + the signal; Ctrl-C elsewhere -> one line, exit 130.
+UserError -> `error: ...` on stderr, exit 1 (so is a write the disk refused, full or read-only,
+wherever it happens: mlc_jax.files.disk); errors.Stopped (SIGTERM, Ctrl-C after a checkpoint
+was saved) -> its one line, exit 128 + the signal; Ctrl-C or SIGTERM elsewhere (building the
+feature cache, evaluating: nothing half-written is kept there) -> one line, exit 128 + the signal.
 """
+import os
 import signal
 import sys
+import threading
 
 from absl import logging
 
 from mlc_jax import parallel, workdir as workdir_lib
+from mlc_jax.files import disk
 from mlc_jax.errors import Stopped, UserError
 
 
@@ -22,6 +27,10 @@ def _need_config(config, mode):
 
 
 def _dispatch(mode, config, workdir, flags, overrides):
+  if workdir and os.path.exists(os.path.expanduser(str(workdir))) and not os.path.isdir(
+      os.path.expanduser(str(workdir))):
+    raise UserError(f"--workdir={workdir} is a file, not a folder; pass the folder of a run "
+                    "(or a new one)")
   if mode == "train":
     if config is not None and not parallel.wants_distributed(config):
       workdir_lib.check_unlocked(workdir)  # a busy workdir answers before the imports below
@@ -65,12 +74,25 @@ def _dispatch(mode, config, workdir, flags, overrides):
   raise UserError(f"unknown --mode={mode!r}")
 
 
+def _stop_on_sigterm(mode):
+  """While a mode runs, SIGTERM raises errors.Stopped (one line) instead of killing the process
+  silently; a training loop installs its own handler, which saves a checkpoint first."""
+  def handler(signum, frame):
+    del frame
+    raise Stopped(f"--mode={mode} stopped by SIGTERM; what was saved is kept (nothing half-written "
+                  "is): run the same command to continue", signum)
+  if threading.current_thread() is threading.main_thread():
+    return signal.signal(signal.SIGTERM, handler)
+  return None
+
+
 def run(mode, config, workdir, flags, overrides=None):
   """Runs one mode; see the module doc for how it ends on an error.
 
   Modules are imported per mode, measured on 2 cores: the training runner (TensorFlow, TFDS,
   Orbax) takes ~12 s to import, the export path ~3 s, so --mode=export does not pay for the rest.
   """
+  previous = _stop_on_sigterm(mode)
   try:
     parallel.setup_process(tensorflow=mode in DATA_MODES)
     return _dispatch(mode, config, workdir, flags, overrides or {})
@@ -87,3 +109,15 @@ def run(mode, config, workdir, flags, overrides=None):
     print("interrupted (Ctrl-C); what was saved is kept: run the same command to continue",
           file=sys.stderr)
     sys.exit(128 + signal.SIGINT)
+  except Exception as e:  # noqa: BLE001 - a disk refusal no guard named: still one line
+    number = disk.code(e)
+    if number is None:
+      raise
+    logging.flush()
+    where = getattr(e, "filename", None) or workdir
+    print(f"error: {disk.message('a file', where, 'what was saved before is intact', number)}",
+          file=sys.stderr)
+    sys.exit(1)
+  finally:
+    if previous is not None:
+      signal.signal(signal.SIGTERM, previous)

@@ -13,6 +13,7 @@
   tensorboard/
   .lock                  held (flock) by the process writing the workdir: its pid and host inside
 Every file is written to a temporary name and renamed, so a kill leaves the old file or the new one.
+config.json, labels.txt, thresholds.json carry a digest record (mlc_jax.files): see read_*.
 """
 import contextlib
 import datetime
@@ -21,6 +22,7 @@ import fcntl
 import json
 import os
 import pathlib
+import shutil
 import socket
 import tempfile
 
@@ -30,6 +32,7 @@ import numpy as np
 from absl import logging
 
 from mlc_jax import config as config_lib
+from mlc_jax.files import checked, disk
 from mlc_jax.errors import UserError
 
 def path(workdir, *parts):
@@ -74,7 +77,14 @@ def read_config(workdir):
   if not p.exists():
     raise UserError(f"{p} not found: {workdir} is not a training workdir "
                     "(run --mode=train first, or pass the right --workdir)")
-  return ml_collections.ConfigDict(json.loads(p.read_text()))
+  what = "it records what was trained here and cannot be rebuilt"
+  way_out = (f"restore it from a backup or train in a new --workdir (if you edited it on purpose, "
+             f"delete {checked.record_path(p)} to accept it)")
+  text = checked.read_text(p, what, way_out)
+  try:
+    return ml_collections.ConfigDict(json.loads(text))
+  except (ValueError, TypeError) as e:
+    raise UserError(f"{p}: it is not a JSON config ({e}); {what}: {way_out}") from None
 
 
 def read_labels(workdir):
@@ -82,7 +92,9 @@ def read_labels(workdir):
   p = path(workdir, "labels.txt")
   if not p.exists():
     raise UserError(f"{p} not found: the workdir is incomplete; rerun --mode=train")
-  return p.read_text().splitlines()
+  return checked.read_text(p, "it names the checkpoints' outputs in order and cannot be rebuilt",
+                           f"restore the file as training wrote it (if you edited it on purpose, "
+                           f"delete {checked.record_path(p)} to accept it)").splitlines()
 
 
 def _plain(config):
@@ -135,8 +147,8 @@ def record_config(config, workdir, labels, *, accept_change=False):
   p, labels_path = path(workdir, "config.json"), path(workdir, "labels.txt")
   if not p.exists():
     if is_chief():
-      write_text(labels_path, "\n".join(labels) + "\n")
-      write_text(p, config.to_json(indent=2, sort_keys=True))
+      checked.write_text(labels_path, "\n".join(labels) + "\n")
+      checked.write_text(p, config.to_json(indent=2, sort_keys=True))
     return config
   saved_labels = read_labels(workdir)
   if saved_labels != list(labels):
@@ -163,7 +175,7 @@ def record_config(config, workdir, labels, *, accept_change=False):
               "stages_done": _done_stages(workdir)}
     with path(workdir, "config_changes.jsonl").open("a") as f:
       f.write(json.dumps(record) + "\n")
-    write_text(p, config.to_json(indent=2, sort_keys=True))
+    checked.write_text(p, config.to_json(indent=2, sort_keys=True))
   logging.warning("config change accepted and recorded in %s: %s",
                   path(workdir, "config_changes.jsonl"), listing)
   return config
@@ -188,8 +200,9 @@ def _diff_labels(old, new):
 def _take_lock(workdir):
   """An open fd of WORKDIR/.lock holding its flock; UserError naming the holder when it is held."""
   p = path(workdir, ".lock")
-  p.parent.mkdir(parents=True, exist_ok=True)
-  fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
+  with disk.guard(f"the lock file {p.name}", p.parent, "nothing in the workdir was changed"):
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except OSError as e:
@@ -309,13 +322,19 @@ def _threshold_key(step, weights):
 
 
 def _read_threshold_file(p):
+  """The thresholds document; {} (with a one-line notice) when damaged: evaluate tunes them again."""
   if not p.is_file():
     return {}
+  wrong = checked.problem(p)
   try:
-    return json.loads(p.read_text())
+    doc = None if wrong else json.loads(p.read_text())
   except ValueError as e:
-    raise UserError(f"{p} is not valid JSON ({e}); rerun --mode=evaluate to tune the thresholds "
-                    "again") from None
+    wrong = f"it is not JSON ({e})"
+  if isinstance(doc, dict):
+    return doc
+  logging.warning("%s: %s; ignoring it (0.5 everywhere until --mode=evaluate tunes the thresholds "
+                  "again)", p, wrong or "it is not a thresholds document")
+  return {}
 
 
 def write_thresholds(workdir, stage, step, labels, thresholds, tuned_on, weights="regular"):
@@ -324,7 +343,7 @@ def write_thresholds(workdir, stage, step, labels, thresholds, tuned_on, weights
   doc = _read_threshold_file(p)
   doc[_threshold_key(step, weights)] = {"labels": list(labels), "thresholds": [float(t) for t in thresholds],
                          "tuned_on": tuned_on}
-  write_text(p, json.dumps(doc, indent=1))
+  checked.write_text(p, json.dumps(doc, indent=1))
   return p
 
 
@@ -334,10 +353,12 @@ def read_thresholds(workdir, stage, step, labels, weights="regular"):
   entry = _read_threshold_file(p).get(_threshold_key(step, weights))
   if entry is None:
     return None
-  if list(entry.get("labels", [])) != list(labels) or len(entry["thresholds"]) != len(labels):
-    raise UserError(f"{p} step {step}: its thresholds are for other labels than labels.txt; rerun "
-                    "--mode=evaluate to tune them again")
-  return np.asarray(entry["thresholds"], np.float32)
+  if (isinstance(entry, dict) and list(entry.get("labels") or []) == list(labels)
+      and len(entry.get("thresholds") or []) == len(labels)):
+    return np.asarray(entry["thresholds"], np.float32)
+  logging.warning("%s step %s: its thresholds are not for labels.txt's labels; ignoring them (0.5 "
+                  "everywhere until --mode=evaluate tunes them again)", p, step)
+  return None
 
 
 # -- evaluation outputs --------------------------------------------------------------------------
@@ -349,14 +370,14 @@ def staged(directory):
   The outputs of one evaluation are computed and written there first, so a failure (or a kill)
   before the end leaves the previous evaluation whole.
   """
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
+  directory, tmp = pathlib.Path(directory), None
   try:
-    yield tmp
-    for item in sorted(tmp.iterdir()):
-      os.replace(item, directory / item.name)
+    with disk.guard("the outputs", directory, "the previous ones there are intact"):
+      directory.mkdir(parents=True, exist_ok=True)
+      tmp = pathlib.Path(tempfile.mkdtemp(prefix=".staging-", dir=directory))
+      yield tmp
+      for item in sorted(tmp.iterdir()):
+        os.replace(item, directory / item.name)
   finally:
-    for item in tmp.glob("*"):
-      item.unlink()
-    tmp.rmdir()
+    if tmp is not None:
+      shutil.rmtree(tmp, ignore_errors=True)

@@ -75,7 +75,7 @@ def test_export_folder(exported):
   fmt = json.loads((out / "preprocessing.json").read_text())["format"]
   model = ["inference.jax", "params.npz"] if fmt == "stablehlo" else ["model.onnx"]
   assert sorted(p.name for p in out.iterdir()) == sorted(
-      ["README.md", "labels.txt", "preprocessing.json", "serve.py"] + model)
+      ["README.md", "labels.txt", "manifest.json", "preprocessing.json", "serve.py"] + model)
   assert (out / "labels.txt").read_text().split() == (workdir / "labels.txt").read_text().split()
   spec = json.loads((out / "preprocessing.json").read_text())
   assert spec["image_size"] == config.image_size == 32 and spec["resize"] == "plain"

@@ -123,7 +123,7 @@ def test_top_k_and_predict_labels(run, classifier, test_images):
   assert classifier.predict_labels(paths, threshold=0.5) == at_half
 
 
-def test_thresholds_belong_to_one_checkpoint(tmp_path):
+def test_thresholds_belong_to_one_checkpoint(tmp_path, caplog):
   from mlc_jax import workdir as workdir_lib
   assert workdir_lib.read_thresholds(tmp_path, "head", 6, ["a", "b"]) is None
   workdir_lib.write_thresholds(tmp_path, "head", 6, ["a", "b"], [0.7, 0.2], "val")
@@ -131,8 +131,9 @@ def test_thresholds_belong_to_one_checkpoint(tmp_path):
                              [0.7, 0.2])
   assert workdir_lib.read_thresholds(tmp_path, "head", 12, ["a", "b"]) is None  # another step
   assert workdir_lib.read_thresholds(tmp_path, "finetune", 6, ["a", "b"]) is None
-  with pytest.raises(UserError, match="other labels"):
-    workdir_lib.read_thresholds(tmp_path, "head", 6, ["b", "a"])
+  # for other labels: ignored with a notice (0.5 until evaluate tunes them again), not a dead end
+  assert workdir_lib.read_thresholds(tmp_path, "head", 6, ["b", "a"]) is None
+  assert "its thresholds are not for labels.txt's labels; ignoring them" in caplog.text
 
 
 def test_predict_cli_writes_files_evaluation_reads(run, classifier, test_images, tmp_path, capsys):
@@ -252,7 +253,7 @@ def test_list_images_reports_each_file_left_out(tmp_path):
       (str(root / "gone.jpg"), "broken symlink",
        f"broken symlink (points to {root / 'nowhere.jpg'}, which does not exist)"),
       (str(root / "notes.txt"), "unsupported type",
-       "unsupported type (.txt); images are .jpg .jpeg .png .gif .bmp .webp")]
+       "unsupported type (.txt); images are .jpg .jpeg .png .gif .bmp .webp .tif .tiff")]
   assert predict.summarize(skipped) == "1 unsupported type (.txt), 1 broken symlink, 1 directory"
   assert predict.image_io.to_array(root / "b.webp").shape == (16, 16, 3)  # decodable, so kept
   # A glob takes every file it matches (prediction reports notes.txt) and reports the rest.
@@ -279,6 +280,7 @@ def test_predict_cli_summary_counts_each_kind(tmp_path, monkeypatch, capsys):
       return np.array([[a.mean() / 255] for a in arrays], np.float32)
 
   monkeypatch.setattr(predict.classifier_lib, "load", lambda *args: Stub())
+  monkeypatch.setattr(predict, "model_note", lambda *args: "the stub")  # no workdir to describe
   result = predict.predict_cli(tmp_path / "run", root)
   err = capsys.readouterr().err
   assert result["filenames"] == [str(root / n) for n in ("a.png", "b.webp", "dir.jpg/inner.png")]

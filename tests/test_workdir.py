@@ -98,6 +98,7 @@ def test_an_accepted_change_is_recorded(shapes_config, tmp_path):
 def test_a_key_an_older_config_json_lacks_counts_as_its_default(shapes_config, tmp_path):
   config = ml_collections.ConfigDict(shapes_config.to_dict())
   workdir_lib.record_config(config, tmp_path, ["a"])
+  (tmp_path / ".config.json.sha256").unlink()  # as an older version wrote it: no digest record
   saved = json.loads((tmp_path / "config.json").read_text())
   del saved["augment"]["color_jitter"]  # written before the key existed; default 0.0
   (tmp_path / "config.json").write_text(json.dumps(saved))
@@ -108,6 +109,7 @@ def test_an_older_int_head_hidden_equals_its_tuple(shapes_config, tmp_path):
   config = ml_collections.ConfigDict(shapes_config.to_dict())
   config.head.hidden = (16,)
   workdir_lib.record_config(config, tmp_path, ["a"])
+  (tmp_path / ".config.json.sha256").unlink()  # as an older version wrote it: no digest record
   saved = json.loads((tmp_path / "config.json").read_text())
   assert saved["head"]["hidden"] == [16]
   saved["head"]["hidden"] = 16  # as config.json was written before head.hidden took a tuple
@@ -173,3 +175,101 @@ def test_staged_outputs_appear_all_together_or_not_at_all(tmp_path):
     (staging / "scores.npz").write_text("new scores")
   assert (tmp_path / "metrics.json").read_text() == "new"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.md", "scores.npz"]
+
+
+# -- files read back are checked against what wrote them (mlc_jax.files.checked) -----------------------
+
+def _copy(workdir, to):
+  import shutil
+  shutil.copytree(workdir, to, symlinks=True, ignore=shutil.ignore_patterns(".lock"))
+  return to
+
+
+def _one_error_line(capsys, call):
+  """Runs call, which must end the process with one `error:` line and exit status 1."""
+  with pytest.raises(SystemExit) as e:
+    call()
+  err = capsys.readouterr().err
+  assert e.value.code == 1 and "Traceback" not in err, err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  return lines[0]
+
+
+def test_a_digest_record_catches_truncation_and_edits_and_survives_a_kill(tmp_path):
+  from mlc_jax.files import checked
+  p = tmp_path / "f.json"
+  checked.write_text(p, '{"a": 1}')
+  assert checked.problem(p) is None
+  p.write_text('{"a":')
+  assert checked.problem(p) == "it is 5 bytes, not the 8 written (truncated)"
+  p.write_text('{"a": 2}')
+  assert checked.problem(p) == "it changed after it was written (its sha256 differs from .f.json.sha256)"
+  checked.write_text(p, '{"a": 1}')
+  # a kill after the record of the next write, before its file: the old file still checks
+  checked._write_record(p, 8, hashlib.sha256(b'{"a": 3}').hexdigest())
+  assert checked.problem(p) is None
+  checked.record_path(p).unlink()  # written by an older version: trusted as it is
+  assert checked.problem(p) is None
+
+
+def test_a_truncated_config_json_is_one_line_in_every_mode(finished, tmp_path, capsys):
+  import types
+  from mlc_jax import cli
+  config, workdir = finished
+  workdir = _copy(workdir, tmp_path / "w")
+  p = workdir / "config.json"
+  size = p.stat().st_size
+  p.write_bytes(p.read_bytes()[:100])
+  flags = types.SimpleNamespace(accept_config_change=False, split="test", which="best",
+                                stage=None, predictions=None, images=str(workdir), top_k=1,
+                                output=str(tmp_path / "out"), format="stablehlo")
+  for mode, given in (("train", config), ("evaluate", None), ("export", None), ("predict", None)):
+    flags.output = str(tmp_path / ("out.csv" if mode == "predict" else "out"))
+    line = _one_error_line(capsys, lambda: cli.run(mode, given, str(workdir), flags))
+    assert line == (f"error: {p}: it is 100 bytes, not the {size} written (truncated); it records "
+                    "what was trained here and cannot be rebuilt: restore it from a backup or "
+                    "train in a new --workdir (if you edited it on purpose, delete "
+                    f"{workdir / '.config.json.sha256'} to accept it)"), mode
+  (workdir / ".config.json.sha256").unlink()  # an older workdir: no record, the JSON error
+  line = _one_error_line(capsys, lambda: cli.run("evaluate", None, str(workdir), flags))
+  assert line.startswith(f"error: {p}: it is not a JSON config (")
+
+
+def test_a_hand_edited_labels_txt_is_refused(finished, tmp_path):
+  import mlc_jax
+  _, workdir = finished
+  workdir = _copy(workdir, tmp_path / "w")
+  labels = (workdir / "labels.txt").read_text().splitlines()
+  labels[0], labels[1] = labels[1], labels[0]  # the same names, renaming two outputs
+  (workdir / "labels.txt").write_text("\n".join(labels) + "\n")
+  with pytest.raises(UserError, match=r"labels.txt: it changed after it was written .*names the "
+                     r"checkpoints' outputs in order and cannot be rebuilt: restore the file"):
+    mlc_jax.load(workdir)
+
+
+def test_garbage_thresholds_are_ignored_with_a_notice_and_evaluate_tunes_them_again(
+    finished, tmp_path, caplog):
+  import mlc_jax
+  from mlc_jax.eval import evaluate
+  _, workdir = finished
+  workdir = _copy(workdir, tmp_path / "w")
+  p = next(workdir.glob("checkpoints/*/thresholds.json"))
+  original = json.loads(p.read_text())
+  p.write_text("garbage{")
+  assert mlc_jax.load(workdir).thresholds is None  # 0.5 everywhere, said in one notice
+  assert f"{p}: it is 8 bytes, not the " in caplog.text and "ignoring it (0.5" in caplog.text
+  evaluate.evaluate(workdir)  # no dead end: evaluation writes them again
+  assert json.loads(p.read_text()) == original
+
+
+def test_a_truncated_feature_cache_is_rebuilt_with_a_notice(finished, tmp_path, caplog):
+  config, workdir = finished
+  workdir = _copy(workdir, tmp_path / "w")
+  (f,) = workdir.glob("features/*/train_features.npy")
+  whole = f.read_bytes()
+  f.write_bytes(whole[:len(whole) // 2])
+  runner.train_and_evaluate(config, str(workdir))  # features run again; head and evaluate done
+  assert f"the cache is damaged ({f}: it is {len(whole) // 2} bytes, not the {len(whole)} " \
+         "written (truncated or replaced)); rebuilding it" in caplog.text
+  assert f.read_bytes() == whole

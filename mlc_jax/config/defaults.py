@@ -219,6 +219,12 @@ def flatten(config, prefix=""):
 
 def unknown_key_message(key, known):
   """'unknown config key X; did you mean Y?' naming the nearest valid keys."""
+  if key.startswith("data.sources."):  # a mixture's part: only a config file declares one
+    alias = key.split(".")[2] if key.count(".") >= 2 else "ALIAS"
+    return (f"--config.{key}: a mixture's parts are declared in a config file, and the command "
+            f"line can only change what the file declares: add c.data.sources.{alias} = "
+            f"ml_collections.ConfigDict({{'manual_dir': '', 'weight': 0.0}}) to it (as "
+            f"configs/coco_nus_wide.py does), then pass --config.{key}=...")
   near = difflib.get_close_matches(key, list(known), n=3, cutoff=0.6)
   if not near:  # a mistyped last part: suggest the fields of its section
     section = key.rpartition(".")[0]

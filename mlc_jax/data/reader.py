@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# The image types every path reads (dataset builds, --mode=predict, Classifier.predict), by suffix
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 90_000_000  # ~ Pillow's own bomb warning threshold (89.5 MP)
 TOO_LARGE, UNDECODABLE, MISSING = "too large", "undecodable", "missing"
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")

@@ -30,7 +30,9 @@ from mlc_jax.eval import plots, prediction_files, protocol, report, results, sco
 def evaluation_config(saved, given=None, explicit=None):
   """config.json with the evaluation keys (config.keys) of `given`; `explicit` ({key: value}, the
   command line's overrides) may name only those (UserError otherwise)."""
-  bad = sorted(k for k in (explicit or {}) if not config_lib.is_evaluation(k))
+  # a value equal to config.json's changes nothing (the training command's own flags, repeated)
+  bad = sorted(k for k, v in (explicit or {}).items() if not config_lib.is_evaluation(k) and
+               json.dumps(config_lib.get(saved, k), default=str) != json.dumps(v, default=str))
   if bad:
     raise UserError(f"--mode=evaluate runs the model as trained (config.json); overriding "
                     f"{', '.join(bad)} would change it. Overridable here: "

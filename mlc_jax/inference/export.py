@@ -11,12 +11,22 @@ or (--format=onnx) model.onnx: the same function as an ONNX graph with the weigh
   preprocessing.json  what to do to a picture before the function: decode to RGB, resize to S x S
   serve.py            a loader and CLI using only numpy, PIL and jax or onnxruntime
   README.md           how to call it
+  manifest.json       written last: the model format, each file's size and sha256, the labels
+                      count, the model's output width and the source checkpoint
+The folder is built beside --output and renamed into place, so it holds a whole export or none;
+an earlier export there is replaced as a whole (no stale model file is left), a folder holding
+anything else is refused. serve.py (and `check` here, the same code) holds a folder against its
+manifest before loading anything, and refuses a truncated, swapped or edited file in one line.
 StableHLO: the weights travel beside the function rather than inside it as constants, so it stays
 small whatever the model's size, and the weights can be read (or swapped) without jax.
 """
 import importlib.resources
+import importlib.util
 import json
+import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -149,29 +159,102 @@ def _folder(output_dir, workdir=None):
   return out
 
 
+def serve_module():
+  """mlc_jax/resources/serve.py as a module: its `check` is the one manifest check."""
+  path = importlib.resources.files("mlc_jax").joinpath("resources/serve.py")
+  spec = importlib.util.spec_from_file_location("mlc_jax_export_serve", str(path))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def check(folder):
+  """An export folder -> its manifest; UserError (one line naming the file) when it fails it."""
+  serve = serve_module()
+  try:
+    return serve.check(folder)
+  except serve.ExportError as e:
+    raise UserError(str(e)) from None
+
+
+def _replaceable(out):
+  """UserError when out holds files that are not an earlier export (nothing to lose but those)."""
+  if not out.is_dir():
+    return
+  known = {"manifest.json", "labels.txt", "preprocessing.json", "serve.py", "README.md",
+           "__pycache__", ONNX_FILE, FUNCTION_FILE, "params.npz"}
+  other = sorted(p.name for p in out.iterdir() if p.name not in known)
+  if other:
+    raise UserError(f"--output={out} holds files that are not an mlc_jax export ({', '.join(other[:3])}"
+                    f"{', ...' if len(other) > 3 else ''}); pass an empty or new folder")
+
+
+def _publish(staging, out):
+  """Renames the finished staging folder to out, replacing an earlier export there as a whole."""
+  if out.is_dir():
+    old = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    os.replace(out, old / out.name)
+    os.replace(staging, out)
+    shutil.rmtree(old, ignore_errors=True)
+  else:
+    os.replace(staging, out)
+
+
+def _manifest(folder, fmt, labels, width, checkpoint, source):
+  serve = serve_module()
+  files = {p.name: {"bytes": p.stat().st_size, "sha256": serve.sha256(p)}
+           for p in sorted(folder.iterdir()) if p.is_file()}
+  return {"kind": serve.MANIFEST_KIND, "version": 1, "model_format": fmt, "files": files,
+          "labels": len(labels), "output_width": int(width), "checkpoint": checkpoint,
+          "source": source}
+
+
 def write(output_dir, model, labels, spec_, fmt="stablehlo", source="a Classifier"):
-  """Writes model (uint8 images -> probabilities), labels.txt, preprocessing.json, serve.py and
-  README.md to output_dir in format fmt (stablehlo: inference.jax + params.npz, for jax; onnx:
-  model.onnx, for onnxruntime). The model is converted before anything is written, so a model
-  that cannot be exported leaves no folder behind. Returns the folder."""
+  """Writes model (uint8 images -> probabilities), labels.txt, preprocessing.json, serve.py,
+  README.md and, last, manifest.json to output_dir in format fmt (stablehlo: inference.jax +
+  params.npz, for jax; onnx: model.onnx, for onnxruntime). Everything is written to a folder
+  beside output_dir and renamed into place, so a failure or a kill leaves the earlier folder as
+  it was; an earlier export there is replaced whole, other files there are refused before any
+  work. Returns the folder."""
   if fmt not in FORMATS:
     raise UserError(f"--format={fmt!r}: export writes one of {', '.join(FORMATS)} "
                     "(or keras_h5 from a run)")
   out = _folder(output_dir)
+  _replaceable(out)
   size, activation = int(spec_["image_size"]), spec_["activation"]
   common = dict(source=source, num_classes=len(labels), size=size, resize=spec_["resize"],
                 activation=activation)
   if fmt == "onnx":
     from mlc_jax.inference import onnx_graph  # noqa: PLC0415 - onnx is imported for this only
     proto = onnx_graph.build(model, len(labels), activation, size)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / ONNX_FILE).write_bytes(proto.SerializeToString())
-    spec_ = dict(spec_, format="onnx", opset=onnx_graph.OPSET)
-    readme = ONNX_README.format(**common)
   else:
     f, params = inference_function(model, activation)
     exported = export_function(f, params, size)
-    out.mkdir(parents=True, exist_ok=True)
+    width = exported.out_avals[0].shape[-1]
+  out.parent.mkdir(parents=True, exist_ok=True)
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+  try:
+    staging.chmod(0o755)  # mkdtemp's 0o700 would become the export's
+    _write_files(staging, fmt, proto if fmt == "onnx" else (exported, params), labels, spec_,
+                 common)
+    if fmt == "onnx":
+      width = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    manifest = _manifest(staging, fmt, labels, width, spec_.get("checkpoint"), source)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    _publish(staging, out)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return out
+
+
+def _write_files(out, fmt, converted, labels, spec_, common):
+  if fmt == "onnx":
+    from mlc_jax.inference import onnx_graph  # noqa: PLC0415
+    (out / ONNX_FILE).write_bytes(converted.SerializeToString())
+    spec_ = dict(spec_, format="onnx", opset=onnx_graph.OPSET)
+    readme = ONNX_README.format(**common)
+  else:
+    exported, params = converted
     (out / FUNCTION_FILE).write_bytes(exported.serialize())
     np.savez(out / "params.npz", **params)
     spec_ = dict(spec_, format="stablehlo", platforms=list(exported.platforms),
@@ -183,7 +266,6 @@ def write(output_dir, model, labels, spec_, fmt="stablehlo", source="a Classifie
   serve = importlib.resources.files("mlc_jax").joinpath("resources/serve.py").read_text()
   (out / "serve.py").write_text(serve)
   (out / "README.md").write_text(readme)
-  return out
 
 
 def export(workdir, output_dir, which="best", stage=None, fmt="stablehlo"):
@@ -191,8 +273,8 @@ def export(workdir, output_dir, which="best", stage=None, fmt="stablehlo"):
 
   The thresholds written are those tuned for the exported checkpoint. Returns the output folder.
   """
+  _replaceable(_folder(output_dir, restore.find_workdir(workdir)[0]))
   r = restore.restore(workdir, which, stage)
-  _folder(output_dir, r.workdir)
   spec_ = dict(preprocessing_spec(r.config, r.thresholds), checkpoint=r.name)
   out = write(output_dir, r.model, r.labels, spec_, fmt,
               source=f"`{r.workdir}` (checkpoint {r.name}, '{which}')")

@@ -15,10 +15,11 @@ import numpy as np
 
 from mlc_jax.data import images as image_io
 from mlc_jax.data import reader
+from mlc_jax import checkpoints, config as config_lib, restore, workdir as workdir_lib
 from mlc_jax.errors import UserError
 from mlc_jax.inference import classifier as classifier_lib
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")  # what the reader takes
+IMAGE_SUFFIXES = reader.IMAGE_SUFFIXES  # the one list
 CHUNK = 256  # images predicted at a time by predict_cli (each decoded and resized on its own)
 # Why a file under --images was not predicted: the kinds the summary line counts, in its order.
 UNSUPPORTED, BROKEN_LINK, DIRECTORY, SPECIAL, TOO_LARGE, UNDECODABLE = (
@@ -146,6 +147,25 @@ def format_top_k(filename, top):
   return filename + "  " + "  ".join(f"{label} {p:.3f}" for label, p in top)
 
 
+def model_note(workdir, classifier, which):
+  """'checkpoint STAGE/STEP (which) of WORKDIR', and why when it is not the run's final model: its
+  stage has not finished, or a later stage of config.stages has no checkpoint yet (a run going
+  on: the answer comes from the head while the finetune stage trains)."""
+  root = restore.find_workdir(workdir)[0]
+  stage = classifier.checkpoint.split("/")[0]
+  note = f"checkpoint {classifier.checkpoint} ({which}) of {root}"
+  if not checkpoints.is_done(root, stage):
+    return f"{note}; the {stage} stage has not finished: this checkpoint is from within its training"
+  stages = workdir_lib.read_config(root).get("stages", ())
+  later = [s for s in stages if s in config_lib.TRAINED_STAGES
+           and config_lib.STAGES.index(s) > config_lib.STAGES.index(stage)
+           and not checkpoints.steps_on_disk(root, s)]
+  if later:
+    return (f"{note}; the {later[0]} stage has no checkpoint yet: this is the {stage} stage's "
+            "model")
+  return note
+
+
 def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None):
   """--mode=predict: prints each image's top-k labels; --output writes every label's score.
 
@@ -160,6 +180,7 @@ def predict_cli(workdir, images, top_k=3, output=None, which="best", stage=None)
   if top_k < 1:
     raise UserError(f"--top_k={top_k} must be at least 1")
   classifier = classifier_lib.load(workdir, which, stage)
+  print(f"predicting with {model_note(workdir, classifier, which)}", file=sys.stderr)
   labels = list(classifier.labels)
   k = min(top_k, len(labels))
   for path, _, reason in listed:

@@ -11,8 +11,14 @@ is imported only when its model is loaded.
   model = serve.load("EXPORT_DIR")
   model.predict(images)   # paths, PIL images or uint8 (N, H, W, 3) -> float32 (N, C) probabilities
   model.top_k(images, k=3)
+
+Before anything is loaded, `check` holds the folder against its manifest.json (written last by the
+export): every file's size and sha256, the labels count against the model's output width, and no
+model file of another export. A folder that fails is refused with one line naming the file
+(ExportError); `python serve.py` prints it as `error: ...` and exits 1.
 """
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -24,6 +30,60 @@ import numpy as np
 from PIL import Image, ImageOps
 
 DEFAULT_MAX_PIXELS = 90_000_000
+MANIFEST = "manifest.json"
+MANIFEST_KIND = "mlc_jax export"
+MODEL_FILES = {"stablehlo": ("inference.jax", "params.npz"), "onnx": ("model.onnx",)}
+
+
+class ExportError(ValueError):
+  """An export folder that does not match its manifest.json: the message names the file and the fix."""
+
+
+def sha256(path):
+  """Hex sha256 of a file, read in 1 MiB blocks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def check(export_dir):
+  """Holds export_dir against its manifest.json -> the manifest; ExportError (one line) otherwise."""
+  export_dir = pathlib.Path(export_dir)
+  path = export_dir / MANIFEST
+  again = "export the model again (into an empty or new --output folder)"
+  if not path.is_file():
+    raise ExportError(f"{path} is missing: {export_dir} is not a complete mlc_jax export (an "
+                      f"interrupted or older export); {again}")
+  try:
+    manifest = json.loads(path.read_text())
+    files, fmt = dict(manifest["files"]), manifest["model_format"]
+    if manifest.get("kind") != MANIFEST_KIND or fmt not in MODEL_FILES:
+      raise ValueError(f"kind {manifest.get('kind')!r}, model_format {fmt!r}")
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise ExportError(f"{path} is damaged ({type(e).__name__}: {e}); {again}") from None
+  for name, want in sorted(files.items()):
+    f = export_dir / name
+    if not f.is_file():
+      raise ExportError(f"{f} is missing (listed in {MANIFEST}); {again}")
+    size = f.stat().st_size
+    if size != want.get("bytes"):
+      raise ExportError(f"{f} is {size} bytes but the export wrote {want.get('bytes')} (truncated "
+                        f"or replaced); {again}")
+    if sha256(f) != want.get("sha256"):
+      raise ExportError(f"{f} is not the file the export wrote (its sha256 differs from "
+                        f"{MANIFEST}: edited or swapped); {again}")
+  stray = [n for names in MODEL_FILES.values() for n in names
+           if n not in files and (export_dir / n).exists()]
+  if stray:
+    raise ExportError(f"{export_dir / stray[0]} is not part of this {fmt} export (left by another "
+                      f"export?); remove it, or {again}")
+  labels = (export_dir / "labels.txt").read_text().splitlines() if "labels.txt" in files else []
+  if not (len(labels) == manifest.get("labels") == manifest.get("output_width")):
+    raise ExportError(f"{export_dir / 'labels.txt'} has {len(labels)} labels but the model has "
+                      f"{manifest.get('output_width')} outputs; {again}")
+  return manifest
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -162,13 +222,19 @@ class ExportedModel:
 
   def __init__(self, export_dir):
     export_dir = pathlib.Path(export_dir)
+    self.manifest = check(export_dir)
     self.spec = json.loads((export_dir / "preprocessing.json").read_text())
     self.labels = (export_dir / "labels.txt").read_text().splitlines()
     self.image_size = int(self.spec["image_size"])
     self.resize_method = self.spec["resize"]
     self.exif = bool(self.spec.get("exif_orientation", True))
     self.max_pixels = int(self.spec.get("max_pixels", DEFAULT_MAX_PIXELS))
-    self.run = _Onnx(export_dir) if (export_dir / "model.onnx").exists() else _Jax(export_dir)
+    runtime = _Onnx if self.manifest["model_format"] == "onnx" else _Jax
+    try:
+      self.run = runtime(export_dir)
+    except ImportError as e:
+      raise ExportError(f"{export_dir} holds a {self.manifest['model_format']} model, which needs "
+                        f"{e.name or e}: install it") from None
     # StableHLO: the function and its weights, as README.md calls them without this file
     self.function = getattr(self.run, "function", None)
     self.params = getattr(self.run, "params", None)
@@ -200,7 +266,7 @@ class ExportedModel:
 
 
 def load(export_dir):
-  """An export folder -> ExportedModel."""
+  """An export folder -> ExportedModel (ExportError, one line, when it fails its manifest)."""
   return ExportedModel(export_dir)
 
 
@@ -210,7 +276,10 @@ def main():
   parser.add_argument("--k", type=int, default=3, help="labels printed per image")
   parser.add_argument("--export_dir", default=str(pathlib.Path(__file__).resolve().parent))
   args = parser.parse_args()
-  model = load(args.export_dir)
+  try:
+    model = load(args.export_dir)
+  except ExportError as e:
+    sys.exit(f"error: {e}")
   paths, images = [], []
   for path in args.images:
     try:

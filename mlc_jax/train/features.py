@@ -6,7 +6,8 @@ the backbone's actual parameter values (so the weights file, or the seed of a fr
 backbone, is covered exactly), the dataset fingerprint, the image size, the resize method and the
 compute dtype. A cache is written to a temporary directory and renamed, so it is valid or absent;
 a cache under another key is removed when a new one is built, unless the root is shared (a
-symlink: a sweep's trials), where each key is built once under a file lock.
+symlink: a sweep's trials), where each key is built once under a file lock. Each file carries a
+size record (mlc_jax.files.checked): a cache whose file was truncated since is rebuilt, with a notice.
 
 `Feed` serves the head stage from a cache (on mlc_jax.data.feed): batches are rows of one global
 order (a seeded permutation per epoch), and each process feeds its own slice of every global
@@ -31,6 +32,7 @@ from jax.experimental import multihost_utils
 from mlc_jax import models, parallel, workdir as workdir_lib
 from mlc_jax.data import feed, pipeline
 from mlc_jax.data.source import SPLITS
+from mlc_jax.files import checked
 from mlc_jax.errors import UserError
 from mlc_jax.train import steps
 
@@ -59,6 +61,16 @@ def cache_key(config, source, backbone):
 
 def _paths(directory, split):
   return directory / f"{split}_features.npy", directory / f"{split}_labels.npy"
+
+
+def damage(directory):
+  """What is wrong with a finished cache against its records ('FILE: problem'), or None."""
+  for split in SPLITS:
+    for f in _paths(directory, split):
+      wrong = checked.problem(f)
+      if wrong:
+        return f"{f}: {wrong}"
+  return None
 
 
 def load(directory):
@@ -95,6 +107,8 @@ def _write_split(directory, split, source, config, mesh, forward, state, batch_s
   if write:
     feats.flush()
     labels.flush()
+    for f in _paths(directory, split):
+      checked.seal(f, size_only=True)
 
 
 @contextlib.contextmanager
@@ -123,15 +137,18 @@ def ensure(config, workdir, source, backbone, mesh, batch_size):
   key = cache_key(config, source, backbone)
   directory = root / key
   with _build_lock(root):
-    if (directory / "meta.json").exists():
+    wrong = damage(directory) if (directory / "meta.json").exists() else "absent"
+    if not wrong:
       logging.info("features: reusing the cache %s", directory)
       return directory
+    if wrong != "absent":
+      logging.warning("features: the cache is damaged (%s); rebuilding it", wrong)
     chief = jax.process_index() == 0
     tmp = root / f".{key}.tmp"
     if chief:
       root.mkdir(parents=True, exist_ok=True)
       for old in root.iterdir():  # half-written caches, and stale ones (another model/dataset)
-        if old.name.endswith(".tmp") or not shared:
+        if old.name.endswith(".tmp") or not shared or old == directory:
           shutil.rmtree(old, ignore_errors=True)
       tmp.mkdir()
     graphdef, state = nnx.split(backbone)

@@ -305,8 +305,10 @@ class _Fit:
     halt = self.patience > 0 and c.bad_epochs >= self.patience
     c.epoch, c.batch, c.loss_sum, c.loss_steps, c.stopped = epoch + 1, 0, 0.0, 0, int(halt)
     self.state = _reset_sums(self.state, self.p.shardings)
-    self.save(metrics={k: row[k] for k in BEST_METRICS if k in row})
+    # the row first: a kill before the checkpoint redoes the epoch (its row rewritten); one
+    # after it would leave a resumable step whose row is lost
     _log_epoch(run, row)
+    self.save(metrics={k: row[k] for k in BEST_METRICS if k in row})
     if run.on_epoch is not None:
       self.mngr.wait()  # the epoch's checkpoint is complete whatever the callback does
       run.on_epoch(row)

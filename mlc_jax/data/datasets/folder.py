@@ -40,7 +40,7 @@ def _rows(path, separator):
   if not os.path.isfile(path):
     raise UserError(f"folder: label file {path} does not exist; set data.csv (see BUILD.md)")
   rows = []
-  with open(path, encoding="utf-8", newline="") as f:
+  with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is no header
     if path.endswith((".jsonl", ".json")):
       for line, text in enumerate(f, 1):
         if not text.strip():
@@ -211,6 +211,7 @@ def read_manifest(config):
   index = {n: i for i, n in enumerate(names)}
   has_split = any(split for *_, split in rows)
   splits = {s: [] for s in SPLITS}
+  unlabeled = dict.fromkeys(SPLITS, 0)  # rows left out for having no label, by split
   placed = []  # (line, filename, split) of every row, kept or not, for the duplicate checks
   kept = {}  # filename -> line of the rows that go into the dataset
   for line, filename, labels, split in rows:
@@ -236,6 +237,7 @@ def read_manifest(config):
       split = "test" if u < d.test_fraction else "val" if u < d.test_fraction + d.val_fraction else "train"
     placed.append((line, filename, split))
     if not labels and not d.keep_unlabeled:
+      unlabeled[split] += 1
       continue
     kept[filename] = line
     splits[split].append((filename, sorted(ids[""]), sorted(ids["-"]), sorted(ids["?"])))
@@ -252,6 +254,10 @@ def read_manifest(config):
   near = _same_content(path, [(kept[r[0]], r[0], s, digests[r[0]])
                               for s, items in splits.items() for r in items], has_split)
   for split, items in splits.items():
+    if not items and unlabeled[split]:
+      raise UserError(f"folder: split {split!r} of {path} has {unlabeled[split]} rows but none with "
+                      "a label (rows without labels are left out); give them labels, or set "
+                      "data.keep_unlabeled=True to use them as images with none of the labels")
     if not items:
       fix = "add rows with that split" if has_split else "set data.test_fraction/val_fraction above 0"
       raise UserError(f"folder: split {split!r} of {path} is empty; {fix}")
