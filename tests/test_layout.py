@@ -11,6 +11,8 @@ import pytest
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mlc_jax"
 # room -> rooms of mlc_jax it must never import
 FORBIDDEN = {
+    "files": ("config", "workdir", "parallel", "checkpoints", "restore", "runner", "cli", "models",
+              "data", "train", "eval", "inference", "metrics", "sweep"),
     "config": ("workdir", "parallel", "checkpoints", "runner", "cli", "models", "data", "train",
                "eval", "inference", "metrics", "sweep"),
     "metrics": ("config", "workdir", "parallel", "checkpoints", "runner", "cli", "models", "data",
