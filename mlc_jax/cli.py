@@ -58,7 +58,9 @@ def _dispatch(mode, config, workdir, flags, overrides):
                       else "--mode=export needs --output=DIR")
     if fmt == "keras_h5":
       return export.export_keras_h5(workdir, flags.output, which=flags.which, stage=flags.stage)
-    return export.export(workdir, flags.output, which=flags.which, stage=flags.stage, fmt=fmt)
+    from mlc_jax.inference import classifier
+    return classifier.export_run(workdir, flags.output, which=flags.which, stage=flags.stage,
+                                 fmt=fmt)
   if mode == "sweep":
     from mlc_jax import sweep
     path = "CONFIG"

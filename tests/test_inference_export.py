@@ -20,7 +20,7 @@ import mlc_jax
 from mlc_jax import cli
 from mlc_jax.data import images as images_lib
 from mlc_jax.models import weights as weights_lib
-from mlc_jax.inference import export
+from mlc_jax.inference import classifier as classifier_lib, export
 from mlc_jax.errors import UserError
 from trained_run import split_files, trained_workdir
 
@@ -147,9 +147,9 @@ def test_export_bad_output(exported, tmp_path):
   workdir, _, _ = exported
   (tmp_path / "file").write_text("x")
   with pytest.raises(UserError, match="is a file"):
-    export.export(workdir, tmp_path / "file")
+    classifier_lib.export_run(workdir, tmp_path / "file")
   with pytest.raises(UserError, match="not inside a training workdir"):
-    export.export(tmp_path, tmp_path / "out")
+    classifier_lib.export_run(tmp_path, tmp_path / "out")
 
 
 def test_export_keras_h5_holds_the_checkpoints_backbone(exported, tmp_path):

@@ -87,21 +87,13 @@ class Classifier:
       return np.zeros((0, len(self.labels)), np.float32)
     return np.concatenate(out)[:n].astype(np.float32)
 
-  def export(self, path, format="stablehlo"):  # noqa: A002 - the CLI flag's name
+  def export(self, path, format="stablehlo", source=None):  # noqa: A002 - the CLI flag's name
     """Writes this model to the folder `path` as --mode=export does: format 'stablehlo'
     (inference.jax + params.npz, run with jax) or 'onnx' (model.onnx, run with onnxruntime), with
     labels.txt, preprocessing.json (this Classifier's image size, resize, decoding rules,
-    activation, thresholds), serve.py and README.md. Returns the folder."""
+    activation, thresholds), serve.py, README.md and manifest.json. Returns the folder."""
     from mlc_jax.inference import export as export_lib  # noqa: PLC0415 - jax.export, onnx
-    convention = getattr(self.model, "backbone", self.model).preprocessing
-    spec = export_lib.spec(image_size=self.image_size, resize=self.resize, convention=convention,
-                           activation=self.activation, exif_orientation=self.exif_orientation,
-                           max_pixels=self.max_pixels, thresholds=self.thresholds)
-    if self.checkpoint:
-      spec["checkpoint"] = self.checkpoint
-    return export_lib.write(path, self.model, self.labels, spec, format,
-                            source=f"checkpoint {self.checkpoint}" if self.checkpoint
-                            else "a Classifier")
+    return export_lib.write(path, self, format, source=source)
 
   def top_k(self, images, k=3):
     """Per image, the k most probable (label, probability) pairs, most probable first."""
@@ -145,3 +137,17 @@ def load(path, which="best", stage=None, weights=None):
                     checkpoint=r.name,
                     exif_orientation=r.config.data.get("exif_orientation", True),
                     max_pixels=r.config.data.get("max_pixels", None))
+
+
+def export_run(workdir, output_dir, which="best", stage=None, fmt="stablehlo"):
+  """--mode=export: a trained run (`load`) written to output_dir (Classifier.export); the
+  thresholds written are those tuned for the exported checkpoint. Returns the output folder."""
+  from mlc_jax.inference import export as export_lib  # noqa: PLC0415 - jax.export, onnx
+  root = restore_lib.find_workdir(workdir)[0]
+  export_lib.check_output(output_dir, root)  # before any work
+  classifier = load(workdir, which, stage)
+  out = classifier.export(output_dir, fmt,
+                          source=f"`{root}` (checkpoint {classifier.checkpoint}, '{which}')")
+  print(f"exported {root} ({classifier.checkpoint}, {which}) to {out} as {fmt}: "
+        f"{len(classifier.labels)} labels, {classifier.image_size} px")
+  return out

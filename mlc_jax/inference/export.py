@@ -34,7 +34,6 @@ import numpy as np
 from flax import nnx
 
 from mlc_jax import models, restore
-from mlc_jax.data import reader
 from mlc_jax.models import weights as weights_lib
 from mlc_jax.errors import UserError
 
@@ -122,32 +121,36 @@ def export_function(f, params, image_size, platforms=PLATFORMS):
     return jax.export.export(jax.jit(f))(*args)
 
 
-def spec(*, image_size, resize, convention, activation, exif_orientation, max_pixels,
-         thresholds):
-  """preprocessing.json: what a picture needs before the exported model, and what comes out."""
-  return {
-      "image_size": int(image_size),
-      "resize": resize,
+def spec(classifier):
+  """preprocessing.json of a Classifier: what a picture needs before the exported model, and what
+  comes out."""
+  convention = getattr(classifier.model, "backbone", classifier.model).preprocessing
+  thresholds = classifier.thresholds
+  out = {
+      "image_size": int(classifier.image_size),
+      "resize": classifier.resize,
       "interpolation": "bilinear, antialiased (tf.image.resize antialias=True), rounded to uint8",
       "decode": "mlc_jax.data.reader: EXIF orientation when exif_orientation; 16-bit keeps the "
                 "high byte; palette to its colours; grey replicated; alpha dropped",
-      "exif_orientation": bool(exif_orientation),
-      "max_pixels": int(max_pixels),
+      "exif_orientation": bool(classifier.exif_orientation),
+      "max_pixels": int(classifier.max_pixels),
       "input": {"dtype": "uint8", "layout": "NHWC", "channels": "RGB", "range": [0, 255]},
       "normalization": f"{convention} (inside the model: do not normalise)",
-      "activation": activation,
+      "activation": classifier.activation,
       "output": "float32 (N, C) probabilities in labels.txt order",
       "thresholds": None if thresholds is None else [float(t) for t in thresholds],
   }
+  if classifier.checkpoint:
+    out["checkpoint"] = classifier.checkpoint
+  return out
 
 
-def preprocessing_spec(config, thresholds):
-  """spec() of a run's config."""
-  return spec(image_size=config.image_size, resize=config.data.resize,
-              convention=models.preprocessing_of(config), activation=config.head.activation,
-              exif_orientation=config.data.get("exif_orientation", True),
-              max_pixels=config.data.get("max_pixels", reader.DEFAULT_MAX_PIXELS),
-              thresholds=thresholds)
+def check_output(output_dir, workdir=None):
+  """The export folder, or UserError before any work: a file, the workdir itself, or a folder
+  holding files that are not an earlier export."""
+  out = _folder(output_dir, workdir)
+  _replaceable(out)
+  return out
 
 
 def _folder(output_dir, workdir=None):
@@ -209,18 +212,20 @@ def _manifest(folder, fmt, labels, width, checkpoint, source):
           "source": source}
 
 
-def write(output_dir, model, labels, spec_, fmt="stablehlo", source="a Classifier"):
-  """Writes model (uint8 images -> probabilities), labels.txt, preprocessing.json, serve.py,
-  README.md and, last, manifest.json to output_dir in format fmt (stablehlo: inference.jax +
-  params.npz, for jax; onnx: model.onnx, for onnxruntime). Everything is written to a folder
-  beside output_dir and renamed into place, so a failure or a kill leaves the earlier folder as
-  it was; an earlier export there is replaced whole, other files there are refused before any
-  work. Returns the folder."""
+def write(output_dir, classifier, fmt="stablehlo", source=None):
+  """Writes a Classifier's model (uint8 images -> probabilities), labels.txt, preprocessing.json
+  (`spec`), serve.py, README.md and, last, manifest.json to output_dir in format fmt (stablehlo:
+  inference.jax + params.npz, for jax; onnx: model.onnx, for onnxruntime). Everything is written
+  to a folder beside output_dir and renamed into place, so a failure or a kill leaves the earlier
+  folder as it was; an earlier export there is replaced whole, other files there are refused
+  before any work. Returns the folder."""
   if fmt not in FORMATS:
     raise UserError(f"--format={fmt!r}: export writes one of {', '.join(FORMATS)} "
                     "(or keras_h5 from a run)")
-  out = _folder(output_dir)
-  _replaceable(out)
+  out = check_output(output_dir)
+  model, labels, spec_ = classifier.model, list(classifier.labels), spec(classifier)
+  source = source or (f"checkpoint {classifier.checkpoint}" if classifier.checkpoint
+                      else "a Classifier")
   size, activation = int(spec_["image_size"]), spec_["activation"]
   common = dict(source=source, num_classes=len(labels), size=size, resize=spec_["resize"],
                 activation=activation)
@@ -266,21 +271,6 @@ def _write_files(out, fmt, converted, labels, spec_, common):
   serve = importlib.resources.files("mlc_jax").joinpath("resources/serve.py").read_text()
   (out / "serve.py").write_text(serve)
   (out / "README.md").write_text(readme)
-
-
-def export(workdir, output_dir, which="best", stage=None, fmt="stablehlo"):
-  """--mode=export: writes the run's model, labels and spec to output_dir (see `write`).
-
-  The thresholds written are those tuned for the exported checkpoint. Returns the output folder.
-  """
-  _replaceable(_folder(output_dir, restore.find_workdir(workdir)[0]))
-  r = restore.restore(workdir, which, stage)
-  spec_ = dict(preprocessing_spec(r.config, r.thresholds), checkpoint=r.name)
-  out = write(output_dir, r.model, r.labels, spec_, fmt,
-              source=f"`{r.workdir}` (checkpoint {r.name}, '{which}')")
-  print(f"exported {r.workdir} ({r.name}, {which}) to {out} as {fmt}: {len(r.labels)} labels, "
-        f"{int(r.config.image_size)} px")
-  return out
 
 
 def export_keras_h5(workdir, output, which="best", stage=None):
