@@ -180,3 +180,65 @@ def test_unknown_optimizer():
   c.optimizer = "lbfgs"
   with pytest.raises(UserError, match="optimizer"):
     optim.make(c, 1)
+
+
+def test_weight_decay_is_scaled_by_each_groups_wd_mult_and_lr_mult():
+  """finetune.weight_decay with two param_groups whose lr_mult and wd_mult differ: one update
+  from a zero gradient is the decay alone, -lr * lr_mult * wd * wd_mult * p (by hand)."""
+  c = default_config().finetune
+  c.learning_rate, c.momentum, c.weight_decay = 0.01, 0.9, 0.1
+  c.param_groups = (("head/.*", {"lr_mult": 10.0, "wd_mult": 0.5}),
+                    ("backbone/.*", {"lr_mult": 2.0, "wd_mult": 3.0}))
+  groups = optim.ParamGroups(c.param_groups)
+  params = {"head": {"w": np.full(3, 1.0, np.float32)},
+            "backbone": {"w": np.full(3, 2.0, np.float32)},
+            "other": {"w": np.full(3, 4.0, np.float32)}}  # no group: the stage's defaults
+  tx = optim.make(c, 10, groups)
+  zero = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  expected = {"head": -0.01 * 10 * 0.1 * 0.5 * 1.0, "backbone": -0.01 * 2 * 0.1 * 3.0 * 2.0,
+              "other": -0.01 * 0.1 * 4.0}
+  for name, value in expected.items():
+    np.testing.assert_allclose(np.asarray(updates[name]["w"]), value, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 0), ("cosine", 1), ("constant", 1),
+                                              ("step", 0)])
+def test_accumulated_updates_follow_the_schedule_in_optimizer_updates(schedule, warmup):
+  """finetune.accumulate_steps = 3 with finetune.schedule and finetune.warmup_epochs: the rate
+  the optimizer applies at its u-th update (plain SGD on a unit gradient) equals the hand-computed
+  schedule over epochs * (steps_per_epoch // 3) updates, and the stage's logged schedule."""
+  from mlc_jax.train import stages
+  config = default_config()
+  f = config.finetune
+  f.optimizer, f.momentum, f.learning_rate, f.epochs = "sgd", 0.0, 1.0, 2
+  f.schedule, f.warmup_epochs, f.accumulate_steps = schedule, warmup, 3
+  spe, k = 12, 3  # 12 micro-batches an epoch -> 4 updates an epoch, 8 in all
+  total, warm = 2 * spe // k, warmup * spe // k
+
+  def hand(u):
+    if u < warm:
+      return u / warm
+    t = u - warm
+    if schedule == "cosine":
+      return 0.5 * (1 + np.cos(np.pi * min(t, total - warm) / (total - warm)))
+    if schedule == "step":
+      return 1.0 * (0.1 if t >= (total - warm) // 2 else 1) * (
+          0.1 if t >= 3 * (total - warm) // 4 else 1)
+    return 1.0
+
+  stage = stages.finetune_stage(config, _tiny_model(), steps_per_epoch=spe)
+  params = {"w": np.zeros(1, np.float32)}
+  state, applied = stage.tx.init(params), []
+  for i in range(2 * spe):
+    updates, state = stage.tx.update({"w": np.ones(1, np.float32)}, state, params)
+    if (i + 1) % k == 0:  # the k-th micro-batch applies the update; the others apply nothing
+      applied.append(-float(np.asarray(updates["w"])[0]))
+    else:
+      assert not np.any(np.asarray(updates["w"]))
+  assert len(applied) == total
+  np.testing.assert_allclose(applied, [hand(u) for u in range(total)], atol=1e-6)
+  # The loop logs stage.schedule(step // accumulate_steps) after `step` micro-batches: the rate
+  # of the update that comes next.
+  np.testing.assert_allclose([float(stage.schedule(s // k)) for s in range(0, 2 * spe, k)],
+                             [hand(u) for u in range(total)], atol=1e-6)
