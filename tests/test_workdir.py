@@ -173,3 +173,49 @@ def test_staged_outputs_appear_all_together_or_not_at_all(tmp_path):
     (staging / "scores.npz").write_text("new scores")
   assert (tmp_path / "metrics.json").read_text() == "new"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "report.md", "scores.npz"]
+
+
+# The keys a relaunch may change (the workdir contract: they cannot change what a finished stage
+# trained or which checkpoint evaluation picks), written out here rather than read from the code.
+MAY_CHANGE = {"log_every_steps", "eval_batch_size", "distributed", "stages",
+              "checkpoint.every_steps", "data.data_dir", "data.manual_dir", "data.cache_mb",
+              "model.cache_dir", "model.weights_url"}
+MAY_CHANGE_SECTIONS = ("eval.", "sweep.")
+
+
+def _other_value(value):
+  """A different value of the same kind."""
+  if isinstance(value, bool):
+    return not value
+  if isinstance(value, (int, float)):
+    return value + 3
+  if isinstance(value, str):
+    return value + "_x"
+  if isinstance(value, tuple):
+    return value[:-1] if value else (("x", None),)
+  raise AssertionError(f"no other value for {value!r}")
+
+
+def test_a_relaunch_is_refused_for_every_key_but_the_free_ones(tmp_path):
+  """Walks every key of the config table: changing it in a relaunch is refused (naming it) unless
+  it is one of the keys the contract lets change (e.g. checkpoint.best_metric is refused: it
+  decides which checkpoint evaluation calls best)."""
+  from mlc_jax import config as config_lib
+  base = config_lib.get_config()
+  workdir_lib.record_config(base, tmp_path, ["a", "b"])
+  flat = config_lib.flatten(base)
+  assert "checkpoint.best_metric" in flat and len(flat) > 90
+  for key, value in flat.items():
+    changed = ml_collections.ConfigDict(base.to_dict())
+    section, _, field = key.rpartition(".")
+    node = changed
+    for part in section.split(".") if section else ():
+      node = node[part]
+    node[field] = _other_value(value)
+    if key in MAY_CHANGE or key.startswith(MAY_CHANGE_SECTIONS):
+      workdir_lib.record_config(changed, tmp_path, ["a", "b"])
+    else:
+      with pytest.raises(UserError, match=f"{key}: "):
+        workdir_lib.record_config(changed, tmp_path, ["a", "b"])
+  assert json.loads((tmp_path / "config.json").read_text()) == json.loads(
+      config_lib.resolve_paths(base).to_json())
