@@ -79,6 +79,8 @@ KERAS_CASES = {
 
 @pytest.mark.parametrize("case", sorted(KERAS_CASES))
 def test_optimizers_follow_keras_3_over_ten_steps(case):
+  """finetune.optimizer, finetune.momentum (0.9 and 0), finetune.nesterov, finetune.weight_decay
+  and finetune.grad_clip set by KERAS_CASES: ten updates equal Keras 3's optimizer's."""
   ours, keras_name, keras_kwargs = KERAS_CASES[case]
   rng = np.random.default_rng(0)
   params = {"a": rng.normal(size=(3, 4)).astype(np.float32),
@@ -156,6 +158,7 @@ def test_malformed_param_groups_are_named():
 
 
 def test_schedules():
+  """finetune.schedule cosine and step, finetune.warmup_epochs 1: the rate by hand per step."""
   c = default_config().finetune
   c.learning_rate, c.epochs = 1.0, 4
   c.schedule = "cosine"
