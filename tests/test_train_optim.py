@@ -245,3 +245,23 @@ def test_accumulated_updates_follow_the_schedule_in_optimizer_updates(schedule, 
   # of the update that comes next.
   np.testing.assert_allclose([float(stage.schedule(s // k)) for s in range(0, 2 * spe, k)],
                              [hand(u) for u in range(total)], atol=1e-6)
+
+
+def test_param_groups_first_match_wins_and_come_before_unfreeze_blocks():
+  """finetune.param_groups: a path takes the first group whose regex matches it whole (order
+  decides between overlapping groups); the groups come before unfreeze_blocks' expansion, so a
+  group can train a block that unfreeze_blocks = 1 would freeze; unmatched paths train at 1x."""
+  c = default_config().finetune
+  c.unfreeze_blocks = "1"
+  c.param_groups = (("backbone/block5_conv1", None), ("head/predictions/.*", None),
+                    ("head/.*", {"lr_mult": 10.0}), ("backbone/block1_conv1/.*", {"wd_mult": 0.0}))
+  groups = optim.ParamGroups.for_stage(c)
+  assert groups.spec("head/predictions/kernel") is None
+  assert groups.spec("head/fc1/kernel") == {"lr_mult": 10.0}
+  assert groups.spec("backbone/block1_conv1/kernel") == {"wd_mult": 0.0}  # before the freeze
+  assert groups.spec("backbone/block1_conv2/kernel") is None  # unfreeze_blocks' group
+  # no group matches the whole path (block5_conv1 is only its start): the stage's defaults
+  assert groups.spec("backbone/block5_conv1/kernel") == {}
+  assert groups.spec("xhead/fc1/kernel") == {}
+  c.param_groups = (("head/.*", {"lr_mult": 10.0}), ("head/predictions/.*", None))
+  assert optim.ParamGroups.for_stage(c).spec("head/predictions/kernel") == {"lr_mult": 10.0}
