@@ -129,3 +129,25 @@ def test_rotation_angle_is_drawn_from_minus_to_plus_the_limit():
   assert np.abs(angles).max() <= limit + 1e-2
   assert angles.min() < -0.8 * limit and angles.max() > 0.8 * limit  # both ways, to the limit
   assert np.mean(angles < 0) == pytest.approx(0.5, abs=0.15)
+
+
+def test_noise_std_is_in_pixel_units():
+  """augment.noise = 12: a mid-grey image (128, far from the clip at 0 and 255) gains Gaussian
+  noise of std 12 pixel units and mean 0 (numpy's std over 24 x 16 x 16 x 3 draws)."""
+  images = np.full((24, 16, 16, 3), 128, np.uint8)
+  out = np.asarray(augment.make_augment(_cfg(noise=12.0))(images, jax.random.key(2))) - 128
+  assert out.std() == pytest.approx(12.0, rel=0.03) and abs(out.mean()) < 0.3
+
+
+def test_color_jitter_shifts_grey_by_brightness_within_its_strength():
+  """augment.color_jitter = 0.5 on uniform grey images: contrast and saturation leave a uniform
+  grey image as it is, so each output is grey shifted by brightness, drawn from
+  +-0.4 * 0.5 * 255 = +-51 pixel units (dm-pix's random_brightness delta): both signs, never
+  beyond."""
+  images = np.full((64, 8, 8, 3), 128, np.uint8)
+  out = np.asarray(augment.make_augment(_cfg(color_jitter=0.5))(images, jax.random.key(4)))
+  shift = out[:, 0, 0, 0] - 128
+  np.testing.assert_allclose(out, np.broadcast_to(shift[:, None, None, None] + 128, out.shape),
+                             atol=1e-3)  # still uniform
+  assert np.abs(shift).max() <= 51 + 1e-3
+  assert shift.min() < -35 and shift.max() > 35
