@@ -156,3 +156,17 @@ def test_a_damaged_latest_step_that_was_best_falls_back_to_the_one_before(shapes
   assert step == 2
   checkpoints.load_model_state(model, restored["model"])
   _same(models.flat_params(model), saved[2])
+
+
+@pytest.mark.parametrize("best_metric, head, finetune", [
+    ("val_loss", "val_loss", "val_loss"), ("val_mAP_ema", "val_mAP", "val_mAP_ema"),
+    ("val_loss_ema", "val_loss", "val_loss_ema")])
+def test_best_metric_ema_ranks_the_finetune_stage_only(best_metric, head, finetune):
+  """checkpoint.best_metric = val_*_ema: the finetune stage ranks by it and its best weights are
+  the EMA's; the head stage keeps no EMA and ranks by the plain metric."""
+  config = ml_collections.ConfigDict({"checkpoint": {"best_metric": best_metric}})
+  assert checkpoints.best_metric_of(config, "head") == head
+  assert checkpoints.best_metric_of(config, "finetune") == finetune
+  assert checkpoints.weights_of(config, "head") == "regular"
+  assert checkpoints.weights_of(config, "finetune") == ("ema" if "ema" in best_metric
+                                                        else "regular")

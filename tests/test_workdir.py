@@ -219,3 +219,19 @@ def test_a_relaunch_is_refused_for_every_key_but_the_free_ones(tmp_path):
         workdir_lib.record_config(changed, tmp_path, ["a", "b"])
   assert json.loads((tmp_path / "config.json").read_text()) == json.loads(
       config_lib.resolve_paths(base).to_json())
+
+
+def test_a_key_an_older_config_json_lacks_counts_as_its_default(tmp_path):
+  """config.json written before a key existed: a relaunch at that key's default is no change; at
+  another value it is refused, showing the default as the old value."""
+  from mlc_jax import config as config_lib
+  base = config_lib.get_config()
+  workdir_lib.record_config(base, tmp_path, ["a"])
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["finetune"]["ema_warmup"], saved["loss"]["unknown"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  workdir_lib.record_config(base, tmp_path, ["a"])  # the defaults: nothing changed
+  changed = ml_collections.ConfigDict(base.to_dict())
+  changed.loss.unknown = "negative"
+  with pytest.raises(UserError, match='loss.unknown: "ignore" -> "negative"'):
+    workdir_lib.record_config(changed, tmp_path, ["a"])
