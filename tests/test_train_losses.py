@@ -270,6 +270,21 @@ def test_from_config_passes_non_default_loss_parameters():
       assert abs(other - want) > 1e-3 * want, key
 
 
+def test_a_softmax_head_trains_on_softmax_cross_entropy_whatever_loss_name_says():
+  """head.activation = 'softmax': the training loss is the softmax cross-entropy of the targets
+  normalised to sum 1 (numpy), not loss.name's sigmoid loss; 'sigmoid' keeps loss.name."""
+  config = default_config()
+  config.loss.name = "focal"
+  y = LABELS / np.maximum(LABELS.sum(-1, keepdims=True), 1)
+  z = LOGITS - LOGITS.max(-1, keepdims=True)
+  expected = -(y * (z - np.log(np.exp(z).sum(-1, keepdims=True)))).sum(-1).mean()
+  config.head.activation = "softmax"
+  np.testing.assert_allclose(losses.for_config(config)(LOGITS, LABELS), expected, rtol=1e-5)
+  config.head.activation = "sigmoid"
+  np.testing.assert_allclose(losses.for_config(config)(LOGITS, LABELS),
+                             losses.focal(LOGITS, LABELS, gamma=2.0), rtol=1e-6)
+
+
 @pytest.mark.parametrize("unknown", ["ignore", "negative"])
 def test_unknown_targets_are_left_out_or_taken_as_absent(unknown):
   """A mixture's unannotated labels (-1): 'ignore' averages the known entries only, 'negative'
