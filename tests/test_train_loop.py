@@ -64,3 +64,31 @@ def test_early_stopping_patience_stops_after_that_many_epochs_without_improvemen
     rows = workdir_lib.read_metrics(workdir)
     assert [r["epoch"] for r in rows] == list(range(1, epochs_run + 1)), patience
     assert len({r["val_loss"] for r in rows}) == 1  # nothing improved after epoch 1
+
+
+def test_validation_row_uses_eval_k_threshold_and_topk_min_score(shapes_config):
+  """The per-epoch validation metrics follow eval.k = 2, eval.topk_min_score = True and
+  eval.threshold (set to the median top-2 score, so it drops half of them): val_OF1_top2 by hand
+  from the validation scores, val_mAP by sklearn."""
+  from sklearn import metrics as skm
+  source = registry.get(shapes_config)
+  config = shapes_config.copy_and_resolve_references()
+  model = models.build_model(config, len(source.labels), rngs=nnx.Rngs(0))
+  val = pipeline.Feed(source, "val", batch_size=16, train=False, config=config)
+  mesh = parallel.mesh()
+  p = loop.prepare(stages.finetune_stage(config, model, val=val), config, mesh)
+  _, scores, labels = loop.run_validation(p.eval_step, p.state, p.frozen, val, mesh)
+  top = np.zeros(scores.shape, bool)
+  np.put_along_axis(top, np.argsort(-scores, axis=1, kind="stable")[:, :2], True, axis=1)
+  threshold = float(np.median(scores[top]))
+  config.eval.update(k=2, topk_min_score=True, threshold=threshold)
+  row = loop._validation_row(p.eval_step, p.state, p.frozen, val, mesh, config)
+  kept = top & (scores >= threshold)
+  assert 0 < kept.sum() < top.sum()
+  tp = (kept & (labels == 1)).sum()
+  op, recall = tp / kept.sum(), tp / (labels == 1).sum()
+  assert row["val_OF1_top2"] == pytest.approx(2 * op * recall / (op + recall), abs=1e-5)
+  has = (labels == 1).any(0)
+  assert row["val_mAP"] == pytest.approx(np.mean(
+      [skm.average_precision_score(labels[:, c], scores[:, c]) for c in np.flatnonzero(has)]),
+      abs=1e-5)
