@@ -356,3 +356,29 @@ def test_shapes_seed_picks_the_drawn_set_and_seed_does_not(tmp_path):
   drawn = lambda s: sorted(tuple(shapes_draw.render(s, "test", i, 16)[1]) for i in range(8))
   assert label_rows(5, 0) == drawn(5) == label_rows(5, 7)
   assert label_rows(0, 0) == drawn(0) != drawn(5)
+
+
+def test_folder_val_fraction_carves_val_from_train_when_the_split_column_has_none(tmp_path):
+  """A split column without val rows: data.val_fraction = 0.4 carves val out of train by the
+  filename hash (hashlib by hand); test rows stay test. With val rows, nothing is carved."""
+  import hashlib
+  from mlc_jax.data.datasets import folder
+  config = _folder(tmp_path, [])
+  root = tmp_path / "images"
+  files = [f"pic{i:02d}.jpg" for i in range(24)]
+  for i, name in enumerate(files):
+    _jpeg(str(root / name), 200 + i, (8, 8))
+  split_of = lambda i: "test" if i < 4 else "train"
+  (root / "labels.csv").write_text("filename,labels,split\n" + "".join(
+      f"{f},cat,{split_of(i)}\n" for i, f in enumerate(files)))
+  u = {f: int(hashlib.sha1(f.encode()).hexdigest()[:12], 16) / 16 ** 12 for f in files}
+  config.data.val_fraction = 0.4
+  _, splits, _ = folder.read_manifest(config)
+  got = {s: sorted(r[0] for r in rows) for s, rows in splits.items()}
+  assert got["test"] == files[:4]
+  assert got["val"] == sorted(f for f in files[4:] if u[f] < 0.4) and got["val"]
+  assert got["train"] == sorted(f for f in files[4:] if u[f] >= 0.4)
+  (root / "labels.csv").write_text("filename,labels,split\n" + "".join(
+      f"{f},cat,{'val' if i == 4 else split_of(i)}\n" for i, f in enumerate(files)))
+  _, splits, _ = folder.read_manifest(config)
+  assert [r[0] for r in splits["val"]] == [files[4]] and len(splits["train"]) == 19
