@@ -171,6 +171,14 @@ def test_schedules():
   c.schedule, c.warmup_epochs = "constant", 1
   lr = optim.schedule(c, 10)
   assert [float(lr(s)) for s in (0, 5, 10, 30)] == pytest.approx([0, 0.5, 1, 1])
+  # warmup then decay: the decay runs over the 30 steps after the 10 of warmup, counted from its end
+  c.schedule = "cosine"
+  lr = optim.schedule(c, 10)
+  for t in (0, 7, 15, 30):
+    assert float(lr(10 + t)) == pytest.approx(0.5 * (1 + np.cos(np.pi * t / 30)), abs=1e-6)
+  c.schedule = "step"  # x0.1 at 30 // 2 = 15 and 3 * 30 // 4 = 22 steps after warmup
+  lr = optim.schedule(c, 10)
+  assert [float(lr(s)) for s in (5, 24, 25, 31, 32)] == pytest.approx([0.5, 1, 0.1, 0.1, 0.01])
   c.schedule = "linear"
   with pytest.raises(UserError, match="schedule"):
     optim.schedule(c, 10)
