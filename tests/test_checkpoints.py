@@ -116,3 +116,57 @@ def test_restoring_a_damaged_step_for_use_says_what_to_do(shapes_config, tmp_pat
   assert "checkpoints/head/2 is damaged" in message and "--which=latest" in message
   assert "delete" not in message.lower() and len(message) < 600
   assert mlc_jax.load(tmp_path, which="latest").checkpoint == "head/3"
+
+
+def _save_steps(config, tmp_path, losses, best_metric="val_loss"):
+  mngr = checkpoints.Manager(tmp_path, "head", best_metric)
+  saved = {}
+  for step, value in enumerate(losses, 1):
+    model = models.build_model(config, 8, rngs=nnx.Rngs(step))
+    mngr.save(step, checkpoints.model_state(model), {"step": np.int64(step)},
+              metrics={"val_loss": value, "val_mAP": value})
+    saved[step] = models.flat_params(model)
+  mngr.close()
+  return saved
+
+
+def test_kept_steps_are_the_latest_two_and_the_best(shapes_config, tmp_path):
+  config = ml_collections.ConfigDict(shapes_config.to_dict())
+  config.head.hidden = (8,)
+  # Step 1 is best by loss, 2 by mAP (the same numbers): loss keeps {1, 4, 5}, mAP {2, 4, 5}.
+  _save_steps(config, tmp_path / "loss", (0.1, 0.5, 0.4, 0.3, 0.2))
+  assert checkpoints.steps_on_disk(tmp_path / "loss", "head") == [1, 4, 5]
+  _save_steps(config, tmp_path / "map", (0.1, 0.5, 0.4, 0.3, 0.2), "val_mAP")
+  assert checkpoints.steps_on_disk(tmp_path / "map", "head") == [2, 4, 5]
+
+
+def test_a_damaged_latest_step_that_was_best_falls_back_to_the_one_before(shapes_config, tmp_path):
+  """The latest step is also the best (falling loss): the one before it must still be kept, and a
+  resume after the latest is damaged starts from it."""
+  config = ml_collections.ConfigDict(shapes_config.to_dict())
+  config.head.hidden = (8,)
+  saved = _save_steps(config, tmp_path, (0.5, 0.4, 0.3))
+  assert checkpoints.steps_on_disk(tmp_path, "head") == [2, 3]
+  _truncate_arrays(tmp_path / "checkpoints" / "head" / "3")
+  model = models.build_model(config, 8, rngs=nnx.Rngs(0))
+  mngr = checkpoints.Manager(tmp_path, "head")
+  step, restored = mngr.restore_latest_intact(
+      checkpoints.abstract_of(checkpoints.model_state(model)), None)
+  mngr.close()
+  assert step == 2
+  checkpoints.load_model_state(model, restored["model"])
+  _same(models.flat_params(model), saved[2])
+
+
+@pytest.mark.parametrize("best_metric, head, finetune", [
+    ("val_loss", "val_loss", "val_loss"), ("val_mAP_ema", "val_mAP", "val_mAP_ema"),
+    ("val_loss_ema", "val_loss", "val_loss_ema")])
+def test_best_metric_ema_ranks_the_finetune_stage_only(best_metric, head, finetune):
+  """checkpoint.best_metric = val_*_ema: the finetune stage ranks by it and its best weights are
+  the EMA's; the head stage keeps no EMA and ranks by the plain metric."""
+  config = ml_collections.ConfigDict({"checkpoint": {"best_metric": best_metric}})
+  assert checkpoints.best_metric_of(config, "head") == head
+  assert checkpoints.best_metric_of(config, "finetune") == finetune
+  assert checkpoints.weights_of(config, "head") == "regular"
+  assert checkpoints.weights_of(config, "finetune") == ("ema" if "ema" in best_metric
+                                                        else "regular")

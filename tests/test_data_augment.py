@@ -2,6 +2,7 @@
 import jax
 import ml_collections
 import numpy as np
+import pytest
 
 from mlc_jax.data import augment
 
@@ -108,3 +109,45 @@ def test_zoom_scale_is_drawn_from_one_minus_zoom_to_one():
   assert scale.min() >= 1 - zoom - 1e-3 and scale.max() <= 1 + 1e-3
   # ... and covers that range: zooming in by up to `zoom`, never out.
   assert scale.min() < 1 - 0.9 * zoom and scale.max() > 1 - 0.1 * zoom
+
+
+def test_rotation_angle_is_drawn_from_minus_to_plus_the_limit():
+  """augment.rotation = 20: a ramp rotated by theta reads a*(sin(theta) y + cos(theta) x) near
+  the centre (bilinear sampling of a linear image is exact), so a least-squares plane fit of each
+  output gives its angle. Over many draws both signs appear, none beyond 20 degrees."""
+  size, n, limit = 32, 200, 20.0
+  ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+  ramp = 128 + 3 * (xs - (size - 1) / 2)
+  images = np.broadcast_to(ramp[None, :, :, None], (n, size, size, 3)).astype(np.float32)
+  out = np.asarray(augment.make_augment(_cfg(rotation=limit))(images, jax.random.key(7)))
+  window = slice(10, 22)  # within radius ~8 of the centre: no clamped edge for any angle <= 20
+  design = np.stack([ys[window, window].ravel(), xs[window, window].ravel(),
+                     np.ones(144)], 1)
+  coef = np.linalg.lstsq(design, out[:, window, window, 0].reshape(n, -1).T, rcond=None)[0]
+  angles = np.degrees(np.arctan2(coef[0], coef[1]))
+  np.testing.assert_allclose(np.hypot(coef[0], coef[1]), 3.0, rtol=1e-3)  # no zoom: slope kept
+  assert np.abs(angles).max() <= limit + 1e-2
+  assert angles.min() < -0.8 * limit and angles.max() > 0.8 * limit  # both ways, to the limit
+  assert np.mean(angles < 0) == pytest.approx(0.5, abs=0.15)
+
+
+def test_noise_std_is_in_pixel_units():
+  """augment.noise = 12: a mid-grey image (128, far from the clip at 0 and 255) gains Gaussian
+  noise of std 12 pixel units and mean 0 (numpy's std over 24 x 16 x 16 x 3 draws)."""
+  images = np.full((24, 16, 16, 3), 128, np.uint8)
+  out = np.asarray(augment.make_augment(_cfg(noise=12.0))(images, jax.random.key(2))) - 128
+  assert out.std() == pytest.approx(12.0, rel=0.03) and abs(out.mean()) < 0.3
+
+
+def test_color_jitter_shifts_grey_by_brightness_within_its_strength():
+  """augment.color_jitter = 0.5 on uniform grey images: contrast and saturation leave a uniform
+  grey image as it is, so each output is grey shifted by brightness, drawn from
+  +-0.4 * 0.5 * 255 = +-51 pixel units (dm-pix's random_brightness delta): both signs, never
+  beyond."""
+  images = np.full((64, 8, 8, 3), 128, np.uint8)
+  out = np.asarray(augment.make_augment(_cfg(color_jitter=0.5))(images, jax.random.key(4)))
+  shift = out[:, 0, 0, 0] - 128
+  np.testing.assert_allclose(out, np.broadcast_to(shift[:, None, None, None] + 128, out.shape),
+                             atol=1e-3)  # still uniform
+  assert np.abs(shift).max() <= 51 + 1e-3
+  assert shift.min() < -35 and shift.max() > 35

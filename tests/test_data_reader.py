@@ -182,3 +182,20 @@ def test_server_resize_follows_the_package_within_one_level():
     assert diff.max() <= 1, (h, w, size, method)
     differing, total = differing + int((diff > 0).sum()), total + diff.size
   assert differing / total < 0.01
+
+
+def test_exif_orientation_off_gives_the_stored_pixels_to_the_pipeline(tmp_path, fixtures):
+  """data.exif_orientation = False: a folder dataset's pipeline gives exif6.jpg as stored (the
+  upright truth turned back, numpy's rot90), not upright as with the default True."""
+  folder, expected, _ = fixtures
+  config, _ = _fixture_folder(tmp_path, fixtures)
+  config.data.exif_orientation = False
+  source = registry.get(config)
+  got = None
+  for batch in pipeline.batches(source, "test", batch_size=4, train=False, config=config):
+    for image, target, keep in zip(batch["image"], batch["labels"], batch["mask"]):
+      if keep and source.labels[int(np.argmax(target))] == "exif6_jpg":
+        got = np.asarray(image)
+  stored = np.rot90(expected["exif6.jpg"], k=1)
+  np.testing.assert_array_equal(got, images.resize(stored, SIZE).numpy())
+  assert not np.array_equal(got, images.resize(expected["exif6.jpg"], SIZE).numpy())

@@ -296,3 +296,89 @@ def test_folder_digests_are_read_once_and_follow_changed_files(tmp_path, monkeyp
   with pytest.raises(UserError, match="are the same image"):
     folder.read_manifest(config)
   assert hashed == ["img2.jpg"]
+
+
+def test_folder_labels_file_names_the_classes_in_its_order_before_manual_dir_labels_txt(tmp_path):
+  """data.labels_file: its classes, in its order (one it lists that no row uses included), and it
+  wins over MANUAL_DIR/labels.txt; without it labels.txt applies, without both the sorted labels
+  of the file."""
+  from mlc_jax.data.datasets import folder
+  config = _folder(tmp_path, ROWS, labels_txt=["cat", "bird", "dog"])
+  own = tmp_path / "elsewhere" / "classes.txt"
+  own.parent.mkdir()
+  own.write_text("dog\nfish\ncat\nbird\n")
+  config.data.labels_file = str(own)
+  names, splits, _ = folder.read_manifest(config)
+  assert list(names) == ["dog", "fish", "cat", "bird"]
+  # img3 (val) is dog and bird: columns 0 and 3 of this order
+  assert dict(r[:2] for r in splits["val"])["img3.jpg"] == [0, 3]
+  config.data.labels_file = ""
+  assert list(folder.read_manifest(config)[0]) == ["cat", "bird", "dog"]
+  (tmp_path / "images" / "labels.txt").unlink()
+  assert list(folder.read_manifest(config)[0]) == ["bird", "cat", "dog"]
+
+
+def test_folder_test_fraction_carves_test_by_filename_hash(tmp_path):
+  """data.test_fraction = 0.3 and data.val_fraction = 0.2 without a split column: a file is test
+  when sha1(filename)'s first 12 hex digits / 16**12 < 0.3, val when < 0.5 (hashlib by hand)."""
+  import hashlib
+  from mlc_jax.data.datasets import folder
+  config = _folder(tmp_path, [])
+  root = tmp_path / "images"
+  files = [f"pic{i:02d}.jpg" for i in range(40)]
+  for i, name in enumerate(files):
+    _jpeg(str(root / name), 100 + i, (8, 8))
+  (root / "labels.csv").write_text("filename,labels\n" + "".join(f"{f},cat\n" for f in files))
+  u = {f: int(hashlib.sha1(f.encode()).hexdigest()[:12], 16) / 16 ** 12 for f in files}
+  for test_fraction in (0.1, 0.3):
+    config.data.test_fraction, config.data.val_fraction = test_fraction, 0.2
+    _, splits, _ = folder.read_manifest(config)
+    got = {s: sorted(r[0] for r in rows) for s, rows in splits.items()}
+    assert got["test"] == sorted(f for f in files if u[f] < test_fraction)
+    assert got["val"] == sorted(f for f in files if test_fraction <= u[f] < test_fraction + 0.2)
+    assert got["train"] == sorted(f for f in files if u[f] >= test_fraction + 0.2)
+  assert 6 <= len(got["test"]) <= 18  # 0.3 of 40, loosely: the hash spreads the names
+
+
+def test_shapes_seed_picks_the_drawn_set_and_seed_does_not(tmp_path):
+  """data.shapes_seed = 5: the test split's label sets are those shapes_draw.render(5, 'test', i)
+  draws; the training `seed` leaves them alone; shapes_seed 0 draws another set."""
+  from conftest import tiny_shapes_config
+  from mlc_jax.data.datasets import shapes_draw
+
+  def label_rows(shapes_seed, seed):
+    config = tiny_shapes_config(tmp_path / f"d{shapes_seed}_{seed}", train=4, val=2, test=8,
+                                image_size=16)
+    config.data.shapes_seed, config.seed = shapes_seed, seed
+    matrix = np.asarray(registry.get(config).label_matrix("test"))
+    return sorted(tuple(np.flatnonzero(row)) for row in matrix)
+
+  drawn = lambda s: sorted(tuple(shapes_draw.render(s, "test", i, 16)[1]) for i in range(8))
+  assert label_rows(5, 0) == drawn(5) == label_rows(5, 7)
+  assert label_rows(0, 0) == drawn(0) != drawn(5)
+
+
+def test_folder_val_fraction_carves_val_from_train_when_the_split_column_has_none(tmp_path):
+  """A split column without val rows: data.val_fraction = 0.4 carves val out of train by the
+  filename hash (hashlib by hand); test rows stay test. With val rows, nothing is carved."""
+  import hashlib
+  from mlc_jax.data.datasets import folder
+  config = _folder(tmp_path, [])
+  root = tmp_path / "images"
+  files = [f"pic{i:02d}.jpg" for i in range(24)]
+  for i, name in enumerate(files):
+    _jpeg(str(root / name), 200 + i, (8, 8))
+  split_of = lambda i: "test" if i < 4 else "train"
+  (root / "labels.csv").write_text("filename,labels,split\n" + "".join(
+      f"{f},cat,{split_of(i)}\n" for i, f in enumerate(files)))
+  u = {f: int(hashlib.sha1(f.encode()).hexdigest()[:12], 16) / 16 ** 12 for f in files}
+  config.data.val_fraction = 0.4
+  _, splits, _ = folder.read_manifest(config)
+  got = {s: sorted(r[0] for r in rows) for s, rows in splits.items()}
+  assert got["test"] == files[:4]
+  assert got["val"] == sorted(f for f in files[4:] if u[f] < 0.4) and got["val"]
+  assert got["train"] == sorted(f for f in files[4:] if u[f] >= 0.4)
+  (root / "labels.csv").write_text("filename,labels,split\n" + "".join(
+      f"{f},cat,{'val' if i == 4 else split_of(i)}\n" for i, f in enumerate(files)))
+  _, splits, _ = folder.read_manifest(config)
+  assert [r[0] for r in splits["val"]] == [files[4]] and len(splits["train"]) == 19

@@ -81,7 +81,9 @@ def test_baseline_end_to_end_on_mock_voc(tmp_path):
   from mlc_jax.data import pipeline, registry
   from mlc_jax.models import vgg, weights as weights_lib
   weights = tmp_path / "vgg16_tiny_top.h5"
-  write_keras_h5(weights, random_weights("vgg16", 1 / 16, top=True), naming="keras2")
+  layers = random_weights("vgg16", 1 / 16, top=True)
+  layers["predictions"][0] *= 1e-4  # small logits: a spread softmax, so a sum differs from a max
+  write_keras_h5(weights, layers, naming="keras2")
   data = tmp_path / "data"
   _write_metadata("voc/2007", str(data))
   config = default_config()
@@ -93,6 +95,9 @@ def test_baseline_end_to_end_on_mock_voc(tmp_path):
   with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(data),
                               as_dataset_fn=_as_dataset):
     result = baselines.baseline(config, str(workdir), split="test")
+    summed = config.copy_and_resolve_references()
+    summed.eval.baseline_reduce = "sum"  # a label's score: the sum of its classes' probabilities
+    baselines.baseline(summed, str(tmp_path / "w_sum"), split="test")
     # Independent of the baseline's loop: eager forward of the same file, mapping by hand.
     source = registry.get(config)
     config.image_size = 224
@@ -108,6 +113,10 @@ def test_baseline_end_to_end_on_mock_voc(tmp_path):
   saved = np.load(workdir / "eval/test/baseline/scores.npz")
   np.testing.assert_allclose(saved["scores"], expected, rtol=1e-4, atol=1e-7)
   np.testing.assert_array_equal(saved["labels"], y)
+  expected_sum = np.stack([np.minimum(probs[:, [e[0] for e in mapping[l]]].sum(1), 1) for l in VOC], 1)
+  assert (expected_sum > 1.5 * expected).mean() > 0.5  # labels with several classes: sum > max
+  np.testing.assert_allclose(np.load(tmp_path / "w_sum/eval/test/baseline/scores.npz")["scores"],
+                             expected_sum, rtol=1e-4, atol=1e-7)
   # VOC protocol: a class's difficult-only images (-1) are left out of its AP
   assert (y == -1).any()
   has = (y == 1).any(0)

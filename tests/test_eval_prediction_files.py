@@ -100,3 +100,28 @@ def test_evaluate_a_predictions_file_end_to_end(shapes_config, tmp_path):
   shown = re.search(r"^\| mAP \| ([\d.]+) \|", report, re.M).group(1)
   assert float(shown) == pytest.approx(100 * np.mean(ap), abs=0.006)
   assert (workdir / "eval/test/predictions_tagger/ap_per_class.png").stat().st_size > 0
+
+
+def test_eval_unknown_tags_ignore_scores_the_file_and_error_refuses_it(shapes_config, tmp_path):
+  """eval.unknown_tags: 'error' (default) refuses a file with a tag that names no label, naming
+  it; 'ignore' drops that tag, scores the rest (mAP against sklearn) and counts it."""
+  source = registry.get(shapes_config)
+  names, y = predictions.split_examples(source, "test")
+  scores = np.clip(0.5 * y + 0.6 * np.random.default_rng(1).random(y.shape), 0, 1)
+  rows = [{"filename": n, "scores": dict({l: float(scores[i, j]) for j, l in
+                                          enumerate(source.labels)},
+                                         **({"unicorn": 0.9} if i == 3 else {}))}
+          for i, n in enumerate(names)]
+  path = tmp_path / "tagger.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  config = shapes_config.copy_and_resolve_references()
+  config.eval.tune_thresholds = False
+  with pytest.raises(UserError, match="'unicorn'.*unknown_tags='ignore'"):
+    evaluate.evaluate(str(tmp_path / "w"), split="test", predictions=str(path), given=config)
+  config.eval.unknown_tags = "ignore"
+  result = evaluate.evaluate(str(tmp_path / "w"), split="test", predictions=str(path),
+                             given=config)
+  ap = [skm.average_precision_score(y[:, c], scores[:, c]) for c in range(y.shape[1])]
+  assert result["mAP"] == pytest.approx(np.mean(ap), abs=1e-6)
+  doc = json.loads((tmp_path / "w/eval/test/predictions_tagger/metrics.json").read_text())
+  assert doc["meta"]["unknown_tags"] == "ignore" and doc["meta"]["unknown_tag_count"] == 1

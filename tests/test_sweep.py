@@ -2,6 +2,8 @@
 recorded, a bad space refused before any trial, and the best command reproducing its trial."""
 import ast
 import json
+import os
+import pathlib
 
 import ml_collections
 import pytest
@@ -195,3 +197,128 @@ def test_a_killed_sweep_resumes_its_running_trial_exactly(shapes_config, tmp_pat
   drop = ("seconds", "images_per_second")
   strip = lambda rows: [{k: v for k, v in r.items() if k not in drop} for r in rows]
   assert strip(workdir_lib.read_metrics(metrics.parent)) == strip(workdir_lib.read_metrics(fresh))
+
+
+def _fake_training(value_of):
+  """A stand-in for runner.train_and_evaluate: per trained stage and epoch one metrics row whose
+  val_mAP/val_loss are value_of(trial config, stage, epoch), passed to on_epoch as the runner
+  does. The sweep's own logic (count, sampler, seed, objective, pruning) runs for real."""
+  def train_and_evaluate(tc, workdir, on_epoch=None):
+    for stage in tc.stages:
+      if stage in ("head", "finetune"):
+        for epoch in range(int(tc[stage].epochs)):
+          m, loss = value_of(tc, stage, epoch)
+          row = {"stage": stage, "epoch": epoch + 1, "val_mAP": m, "val_loss": loss}
+          workdir_lib.append_metrics(workdir, row)
+          if on_epoch is not None:
+            on_epoch(row)
+  return train_and_evaluate
+
+
+@pytest.fixture
+def fast_tmp(tmp_path):
+  """A folder in memory where there is one (/dev/shm): each SQLite commit of a study syncs the
+  disk (16 ms each here, hundreds per sweep); tmp_path elsewhere."""
+  import shutil
+  import tempfile
+  if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+    yield tmp_path
+    return
+  folder = tempfile.mkdtemp(prefix="mlc_jax_sweep_", dir="/dev/shm")
+  yield pathlib.Path(folder)
+  shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_sweep(shapes_config, monkeypatch):
+  """(config over head.dropout in [0, 1], run(config, dir) -> trials) with fake training and
+  no plots (they are not what these tests check)."""
+  from mlc_jax.sweep import report
+  monkeypatch.setattr(report, "plots", lambda study, directory: {})
+  config = _config(shapes_config, (("head.dropout", ("float", 0.0, 1.0)),), "random", 5)
+  config.sweep.pruner = "none"
+
+  def run(c, sweep_dir, value_of=lambda tc, stage, epoch: (tc.head.dropout, tc.head.dropout)):
+    monkeypatch.setattr(runner, "train_and_evaluate", _fake_training(value_of))
+    sweep.run(c, sweep_dir)
+    return _trials(sweep_dir) if not c.sweep.storage else __import__("optuna").load_study(
+        study_name="sweep", storage=c.sweep.storage).trials
+  return config, run
+
+
+def test_sweep_n_trials_seed_and_storage(fake_sweep, fast_tmp):
+  """sweep.n_trials: that many trials, a rerun with more continues the study (the same first 5
+  draws); sweep.seed: another seed draws other values; sweep.storage: the study lives at that URL
+  instead of SWEEPDIR/study.db."""
+  config, run = fake_sweep
+  first = [t.params["head.dropout"] for t in run(config, fast_tmp / "a")]
+  assert len(first) == 5
+  config.sweep.n_trials = 7
+  more = [t.params["head.dropout"] for t in run(config, fast_tmp / "a")]
+  assert len(more) == 7 and more[:5] == first
+  config.sweep.n_trials, config.sweep.seed = 5, 1
+  config.sweep.storage = f"sqlite:///{fast_tmp / 'elsewhere.db'}"
+  other = [t.params["head.dropout"] for t in run(config, fast_tmp / "b")]
+  assert len(other) == 5 and not set(other) & set(first)  # seed 1: other draws
+  assert (fast_tmp / "elsewhere.db").exists() and not (fast_tmp / "b" / "study.db").exists()
+
+
+def test_sweep_sampler_grid_random_and_tpe(fake_sweep, fast_tmp):
+  """sweep.sampler: grid runs each of 3 values once although n_trials is 6; random runs 6 (so
+  a value repeats); tpe, after its 10 random start-up trials, draws nearer the best value (0.2
+  of val_mAP = 1 - |dropout - 0.2|) than those start-up draws were."""
+  config, run = fake_sweep
+  config.sweep.update(space=(("head.dropout", ("categorical", (0.1, 0.5, 0.9))),), n_trials=6)
+  config.sweep.sampler = "grid"
+  assert sorted(t.params["head.dropout"] for t in run(config, fast_tmp / "grid")) == [
+      "0.1", "0.5", "0.9"]  # categorical values travel as JSON
+  config.sweep.sampler = "random"
+  values = [t.params["head.dropout"] for t in run(config, fast_tmp / "random")]
+  assert len(values) == 6 and len(set(values)) < 6
+  config.sweep.update(space=(("head.dropout", ("float", 0.0, 1.0)),), n_trials=20)
+  peak = lambda tc, stage, epoch: (1 - abs(tc.head.dropout - 0.2), abs(tc.head.dropout - 0.2))
+  config.sweep.sampler = "tpe"
+  trials = run(config, fast_tmp / "tpe", peak)
+  distance = [abs(t.params["head.dropout"] - 0.2) for t in trials]
+  assert sum(distance[10:]) < 0.5 * sum(distance[:10])
+
+
+@pytest.mark.parametrize("objective", ["val_mAP", "val_loss"])
+def test_sweep_objective_is_the_best_epoch_of_the_last_stage_in_its_direction(fake_sweep,
+                                                                               fast_tmp, objective):
+  """sweep.objective: val_mAP is maximised, val_loss minimised; a trial's value is the best
+  epoch (max of val_mAP, min of val_loss) of the last trained stage's rows (finetune here; the
+  head stage's rows, larger, do not count). Values by hand from the fake rows."""
+  config, run = fake_sweep
+  config.stages, config.finetune.epochs = ("features", "head", "finetune"), 3
+  config.sweep.objective = objective
+  rows = lambda tc, stage, epoch: ((10.0, 10.0) if stage == "head" else
+                                   (tc.head.dropout * (1, 3, 2)[epoch],) * 2)
+  trials = run(config, fast_tmp, rows)
+  for t in trials:
+    x = t.params["head.dropout"]
+    assert t.value == pytest.approx(3 * x if objective == "val_mAP" else x)
+  best = (max if objective == "val_mAP" else min)(trials, key=lambda t: t.value)
+  report = (fast_tmp / "report.md").read_text()
+  assert f"Best: trial {best.number}, {objective} {best.value:.4f}" in report
+
+
+def test_sweep_pruning_waits_for_start_up_trials_and_warm_up_epochs(fake_sweep, fast_tmp):
+  """sweep.pruner median with sweep.prune_startup_trials = 2 and sweep.prune_warmup_epochs = 2
+  over head (2 epochs) + finetune (2 epochs), epochs counted over both stages: trial n scores
+  1 - 0.1 n every epoch, so trials 0 and 1 run to their end, and 2, 3 are below the median from
+  the start but pruned only at overall epoch index 2 (finetune's first epoch): 3 rows each."""
+  config, run = fake_sweep
+  config.stages, config.finetune.epochs = ("features", "head", "finetune"), 2
+  config.sweep.update(pruner="median", prune_startup_trials=2, prune_warmup_epochs=2, n_trials=4)
+  score = lambda tc, stage, epoch: (1 - tc.head.dropout, tc.head.dropout)
+  import optuna
+  study = optuna.create_study(storage=f"sqlite:///{fast_tmp / 'study.db'}", study_name="sweep",
+                              direction="maximize")
+  for n in range(4):
+    study.enqueue_trial({"head.dropout": 0.1 * n})
+  trials = run(config, fast_tmp, score)
+  assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]
+  assert [t.last_step for t in trials] == [3, 3, 2, 2]
+  assert [len(workdir_lib.read_metrics(fast_tmp / "trials" / f"{n:04d}")) for n in range(4)] == [
+      4, 4, 3, 3]

@@ -251,6 +251,41 @@ def test_from_config_losses_skip_unknown_entries():
                                rtol=1e-5)
 
 
+def test_from_config_passes_non_default_loss_parameters():
+  """loss.focal_gamma, loss.gamma_pos, loss.gamma_neg and loss.clip away from their defaults
+  (2, 0, 4, 0.05) reach the loss: numpy reference at those values (and each differs from the
+  value at the defaults, so a dropped key shows)."""
+  c = default_config()
+  c.loss.update(focal_gamma=0.7, gamma_pos=1.5, gamma_neg=1.0, clip=0.2, label_smoothing=0.1)
+  for name, kw, default_kw in (
+      ("focal", {"gamma": 0.7}, {"gamma": 2.0}),
+      ("asl", {"gamma_pos": 1.5, "gamma_neg": 1.0, "clip": 0.2},
+       {"gamma_pos": 0.0, "gamma_neg": 4.0, "clip": 0.05})):
+    c.loss.name = name
+    got = float(losses.from_config(c.loss)(U_LOGITS, U_LABELS, U_MASK))
+    want = float(_known_ref(name, U_LOGITS, U_LABELS, U_MASK, kw, 0.1))
+    assert got == pytest.approx(want, rel=1e-5)
+    for key in default_kw:  # one key at its default at a time: a different value
+      other = float(_known_ref(name, U_LOGITS, U_LABELS, U_MASK, dict(kw, **{key: default_kw[key]}),
+                               0.1))
+      assert abs(other - want) > 1e-3 * want, key
+
+
+def test_a_softmax_head_trains_on_softmax_cross_entropy_whatever_loss_name_says():
+  """head.activation = 'softmax': the training loss is the softmax cross-entropy of the targets
+  normalised to sum 1 (numpy), not loss.name's sigmoid loss; 'sigmoid' keeps loss.name."""
+  config = default_config()
+  config.loss.name = "focal"
+  y = LABELS / np.maximum(LABELS.sum(-1, keepdims=True), 1)
+  z = LOGITS - LOGITS.max(-1, keepdims=True)
+  expected = -(y * (z - np.log(np.exp(z).sum(-1, keepdims=True)))).sum(-1).mean()
+  config.head.activation = "softmax"
+  np.testing.assert_allclose(losses.for_config(config)(LOGITS, LABELS), expected, rtol=1e-5)
+  config.head.activation = "sigmoid"
+  np.testing.assert_allclose(losses.for_config(config)(LOGITS, LABELS),
+                             losses.focal(LOGITS, LABELS, gamma=2.0), rtol=1e-6)
+
+
 @pytest.mark.parametrize("unknown", ["ignore", "negative"])
 def test_unknown_targets_are_left_out_or_taken_as_absent(unknown):
   """A mixture's unannotated labels (-1): 'ignore' averages the known entries only, 'negative'

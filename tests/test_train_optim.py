@@ -33,7 +33,7 @@ BLOCK = {1: ["block1_conv1", "block1_conv2"], 2: ["block2_conv1", "block2_conv2"
 
 
 @pytest.mark.parametrize("n", [0, 1, 2, 5])
-def test_trainable_filter_picks_the_top_blocks(n):
+def test_unfreeze_blocks_picks_the_top_blocks(n):
   model = _tiny_model()
   expected = HEAD + [f"backbone/{name}" for b in range(6 - n, 6) for name in BLOCK[b]]
   assert _trainable_layers(model, str(n)) == sorted(expected)
@@ -80,6 +80,8 @@ KERAS_CASES = {
 
 @pytest.mark.parametrize("case", sorted(KERAS_CASES))
 def test_optimizers_follow_keras_3_over_ten_steps(case):
+  """finetune.optimizer, finetune.momentum (0.9 and 0), finetune.nesterov, finetune.weight_decay
+  and finetune.grad_clip set by KERAS_CASES: ten updates equal Keras 3's optimizer's."""
   ours, keras_name, keras_kwargs = KERAS_CASES[case]
   rng = np.random.default_rng(0)
   params = {"a": rng.normal(size=(3, 4)).astype(np.float32),
@@ -157,6 +159,7 @@ def test_malformed_param_groups_are_named():
 
 
 def test_schedules():
+  """finetune.schedule cosine and step, finetune.warmup_epochs 1: the rate by hand per step."""
   c = default_config().finetune
   c.learning_rate, c.epochs = 1.0, 4
   c.schedule = "cosine"
@@ -169,6 +172,14 @@ def test_schedules():
   c.schedule, c.warmup_epochs = "constant", 1
   lr = optim.schedule(c, 10)
   assert [float(lr(s)) for s in (0, 5, 10, 30)] == pytest.approx([0, 0.5, 1, 1])
+  # warmup then decay: the decay runs over the 30 steps after the 10 of warmup, counted from its end
+  c.schedule = "cosine"
+  lr = optim.schedule(c, 10)
+  for t in (0, 7, 15, 30):
+    assert float(lr(10 + t)) == pytest.approx(0.5 * (1 + np.cos(np.pi * t / 30)), abs=1e-6)
+  c.schedule = "step"  # x0.1 at 30 // 2 = 15 and 3 * 30 // 4 = 22 steps after warmup
+  lr = optim.schedule(c, 10)
+  assert [float(lr(s)) for s in (5, 24, 25, 31, 32)] == pytest.approx([0.5, 1, 0.1, 0.1, 0.01])
   config = default_config()
   config.finetune.schedule = "linear"
   with pytest.raises(UserError, match="schedule"):  # the config's check, before any optimizer
@@ -182,3 +193,85 @@ def test_unknown_optimizer():
   c.finetune.optimizer = "lbfgs"
   with pytest.raises(UserError, match="optimizer"):  # the config's check, before any optimizer
     config_lib.validate(c)
+
+
+def test_weight_decay_is_scaled_by_each_groups_wd_mult_and_lr_mult():
+  """finetune.weight_decay with two param_groups whose lr_mult and wd_mult differ: one update
+  from a zero gradient is the decay alone, -lr * lr_mult * wd * wd_mult * p (by hand)."""
+  c = default_config().finetune
+  c.learning_rate, c.momentum, c.weight_decay = 0.01, 0.9, 0.1
+  c.param_groups = (("head/.*", {"lr_mult": 10.0, "wd_mult": 0.5}),
+                    ("backbone/.*", {"lr_mult": 2.0, "wd_mult": 3.0}))
+  groups = optim.ParamGroups(c.param_groups)
+  params = {"head": {"w": np.full(3, 1.0, np.float32)},
+            "backbone": {"w": np.full(3, 2.0, np.float32)},
+            "other": {"w": np.full(3, 4.0, np.float32)}}  # no group: the stage's defaults
+  tx = optim.make(c, 10, groups)
+  zero = jax.tree.map(np.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  expected = {"head": -0.01 * 10 * 0.1 * 0.5 * 1.0, "backbone": -0.01 * 2 * 0.1 * 3.0 * 2.0,
+              "other": -0.01 * 0.1 * 4.0}
+  for name, value in expected.items():
+    np.testing.assert_allclose(np.asarray(updates[name]["w"]), value, rtol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("schedule, warmup", [("cosine", 0), ("cosine", 1), ("constant", 1),
+                                              ("step", 0)])
+def test_accumulated_updates_follow_the_schedule_in_optimizer_updates(schedule, warmup):
+  """finetune.accumulate_steps = 3 with finetune.schedule and finetune.warmup_epochs: the rate
+  the optimizer applies at its u-th update (plain SGD on a unit gradient) equals the hand-computed
+  schedule over epochs * (steps_per_epoch // 3) updates, and the stage's logged schedule."""
+  from mlc_jax.train import stages
+  config = default_config()
+  f = config.finetune
+  f.optimizer, f.momentum, f.learning_rate, f.epochs = "sgd", 0.0, 1.0, 2
+  f.schedule, f.warmup_epochs, f.accumulate_steps = schedule, warmup, 3
+  spe, k = 12, 3  # 12 micro-batches an epoch -> 4 updates an epoch, 8 in all
+  total, warm = 2 * spe // k, warmup * spe // k
+
+  def hand(u):
+    if u < warm:
+      return u / warm
+    t = u - warm
+    if schedule == "cosine":
+      return 0.5 * (1 + np.cos(np.pi * min(t, total - warm) / (total - warm)))
+    if schedule == "step":
+      return 1.0 * (0.1 if t >= (total - warm) // 2 else 1) * (
+          0.1 if t >= 3 * (total - warm) // 4 else 1)
+    return 1.0
+
+  stage = stages.finetune_stage(config, _tiny_model(), steps_per_epoch=spe)
+  params = {"w": np.zeros(1, np.float32)}
+  state, applied = stage.tx.init(params), []
+  for i in range(2 * spe):
+    updates, state = stage.tx.update({"w": np.ones(1, np.float32)}, state, params)
+    if (i + 1) % k == 0:  # the k-th micro-batch applies the update; the others apply nothing
+      applied.append(-float(np.asarray(updates["w"])[0]))
+    else:
+      assert not np.any(np.asarray(updates["w"]))
+  assert len(applied) == total
+  np.testing.assert_allclose(applied, [hand(u) for u in range(total)], atol=1e-6)
+  # The loop logs stage.schedule(step // accumulate_steps) after `step` micro-batches: the rate
+  # of the update that comes next.
+  np.testing.assert_allclose([float(stage.schedule(s // k)) for s in range(0, 2 * spe, k)],
+                             [hand(u) for u in range(total)], atol=1e-6)
+
+
+def test_param_groups_first_match_wins_and_come_before_unfreeze_blocks():
+  """finetune.param_groups: a path takes the first group whose regex matches it whole (order
+  decides between overlapping groups); the groups come before unfreeze_blocks' expansion, so a
+  group can train a block that unfreeze_blocks = 1 would freeze; unmatched paths train at 1x."""
+  c = default_config().finetune
+  c.unfreeze_blocks = "1"
+  c.param_groups = (("backbone/block5_conv1", None), ("head/predictions/.*", None),
+                    ("head/.*", {"lr_mult": 10.0}), ("backbone/block1_conv1/.*", {"wd_mult": 0.0}))
+  groups = optim.ParamGroups.for_stage(c)
+  assert groups.spec("head/predictions/kernel") is None
+  assert groups.spec("head/fc1/kernel") == {"lr_mult": 10.0}
+  assert groups.spec("backbone/block1_conv1/kernel") == {"wd_mult": 0.0}  # before the freeze
+  assert groups.spec("backbone/block1_conv2/kernel") is None  # unfreeze_blocks' group
+  # no group matches the whole path (block5_conv1 is only its start): the stage's defaults
+  assert groups.spec("backbone/block5_conv1/kernel") == {}
+  assert groups.spec("xhead/fc1/kernel") == {}
+  c.param_groups = (("head/.*", {"lr_mult": 10.0}), ("head/predictions/.*", None))
+  assert optim.ParamGroups.for_stage(c).spec("head/predictions/kernel") == {"lr_mult": 10.0}

@@ -91,6 +91,8 @@ def test_frozen_batch_norm_normalises_like_inference():
 
 @pytest.mark.parametrize("warmup", [False, True])
 def test_ema_is_the_moving_average_of_the_trajectory(warmup):
+  """finetune.ema_decay = 0.6, finetune.ema_warmup on and off: the EMA equals a numpy average of
+  the recorded weights with decay min(0.6, (1 + n) / (10 + n)) after n updates, or 0.6."""
   config = _config(ema_decay=0.6, ema_warmup=warmup)
   model = models.build_model(config, 4, rngs=nnx.Rngs(0))
   p = loop.prepare(stages.finetune_stage(config, model, steps_per_epoch=4), config,
@@ -127,3 +129,24 @@ def test_accumulating_4_batches_of_8_is_one_step_of_32():
   assert _changed(before, single)
   for k in single:
     np.testing.assert_allclose(accumulated[k], single[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "rmsprop"])
+def test_head_stage_trains_with_head_optimizer(optimizer):
+  """head.optimizer (default rmsprop) picks the head stage's update rule: its first update of a
+  gradient g, by hand from Keras 3's rules at head.learning_rate 0.1 (SGD, momentum 0.9: -lr g;
+  RMSprop, rho 0.9: -lr g / sqrt(0.1 g^2 + 1e-7); Adam: -lr sqrt(1 - .999) / .1 * .1 g /
+  (sqrt(.001 g^2) + 1e-7))."""
+  config = _config()
+  config.head.optimizer, config.head.learning_rate = optimizer, 0.1
+  stage = stages.head_stage(config, models.build_model(config, 4, rngs=nnx.Rngs(0)),
+                            steps_per_epoch=5)
+  g = np.array([0.5, -2.0, 0.01], np.float32)
+  params = {"w": np.ones(3, np.float32)}
+  updates, _ = stage.tx.update({"w": g}, stage.tx.init(params), params)
+  lr = 0.1
+  expected = {"sgd": -lr * g,
+              "rmsprop": -lr * g / np.sqrt(0.1 * g.astype(np.float64) ** 2 + 1e-7),
+              "adam": -lr * np.sqrt(1 - 0.999) / 0.1 * 0.1 * g
+                      / (np.sqrt(0.001 * g.astype(np.float64) ** 2) + 1e-7)}[optimizer]
+  np.testing.assert_allclose(np.asarray(updates["w"]), expected, rtol=1e-5)

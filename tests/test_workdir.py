@@ -273,3 +273,66 @@ def test_a_truncated_feature_cache_is_rebuilt_with_a_notice(finished, tmp_path, 
   assert f"the cache is damaged ({f}: it is {len(whole) // 2} bytes, not the {len(whole)} " \
          "written (truncated or replaced)); rebuilding it" in caplog.text
   assert f.read_bytes() == whole
+
+
+# The keys a relaunch may change (the workdir contract: they cannot change what a finished stage
+# trained or which checkpoint evaluation picks), written out here rather than read from the code.
+MAY_CHANGE = {"log_every_steps", "eval_batch_size", "distributed", "stages",
+              "checkpoint.every_steps", "data.data_dir", "data.manual_dir", "data.cache_mb",
+              "model.cache_dir", "model.weights_url"}
+MAY_CHANGE_SECTIONS = ("eval.", "sweep.")
+
+
+def _other_value(value):
+  """A different value of the same kind."""
+  if isinstance(value, bool):
+    return not value
+  if isinstance(value, (int, float)):
+    return value + 3
+  if isinstance(value, str):
+    return value + "_x"
+  if isinstance(value, tuple):
+    return value[:-1] if value else (("x", None),)
+  raise AssertionError(f"no other value for {value!r}")
+
+
+def test_a_relaunch_is_refused_for_every_key_but_the_free_ones(tmp_path):
+  """Walks every key of the config table: changing it in a relaunch is refused (naming it) unless
+  it is one of the keys the contract lets change (e.g. checkpoint.best_metric is refused: it
+  decides which checkpoint evaluation calls best)."""
+  from mlc_jax import config as config_lib
+  base = config_lib.get_config()
+  workdir_lib.record_config(base, tmp_path, ["a", "b"])
+  flat = config_lib.flatten(base)
+  assert "checkpoint.best_metric" in flat and len(flat) > 90
+  for key, value in flat.items():
+    changed = ml_collections.ConfigDict(base.to_dict())
+    section, _, field = key.rpartition(".")
+    node = changed
+    for part in section.split(".") if section else ():
+      node = node[part]
+    node[field] = _other_value(value)
+    if key in MAY_CHANGE or key.startswith(MAY_CHANGE_SECTIONS):
+      workdir_lib.record_config(changed, tmp_path, ["a", "b"])
+    else:
+      with pytest.raises(UserError, match=f"{key}: "):
+        workdir_lib.record_config(changed, tmp_path, ["a", "b"])
+  assert json.loads((tmp_path / "config.json").read_text()) == json.loads(
+      config_lib.resolve_paths(base).to_json())
+
+
+def test_a_key_an_older_config_json_lacks_is_refused_at_another_value(tmp_path):
+  """config.json written before a key existed: a relaunch at that key's default is no change; at
+  another value it is refused, showing the default as the old value."""
+  from mlc_jax import config as config_lib
+  base = config_lib.get_config()
+  workdir_lib.record_config(base, tmp_path, ["a"])
+  (tmp_path / ".config.json.sha256").unlink()  # as an older version wrote it: no digest record
+  saved = json.loads((tmp_path / "config.json").read_text())
+  del saved["finetune"]["ema_warmup"], saved["loss"]["unknown"]
+  (tmp_path / "config.json").write_text(json.dumps(saved))
+  workdir_lib.record_config(base, tmp_path, ["a"])  # the defaults: nothing changed
+  changed = ml_collections.ConfigDict(base.to_dict())
+  changed.loss.unknown = "negative"
+  with pytest.raises(UserError, match='loss.unknown: "ignore" -> "negative"'):
+    workdir_lib.record_config(changed, tmp_path, ["a"])
