@@ -157,6 +157,7 @@ def test_predict_cli_names_the_bomb_and_counts_it(tmp_path, fixtures, monkeypatc
       return np.zeros((len(arrays), 1), np.float32)
 
   monkeypatch.setattr(predict.classifier_lib, "load", lambda *args: Stub())
+  monkeypatch.setattr(predict, "model_note", lambda *args: "the stub")  # no workdir to describe
   result = predict.predict_cli(tmp_path / "run", [str(folder / "exif6.jpg"), str(folder / bomb)])
   err = capsys.readouterr().err
   assert f"skipped {folder / bomb}: too large (12000 x 12000" in err
