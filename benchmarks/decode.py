@@ -3,7 +3,7 @@
   .venv/bin/python benchmarks/decode.py [--images=200] [--rounds=5]
 
 Decodes and resizes VOC-size JPEGs (500 x 375, photo-like) to 224 in a one-thread tf.data map,
-exactly as mlc_jax.data.pipeline does, with mlc_jax.data.images.decode (tf.cond over is_jpeg,
+exactly as mlc_jax.data.pipeline does, with mlc_jax.data.pixels.decode (tf.cond over is_jpeg,
 dct_method=INTEGER_ACCURATE) and with the former tf.io.decode_image (INTEGER_FAST), sides
 alternating; prints images/s of each, best of the rounds, and the ratio.
 """
@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.input_pipeline import make_jpegs  # noqa: E402
-from mlc_jax.data import images  # noqa: E402
+from mlc_jax.data import pixels as images  # noqa: E402
 
 
 def fast_decode(data):

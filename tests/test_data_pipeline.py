@@ -152,7 +152,7 @@ def test_bad_batch_and_start_are_user_errors(path_config):
 
 
 def test_crop_resize_matches_images_load(path_config):
-  from mlc_jax.data import images
+  from mlc_jax.data import pixels as images
   config = path_config.copy_and_resolve_references()
   config.image_size, config.data.resize = 24, "crop"
   source = registry.get(config)

@@ -13,7 +13,7 @@ from PIL import Image
 
 import image_fixtures
 from conftest import default_config
-from mlc_jax.data import images, pipeline, reader, registry
+from mlc_jax.data import pixels as images, pipeline, reader, registry
 from mlc_jax.errors import UserError
 from mlc_jax.inference import predict
 from mlc_jax.inference.classifier import Classifier

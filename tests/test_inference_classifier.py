@@ -9,7 +9,7 @@ import mlc_jax
 import weight_files as wf
 from conftest import default_config
 from mlc_jax.inference.classifier import Classifier, load_imagenet
-from mlc_jax.data import images as images_lib
+from mlc_jax.data import pixels as images_lib
 from mlc_jax.errors import UserError
 from mlc_jax.models import build_model, imagenet, load_backbone_weights
 from mlc_jax.models import weights as weights_lib

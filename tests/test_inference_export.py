@@ -18,7 +18,7 @@ from PIL import Image
 import image_fixtures
 import mlc_jax
 from mlc_jax import cli
-from mlc_jax.data import images as images_lib
+from mlc_jax.data import pixels as images_lib
 from mlc_jax.models import weights as weights_lib
 from mlc_jax.inference import classifier as classifier_lib, export
 from mlc_jax.errors import UserError

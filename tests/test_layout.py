@@ -25,8 +25,6 @@ FORBIDDEN = {
     "restore": ("runner", "cli", "train", "eval", "inference", "data"),
     "checkpoints": ("restore", "runner", "cli", "train", "eval", "inference", "data"),
     "parallel": ("runner", "cli", "train", "eval", "inference", "data", "models", "checkpoints"),
-    "files": ("config", "workdir", "parallel", "checkpoints", "runner", "cli", "models", "data",
-              "train", "eval", "inference", "metrics", "sweep"),
 }
 
 

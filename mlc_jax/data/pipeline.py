@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.eager import context as tf_context
 
-from mlc_jax.data import feed, images
+from mlc_jax.data import feed, pixels
 from mlc_jax.errors import UserError
 
 def host_cores():
@@ -81,8 +81,8 @@ def steps_per_epoch(source, split, batch_size, train):
 
 
 def decode_and_resize(image_bytes, image_size, method):
-  """Encoded bytes -> uint8 (image_size, image_size, 3), exactly as images.load does it."""
-  return images.resize(images.decode(image_bytes), image_size, method)
+  """Encoded bytes -> uint8 (image_size, image_size, 3), exactly as pixels.load does it."""
+  return pixels.resize(pixels.decode(image_bytes), image_size, method)
 
 
 def _check(source, split, batch_size, train, config, start_batch):

@@ -6,7 +6,7 @@ int8 target per image: 1 present, 0 absent, -1 unknown (a VOC difficult-only obj
 protocol leaves out, an entry a partial annotation does not state). Losses and metrics use the
 known entries only, so an image whose target is all -1 is left out of both: that is how a
 protocol drops images without changing the stored splits. Images stay encoded here: the pipeline
-decodes them with mlc_jax.data.images so training and prediction see identical pixels.
+decodes them with mlc_jax.data.pixels so training and prediction see identical pixels.
 """
 import hashlib
 import json

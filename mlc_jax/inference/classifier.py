@@ -27,7 +27,7 @@ class Classifier:
   """Model + labels. `predict` returns float32 (N, C) probabilities; the model maps uint8 -> logits.
 
   Images are read with mlc_jax.data.reader (EXIF orientation when exif_orientation, images over
-  max_pixels refused by name) and resized with mlc_jax.data.images, as in training, unless they
+  max_pixels refused by name) and resized with mlc_jax.data.pixels, as in training, unless they
   already are a uint8 (N, image_size, image_size, 3) array.
   """
 
@@ -65,9 +65,9 @@ class Classifier:
     if not items:
       return np.zeros((0, self.image_size, self.image_size, 3), np.uint8)
     # Lazy: the resize imports TensorFlow (~2 s); uint8 arrays of the right size skip it.
-    from mlc_jax.data import images as images_lib
+    from mlc_jax.data import pixels  # noqa: PLC0415
     # one image decoded at a time: memory is bounded by the largest allowed image
-    return np.stack([images_lib.load(item, self.image_size, self.resize,
+    return np.stack([pixels.load(item, self.image_size, self.resize,
                                      exif=self.exif_orientation, max_pixels=self.max_pixels)
                      for item in items])
 

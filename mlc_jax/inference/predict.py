@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from mlc_jax.data import images as image_io
+from mlc_jax.data import pixels
 from mlc_jax.data import reader
 from mlc_jax import checkpoints, config as config_lib, restore, workdir as workdir_lib
 from mlc_jax.errors import UserError
@@ -116,7 +116,7 @@ def read_images(paths, image_size, method="plain", *, exif=True,
           UNDECODABLE if _suffix(path) in IMAGE_SUFFIXES else UNSUPPORTED)
       skipped.append((path, kind, str(e)))
       continue
-    arrays.append(image_io.resize(array, image_size, method).numpy())
+    arrays.append(pixels.resize(array, image_size, method).numpy())
     kept.append(path)
   return kept, arrays, skipped
 

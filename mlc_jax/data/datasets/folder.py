@@ -28,7 +28,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mlc_jax.data import reader
-from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
+from mlc_jax.data.image_files import SkipLog, labelled_image_features, read_image
 from mlc_jax.data.source import SPLITS, Source, multi_hot, prepare
 from mlc_jax.errors import UserError
 

@@ -19,7 +19,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from mlc_jax.data.checks import SkipLog, labelled_image_features, read_image
+from mlc_jax.data.image_files import SkipLog, labelled_image_features, read_image
 from mlc_jax.data.source import EVAL_SPLITS, Source, carve, prepare
 from mlc_jax.errors import UserError
 

@@ -4,7 +4,7 @@ A builder calls `read_image(path)` for each listed file; a zero-byte, truncated,
 too large (data.max_pixels) or non-image file gives (None, reason), the builder records
 {'path', 'reason'} in the dataset's metadata, logs it once, and leaves the file out. A readable
 file is read by mlc_jax.data.reader (EXIF orientation, 16-bit and palette rules) and stored as
-bytes that TensorFlow's decoder (mlc_jax.data.images.decode) turns into exactly those pixels:
+bytes that TensorFlow's decoder (mlc_jax.data.pixels.decode) turns into exactly those pixels:
 its own bytes when they already do, else a PNG of the reader's array. So the pipeline never meets
 a bad file and trains on the pixels `--mode=predict` and serve.py see for the same file.
 """
@@ -17,7 +17,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from mlc_jax.data import images, reader
+from mlc_jax.data import pixels, reader
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def read_image(path, *, exif=True, max_pixels=reader.DEFAULT_MAX_PIXELS):
 def _decodes_to(data, array):
   """Whether the pipeline's decoder turns data into exactly array."""
   try:
-    decoded = images.decode(data).numpy()
+    decoded = pixels.decode(data).numpy()
   except (tf.errors.InvalidArgumentError, tf.errors.OpError):
     return False
   return decoded.shape == array.shape and np.array_equal(decoded, array)

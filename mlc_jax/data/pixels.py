@@ -3,7 +3,7 @@
 The tf.data pipeline maps `decode` and `resize` over stored bytes; `--mode=predict` and
 `Classifier.predict` read paths and PIL images with mlc_jax.data.reader (EXIF orientation, the
 pixel limit, 16-bit and palette rules) and resize them with the same `resize`. Dataset builders
-store bytes that `decode` turns into exactly the reader's pixels (data.checks.read_image), and
+store bytes that `decode` turns into exactly the reader's pixels (data.image_files.read_image), and
 JPEGs are decoded with the accurate integer DCT, which gives Pillow's pixels bit for bit, so a
 picture gets identical pixels on every path.
 """
