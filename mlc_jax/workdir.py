@@ -38,7 +38,7 @@ FREE_KEYS = ("log_every_steps", "eval_batch_size", "distributed", "stages",
              "model.cache_dir", "model.weights_url", "eval.*", "sweep.*")
 # Keys that change the shapes in a checkpoint: never changed once a checkpoint exists.
 STRUCTURE_KEYS = ("dataset", "model.arch", "model.batch_norm", "model.width", "model.pooling",
-                  "model.include_top", "head.hidden")
+                  "model.include_top", "model.blocks", "head.hidden")
 
 
 def path(workdir, *parts):

@@ -180,6 +180,8 @@ def get_config():
   c.eval.tune_thresholds = True  # per-class thresholds tuned on val, applied to test, reported separately
   c.eval.head_alone = False      # evaluate: also score the head stage's best checkpoint (frozen backbone), beside the fine-tuned model
   c.eval.examples = 16           # test images in the report's grid of predicted and true labels
+  c.eval.compare = ()            # ((label, workdir), ...): other runs' results on the same split set
+                                 # beside this one in the report (e.g. the recipe from a random backbone)
   c.eval.mapping = ""            # baseline: ImageNet -> label mapping file; "" = resources/imagenet_to_{voc,coco,nus_wide}.json
   c.eval.baseline_reduce = "max" # baseline: a label's score is the max or the sum of its ImageNet classes' probabilities
   c.eval.baseline_weights = ""   # baseline: ImageNet weights with the top ("imagenet" or a file); "" = model.weights
@@ -251,6 +253,9 @@ def resolve_paths(config):
       continue
     section, _, field = key.rpartition(".")
     config[section][field] = os.path.abspath(os.path.expanduser(value))
+  if config.eval.get("compare"):
+    config.eval.compare = tuple((str(label), os.path.abspath(os.path.expanduser(str(other))))
+                                for label, other in config.eval.compare)
   for part in config.data.get("sources", {}).values():  # a mixture's per-part data settings
     for field in [k for k in PATH_KEYS if k.startswith("data.")]:
       value = part.get(field[len("data."):]) if hasattr(part, "get") else None

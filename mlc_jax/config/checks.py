@@ -202,6 +202,12 @@ def _check_pure(config):
   c.existing("eval.mapping")
   c.existing("eval.synonyms")
   _check_weights(c, "eval.baseline_weights")
+  compare = config.eval.get("compare", ())
+  if not isinstance(compare, (tuple, list)) or not all(
+      isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, str) and v for v in p)
+      for p in compare):
+    c.fail("eval.compare", compare, "give ((label, workdir), ...), e.g. "
+           "\"(('random backbone', 'runs/demo_random'),)\"")
 
 
 def check_param_groups(groups, key="finetune.param_groups"):
