@@ -51,7 +51,7 @@ DEMO = $(PY) launch.py --config=configs/demo.py --config.data.manual_dir=$(FASHI
 
 demo: install demo-inputs
 	$(DEMO) --workdir=runs/demo_random --config.model.weights= --config.model.preprocessing=torch
-	$(DEMO) --workdir=runs/demo_single --config.dataset=fashion_items --config.head.hidden=0 \
+	$(DEMO) --workdir=runs/demo_single --config.dataset=fashion_items "--config.head.hidden=()" \
 	  --config.head.activation=softmax "--config.stages=('features','head')"
 	$(PY) launch.py --mode=export --format=keras_h5 --workdir=runs/demo_single --output=runs/demo_single/classifier.h5
 	$(DEMO) --workdir=runs/demo "--config.eval.compare=(('(c) random backbone','runs/demo_random'),)"
