@@ -46,10 +46,11 @@ demo-inputs: install
 # VGG16 features of fashion_collage; (c) the same recipe from a randomly initialised backbone;
 # (d) a single-label softmax classifier on the same features trained on single items
 # (fashion_items), scored on the same test collages (--mode=baseline). runs/demo/eval/test/report.md
-# sets them side by side.
+# sets them side by side. The weights and data stay cached; the runs start afresh.
 DEMO = $(PY) launch.py --config=configs/demo.py --config.data.manual_dir=$(FASHION_MNIST)
 
 demo: install demo-inputs
+	rm -rf runs/demo runs/demo_random runs/demo_single  # each demo runs the method afresh
 	$(DEMO) --workdir=runs/demo_random --config.model.weights= --config.model.preprocessing=torch
 	$(DEMO) --workdir=runs/demo_single --config.dataset=fashion_items "--config.head.hidden=()" \
 	  --config.head.activation=softmax "--config.stages=('features','head')"
