@@ -180,3 +180,13 @@ def test_unknown_optimizer():
   c.optimizer = "lbfgs"
   with pytest.raises(UserError, match="optimizer"):
     optim.make(c, 1)
+
+
+def test_unfreeze_blocks_count_down_from_a_tapped_backbones_top():
+  """model.blocks=4: unfreeze_blocks=1 trains block 4 (the tapped backbone's top), not block 5."""
+  groups = optim.ParamGroups.for_stage({"unfreeze_blocks": "1"}, top=4)
+  assert groups.spec("backbone/block4_conv3/kernel") is not None
+  assert groups.spec("backbone/block3_conv3/kernel") is None
+  assert groups.spec("head/fc1/kernel") is not None
+  assert optim.ParamGroups.for_stage({"unfreeze_blocks": "1"}).spec(
+      "backbone/block4_conv3/kernel") is None  # the default top, block 5
