@@ -27,9 +27,9 @@ def test_compare_rows_come_from_the_named_runs_on_the_same_images(tmp_path):
   write_result(other / "eval" / "test", scores, 0.6)
   write_result(other / "eval" / "test" / "head", scores, 0.55)
   write_result(elsewhere / "eval" / "test", scores[:3], 0.99, LABELS[:3])
-  (run / "config.json").write_text(json.dumps({"eval": {"compare": [
-      ["random backbone", str(other)], ["elsewhere", str(elsewhere)]]}}))
-  text = report.write(run / "eval" / "test").read_text()
+  pairs = (("random backbone", str(other)), ("elsewhere", str(elsewhere)))
+  report.write(run / "eval" / "test", compare=pairs)
+  text = report.write(run / "eval" / "test").read_text()  # a later report (baseline) keeps them
   section = text[text.index("## Comparison"):]
   rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
   assert [r.split(" | ")[0] for r in rows] == [

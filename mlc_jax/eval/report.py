@@ -10,7 +10,6 @@ import pathlib
 import numpy as np
 
 from mlc_jax import metrics, workdir as workdir_lib
-from mlc_jax.errors import UserError
 from mlc_jax.eval import literature, protocol
 
 # (key, label, percent?) rows of the summary table
@@ -124,13 +123,24 @@ def _baseline_section(base, model, base_dir):
   return "\n".join(text)
 
 
-def _compare_section(eval_dir, model, head):
+def _compare_pairs(eval_dir, compare):
+  """eval.compare's ((label, workdir), ...): as given (then kept in eval_dir/compare.json, so a
+  later report written without them keeps the rows), else as kept; () when neither."""
+  kept = eval_dir / "compare.json"
+  if compare:
+    pairs = [[str(label), str(other)] for label, other in compare]
+    workdir_lib.write_text(kept, json.dumps(pairs))
+    return pairs
+  try:
+    return json.loads(kept.read_text()) if kept.is_file() else []
+  except (OSError, ValueError):
+    return []
+
+
+def _compare_section(eval_dir, model, head, compare):
   """Rows of the runs eval.compare names ((label, workdir), ...; e.g. the same recipe from a random
   backbone) on the same split, beside this run's fine-tuned model and head alone."""
-  try:
-    pairs = workdir_lib.read_config(eval_dir.parent.parent).eval.get("compare", ())
-  except (UserError, OSError, ValueError):
-    return []
+  pairs = _compare_pairs(eval_dir, compare)
   if not pairs or model is None:
     return []
   k = model[0]["meta"]["k"]
@@ -201,8 +211,9 @@ def _sources_sections(eval_dir):
   return out
 
 
-def write(eval_dir):
-  """Writes eval_dir/report.md from the results found there; returns its path."""
+def write(eval_dir, compare=()):
+  """Writes eval_dir/report.md from the results found there (and those of the runs `compare`
+  names: eval.compare); returns its path."""
   eval_dir = pathlib.Path(eval_dir)
   model = read_result(eval_dir)
   head = read_result(eval_dir / "head")
@@ -251,7 +262,7 @@ def write(eval_dir):
     out += ["## Published results\n",
             "The last column says how each published row's protocol differs from ours; the baseline "
             "row covers only its mapped classes.\n", table]
-  out += _compare_section(eval_dir, model, head)
+  out += _compare_section(eval_dir, model, head, compare)
   out += _sources_sections(eval_dir)
   if base is not None:
     out.append(_baseline_section(base, model, eval_dir / "baseline"))
