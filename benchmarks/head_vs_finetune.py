@@ -3,7 +3,7 @@
   .venv/bin/python benchmarks/head_vs_finetune.py [--train 512] [--size 64] [--width 0.125]
                                                   [--unfreeze 1] [--epochs 2] [--data_dir DIR]
 
-Runs mlc_jax.runner.train_and_evaluate on the synthetic shapes set (configs/demo.py's model and
+Runs mlc_jax.runner.train_and_evaluate on the synthetic shapes set (configs/shapes_demo.py's model and
 optimizers at the sizes given): first the `features` stage alone (the one-off cost the head
 pays for), then `head` and `finetune`. The epoch times come from the workdir's metrics.jsonl
 (`seconds`: the epoch's steps plus its validation); the last epoch of each stage is used, so
@@ -22,8 +22,8 @@ from benchmarks import common  # noqa: E402
 
 
 def config_for(args, data_dir):
-  """configs/demo.py at the benchmark's sizes."""
-  from configs import demo
+  """configs/shapes_demo.py at the benchmark's sizes."""
+  from configs import shapes_demo as demo
   c = demo.get_config()
   c.data.data_dir = data_dir
   c.data.shapes_train, c.data.shapes_val, c.data.shapes_test = args.train, args.train // 8, 32

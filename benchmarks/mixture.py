@@ -7,7 +7,7 @@ Two `shapes`-style folder datasets drawn here (mlc_jax.data.datasets.shapes_draw
 8 shapes per image, 64 px, each dataset its own images): `left` annotates shapes 0-5, `right`
 shapes 2-7, so they share 4 labels and each has 2 the other never annotates, although its images
 contain them (a left image with a star has it unlabelled: unknown, not absent). Four runs of the
-demo's features -> head recipe (configs/demo.py; the backbone given by --weights, e.g. the file
+demo's features -> head recipe (configs/shapes_demo.py; the backbone given by --weights, e.g. the file
 `make demo` pretrains, else a random one) on the same images: left alone, right alone, and the
 mixture left+right with loss.unknown='ignore' and 'negative'. Each dataset's test split is scored
 on its own labels (for the mixture: eval/test/sources/NAME, the mixture's per-part evaluation).
@@ -46,7 +46,7 @@ def write_folder(root, name, seed, counts, size):
 
 
 def run(tmp, name, dataset, sources, weights, seed, unknown="ignore"):
-  from configs import demo
+  from configs import shapes_demo as demo
   from mlc_jax import runner
   c = demo.get_config()
   c.dataset, c.model.weights, c.seed = dataset, weights, seed

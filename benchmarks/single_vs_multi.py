@@ -4,7 +4,7 @@ normalised multi-hot) head, at top-k, trained on the same cached bottleneck feat
 Run: .venv/bin/python benchmarks/single_vs_multi.py [--workdir runs/demo] [--out runs/single_vs_multi]
      [--epochs 20] [--train 4000]
 Features: the backbone of a trained workdir (--workdir, e.g. after `make demo`: its fine-tuned
-backbone), else configs/demo.py's backbone as built (random: a weak but equal footing for both).
+backbone), else configs/shapes_demo.py's backbone as built (random: a weak but equal footing for both).
 Both heads start from the same initial parameters and see the same batches (the project's head
 stage: mlc_jax.train.loop.prepare of the head Stage on mlc_jax.train.features.Feed batches, its
 optimizer and losses; benchmarks/common.head_step); the table prints the test metrics of each
@@ -36,7 +36,7 @@ def backbone_and_config(args):
     from mlc_jax import restore
     restored = restore.restore_model(args.workdir, which="best")
     return restored.config, restored.model.backbone
-  from configs import demo
+  from configs import shapes_demo as demo
   config = demo.get_config()
   if args.train:
     config.data.shapes_train = args.train

@@ -1,4 +1,4 @@
-"""A sweep on the demo (configs/demo.py): head and finetune settings, on validation only.
+"""A sweep on the demo (configs/shapes_demo.py): head and finetune settings, on validation only.
 
   make sweep-demo      (pretrains once like make demo, then:)
   python launch.py --mode=sweep --config=configs/sweep_demo.py --workdir=runs/sweep \\
@@ -8,7 +8,7 @@ Every trial shares one bottleneck-feature cache (the first trial computes it), t
 few epochs and fine-tunes one epoch; runs/sweep/report.md ranks the trials by validation mAP and
 gives the best as a command.
 """
-from configs import demo
+from configs import shapes_demo as demo
 
 
 def get_config():

@@ -275,3 +275,13 @@ def test_param_groups_first_match_wins_and_come_before_unfreeze_blocks():
   assert groups.spec("xhead/fc1/kernel") == {}
   c.param_groups = (("head/.*", {"lr_mult": 10.0}), ("head/predictions/.*", None))
   assert optim.ParamGroups.for_stage(c).spec("head/predictions/kernel") == {"lr_mult": 10.0}
+
+
+def test_unfreeze_blocks_count_down_from_a_tapped_backbones_top():
+  """model.blocks=4: unfreeze_blocks=1 trains block 4 (the tapped backbone's top), not block 5."""
+  groups = optim.ParamGroups.for_stage({"unfreeze_blocks": "1"}, top=4)
+  assert groups.spec("backbone/block4_conv3/kernel") is not None
+  assert groups.spec("backbone/block3_conv3/kernel") is None
+  assert groups.spec("head/fc1/kernel") is not None
+  assert optim.ParamGroups.for_stage({"unfreeze_blocks": "1"}).spec(
+      "backbone/block4_conv3/kernel") is None  # the default top, block 5

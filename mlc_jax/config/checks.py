@@ -11,6 +11,7 @@ from mlc_jax.config import defaults
 from mlc_jax.errors import UserError
 
 CHOICES, STAGES, get = defaults.CHOICES, defaults.STAGES, defaults.get
+NAMED_WEIGHTS = defaults.NAMED_WEIGHTS
 
 
 class _Checker:
@@ -87,10 +88,11 @@ def _check_stages(c):
 
 def _check_weights(c, key):
   value = c.value(key)
-  if value in ("", "imagenet"):
+  if value in ("",) + NAMED_WEIGHTS:
     return
   if not str(value).lower().endswith((".h5", ".hdf5", ".safetensors")):
-    c.fail(key, value, "give 'imagenet', '' (from scratch), a Keras .h5 file or a .safetensors file")
+    c.fail(key, value, f"give one of {', '.join(NAMED_WEIGHTS)}, '' (from scratch), a Keras .h5 "
+           "file or a .safetensors file")
   c.existing(key)
 
 
@@ -117,6 +119,11 @@ def _check_pure(config):
     c.number(key, 1, integer=True)
   c.number("data.shapes_image_size", 16, integer=True)
   c.number("data.shapes_seed", integer=True)
+  for key in ("data.collage_train", "data.collage_val", "data.collage_test"):
+    c.number(key, 1, integer=True)
+  c.number("data.collage_seed", integer=True)
+  c.number("data.collage_max_items", 1, 4, integer=True, fix="must be 1-4 (a collage has 4 cells)")
+  c.number("data.collage_val_items", 1, 59999, integer=True)
   for key in ("data.keep_unlabeled", "data.exif_orientation", "augment.flip",
               "model.batch_norm", "model.include_top", "finetune.nesterov", "eval.topk_min_score",
               "eval.tune_thresholds", "eval.head_alone"):
@@ -134,6 +141,16 @@ def _check_pure(config):
   if config.model.weights == "imagenet" and config.model.batch_norm:
     c.fail("model.weights", "imagenet", "Keras's ImageNet files have no batch-norm variant; give "
            "a torchvision vgg*_bn safetensors file or set model.batch_norm=False")
+  if config.model.weights == "torchvision-vgg16" and (config.model.batch_norm
+                                                      or config.model.include_top
+                                                      or config.model.arch != "vgg16"):
+    c.fail("model.weights", "torchvision-vgg16", "these are VGG16's 13 convolutions without "
+           "batch norm or top: set model.arch=vgg16, model.batch_norm=False, model.include_top=False")
+  if "blocks" in config.model:  # a workdir's config.json from before the key: 5
+    c.number("model.blocks", 1, 5, integer=True)
+  if config.model.include_top and int(config.model.get("blocks", 5)) != 5:
+    c.fail("model.blocks", config.model.blocks, "VGG's top sits on block 5: set model.blocks=5 "
+           "or model.include_top=False")
   if config.model.include_top and config.model.weights and int(config.image_size) != 224:
     c.fail("model.include_top", True, f"ImageNet's fc1 takes 224 px images and image_size is "
            f"{config.image_size}: set image_size=224 or model.include_top=False")
@@ -168,6 +185,12 @@ def _check_pure(config):
   c.existing("eval.mapping")
   c.existing("eval.synonyms")
   _check_weights(c, "eval.baseline_weights")
+  compare = config.eval.get("compare", ())
+  if not isinstance(compare, (tuple, list)) or not all(
+      isinstance(p, (tuple, list)) and len(p) == 2 and all(isinstance(v, str) and v for v in p)
+      for p in compare):
+    c.fail("eval.compare", compare, "give ((label, workdir), ...), e.g. "
+           "\"(('random backbone', 'runs/demo_random'),)\"")
 
 
 def check_param_groups(groups, key="finetune.param_groups"):

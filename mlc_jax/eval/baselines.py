@@ -160,5 +160,5 @@ def baseline(config, workdir, split="test"):
   logging.info("baseline on %s %s: mAP %.4f over %d mapped labels (%d unmapped)", config.dataset,
                split, m["mAP"], len(mapped), len(unmapped))
   if workdir_lib.is_chief():
-    report.write(out)
+    report.write(out, compare=config.eval.get("compare", ()))
   return m

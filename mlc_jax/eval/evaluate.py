@@ -160,7 +160,7 @@ def evaluate(workdir, split="test", which="best", stage=None, *, predictions=Non
   if tuned is not None:
     workdir_lib.write_thresholds(workdir, restored.stage, restored.step, restored.labels,
                                  tuned["thresholds"], "val", restored.weights)
-  path = report.write(out)
+  path = report.write(out, compare=config.eval.get("compare", ()))
   logging.info("evaluate %s: mAP %.4f, CF1 %.4f, OF1 %.4f; report %s", split, m["mAP"], m["CF1"],
                m["OF1"], path)
   return m

@@ -113,9 +113,70 @@ def _baseline_section(base, model, base_dir):
           f"{', '.join(meta['unmapped']) or 'none'}.\n", summary_table(cols, meta["k"]),
           "![AP per class, baseline](baseline/ap_per_class.png)\n",
           "![precision-recall, baseline](baseline/pr_curves.png)\n"]
+  if not imagenet and model is not None and list(model[1]["names"]) == names == meta["mapped"]:
+    text += [f"Each image's top k labels, k = 1-4: the {source} against the fine-tuned "
+             "multi-label model.\n",
+             topk_table([(source, doc, base[1]), ("fine-tuned multi-label model", model[0],
+                                                   model[1])])]
   if (base_dir / "examples.png").is_file():
     text.append("![test images with the baseline's labels](baseline/examples.png)\n")
   return "\n".join(text)
+
+
+def _compare_pairs(eval_dir, compare):
+  """eval.compare's ((label, workdir), ...): as given (then kept in eval_dir/compare.json, so a
+  later report written without them keeps the rows), else as kept; () when neither."""
+  kept = eval_dir / "compare.json"
+  if compare:
+    pairs = [[str(label), str(other)] for label, other in compare]
+    workdir_lib.write_text(kept, json.dumps(pairs))
+    return pairs
+  try:
+    return json.loads(kept.read_text()) if kept.is_file() else []
+  except (OSError, ValueError):
+    return []
+
+
+def _compare_section(eval_dir, model, head, compare):
+  """Rows of the runs eval.compare names ((label, workdir), ...; e.g. the same recipe from a random
+  backbone) on the same split, beside this run's fine-tuned model and head alone."""
+  pairs = _compare_pairs(eval_dir, compare)
+  if not pairs or model is None:
+    return []
+  k = model[0]["meta"]["k"]
+  rows = [("this run: fine-tuned", model[0]["metrics"])]
+  if head is not None:
+    rows.append(("this run: head alone (frozen backbone)", head[0]["metrics"]))
+  skipped = []
+  for label, other in pairs:
+    d = workdir_lib.eval_dir(other, eval_dir.name)
+    for name, result in ((f"{label}: fine-tuned", read_result(d)),
+                         (f"{label}: head alone", read_result(d / "head"))):
+      if result is None:
+        continue
+      if not np.array_equal(result[1]["labels"], model[1]["labels"]):
+        skipped.append(f"{name} ({d}: other images)")
+        continue
+      rows.append((name, result[0]["metrics"]))
+  keys = [("mAP", "mAP"), (f"CF1_top{k}", f"CF1 top-{k}"), (f"OF1_top{k}", f"OF1 top-{k}"),
+          ("CF1", "CF1"), ("OF1", "OF1"), ("subset_accuracy", "subset accuracy")]
+  table = _table(["run"] + [label for _, label in keys],
+                 [[name] + [fmt(m.get(key), True) for key, _ in keys] for name, m in rows])
+  return ["## Comparison on the same test images\n", table,
+          f"Left out (different images): {', '.join(skipped)}.\n" if skipped else ""]
+
+
+def topk_table(results, ks=(1, 2, 3, 4)):
+  """Markdown table of top-k precision/recall/F1 per image (OP, OR, OF1) and CF1, k = 1..4, for
+  each (name, metrics.json doc, scores.npz arrays) (the proposal's single- vs multi-label question)."""
+  rows = []
+  for name, doc, arrays in results:
+    meta = doc["meta"]
+    for k in ks:
+      m = metrics.compute(arrays["scores"], arrays["labels"], k=k, threshold=meta["threshold"],
+                          topk_min_score=meta["topk_min_score"])
+      rows.append([name, k] + [fmt(m[f"{key}_top{k}"], True) for key in ("OP", "OR", "OF1", "CF1")])
+  return _table(["model", "k", "OP top-k", "OR top-k", "OF1 top-k", "CF1 top-k"], rows)
 
 
 def _predictions_section(pred, model):
@@ -150,8 +211,9 @@ def _sources_sections(eval_dir):
   return out
 
 
-def write(eval_dir):
-  """Writes eval_dir/report.md from the results found there; returns its path."""
+def write(eval_dir, compare=()):
+  """Writes eval_dir/report.md from the results found there (and those of the runs `compare`
+  names: eval.compare); returns its path."""
   eval_dir = pathlib.Path(eval_dir)
   model = read_result(eval_dir)
   head = read_result(eval_dir / "head")
@@ -200,6 +262,7 @@ def write(eval_dir):
     out += ["## Published results\n",
             "The last column says how each published row's protocol differs from ours; the baseline "
             "row covers only its mapped classes.\n", table]
+  out += _compare_section(eval_dir, model, head, compare)
   out += _sources_sections(eval_dir)
   if base is not None:
     out.append(_baseline_section(base, model, eval_dir / "baseline"))

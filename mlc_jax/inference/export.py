@@ -294,6 +294,7 @@ def export_keras_h5(workdir, output, which="best", stage=None):
            "workdir": str(r.workdir), "arch": config.model.arch, "width": config.model.width,
            "batch_norm": config.model.batch_norm, "include_top": config.model.include_top,
            "pooling": config.model.pooling, "image_size": config.image_size,
+           "blocks": int(config.model.get("blocks", 5)),
            "labels": json.dumps(list(r.labels) if top else [])}
   weights_lib.write_keras_h5(out, layers, attrs)
   what = (f"with its {len(r.labels)}-class head as 'predictions'" if top else

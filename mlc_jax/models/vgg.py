@@ -2,7 +2,9 @@
 
 Layers: block{b}_conv{i} (3x3 conv, ReLU; batch-norm variants add block{b}_bn{i} between conv and
 ReLU as torchvision's vgg*_bn do), a 2x2 max pool ending each block, then either the ImageNet top
-(fc1, fc2, predictions on the flattened 7x7 map at 224 px) or a pooling of the last map.
+(fc1, fc2, predictions on the flattened 7x7 map at 224 px) or a pooling of the last map. A headless
+backbone may stop after block `blocks` < 5 (the bottleneck tapped at block4_pool, say): it then
+has no layers above that block.
 Input: uint8 (or float 0-255) RGB NHWC; the weights' preprocessing runs inside the model, on device.
 """
 
@@ -98,9 +100,11 @@ class VGG(nnx.Module):
 
   def __init__(self, arch="vgg16", *, include_top=False, pooling="avg", width=1.0, batch_norm=False,
                num_classes=1000, image_size=224, dtype=jnp.float32, preprocessing="caffe",
-               rngs=None):
+               blocks=5, rngs=None):
     if arch not in BLOCKS:
       raise UserError(f"model.arch={arch!r} is not one of {sorted(BLOCKS)}")
+    if int(blocks) not in range(1, 6) or (include_top and int(blocks) != 5):
+      raise UserError(f"model.blocks={blocks} must be 1-5 (5 with the ImageNet top)")
     if pooling not in POOLINGS:
       raise UserError(f"model.pooling={pooling!r} is not one of {POOLINGS}")
     if preprocessing not in CONVENTIONS:
@@ -117,9 +121,10 @@ class VGG(nnx.Module):
     self.arch, self.include_top, self.pooling = arch, bool(include_top), pooling
     self.batch_norm, self.image_size, self.dtype = bool(batch_norm), int(image_size), dtype
     self.preprocessing, self.width, self.num_classes = preprocessing, float(width), int(num_classes)
+    self.blocks = int(blocks)
     names = []
     in_ch = 3
-    for b, n in enumerate(BLOCKS[arch], 1):
+    for b, n in enumerate(BLOCKS[arch][:self.blocks], 1):
       out_ch = scaled(BLOCK_CHANNELS[b - 1], width)
       for i in range(1, n + 1):
         conv = nnx.Conv(in_ch, out_ch, (3, 3), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
@@ -133,7 +138,7 @@ class VGG(nnx.Module):
                                                          rngs=rngs))
           names.append(f"block{b}_bn{i}")
         in_ch = out_ch
-    self.map_size = self.final_map_size(self.image_size)
+    self.map_size = self.final_map_size(self.image_size, self.blocks)
     self.channels = in_ch
     if self.include_top:
       units = scaled(TOP_UNITS, width)
@@ -153,17 +158,17 @@ class VGG(nnx.Module):
     self.layer_names = tuple(names)  # weight-bearing layers in order; a tuple stays static in NNX
 
   @staticmethod
-  def final_map_size(image_size):
+  def final_map_size(image_size, blocks=5):
     """Side of the last conv block's map after its pooling (floor at each 2x2 pool)."""
     size = int(image_size)
-    for _ in range(5):
+    for _ in range(blocks):
       size //= 2
     return size
 
   def features(self, images, *, train=False):
-    """Conv blocks 1-5 with their pools: (N, H, W, 3) 0-255 RGB -> (N, h, w, C) in `dtype`."""
+    """Conv blocks 1-`blocks` with their pools: (N, H, W, 3) 0-255 RGB -> (N, h, w, C) in `dtype`."""
     x = preprocess(images, self.preprocessing).astype(self.dtype)
-    for b, n in enumerate(BLOCKS[self.arch], 1):
+    for b, n in enumerate(BLOCKS[self.arch][:self.blocks], 1):
       for i in range(1, n + 1):
         x = getattr(self, f"block{b}_conv{i}")(x)
         if self.batch_norm:

@@ -45,18 +45,22 @@ def keras_file_name(arch, include_top):
 
 
 def convention_for(weights_spec):
-  """Preprocessing convention of a weights spec: 'imagenet'/.h5 -> caffe, .safetensors -> torch, '' -> unit."""
+  """Preprocessing convention of a weights spec: 'imagenet'/.h5 -> caffe, .safetensors and
+  'torchvision-vgg16' -> torch, '' -> unit."""
   spec = str(weights_spec or "")
   if not spec:
     return "unit"
+  if spec == "torchvision-vgg16":  # models.sdist_weights.NAME (that module imports this one)
+    return "torch"
   if spec.lower().endswith((".h5", ".hdf5")):
     return file_attrs(spec).get("preprocessing", "caffe")  # mlc_jax's own files say theirs
   if spec == "imagenet":
     return "caffe"
   if spec.lower().endswith(".safetensors"):
     return "torch"
-  raise UserError(f"model.weights={spec!r}: give 'imagenet', '' (from scratch), a Keras .h5 file or "
-                  "a .safetensors file (torchvision or timm layout); or set model.preprocessing")
+  raise UserError(f"model.weights={spec!r}: give 'imagenet', 'torchvision-vgg16', '' (from "
+                  "scratch), a Keras .h5 file or a .safetensors file (torchvision or timm "
+                  "layout); or set model.preprocessing")
 
 
 ATTR_PREFIX = "mlc_jax_"
@@ -239,12 +243,15 @@ def load_into(module, path, weights=None):
 
   `weights` (read_weights(path)) saves a second read when the caller already has them.
   Layers of the file the model lacks are ignored only for the top (a headless backbone from a full
-  file); any other difference raises one UserError naming the file, layer, expected and found shape.
+  file) and for the conv blocks above a tapped backbone's last (model.blocks); any other
+  difference raises one UserError naming the file, layer, expected and found shape.
   """
   weights = read_weights(path) if weights is None else weights
   expected = _expected(module)
   problems = []
-  extra = [n for n in weights if n not in expected and n not in ("fc1", "fc2", "predictions")]
+  above = getattr(module, "blocks", 5)  # a backbone tapped below block 5 ignores the blocks above
+  extra = [n for n in weights if n not in expected and n not in ("fc1", "fc2", "predictions")
+           and not (vgg_lib.block_of(n) or 0) > above]
   if extra:
     arch, bn, _ = describe(weights)
     kind = f"{arch}{'_bn' if bn else ''}" if arch else "another network"

@@ -11,7 +11,8 @@ weight decay see only trainable parameters.
 
 `finetune.unfreeze_blocks` = n is shorthand, expanded into groups placed after param_groups:
   'all'  nothing frozen;
-  0..5   ('backbone/block[1-(5-n)]_.*', None): conv blocks 1..5-n frozen (with their batch norm);
+  0..5   ('backbone/block[1-(T-n)]_.*', None): conv blocks 1..T-n frozen (with their batch norm),
+         T the backbone's top block (model.blocks, 5 unless the bottleneck is tapped lower);
          for n = 0 also ('backbone/(fc1|fc2)/.*', None): VGG's top sits above block 5, so any
          unfrozen conv block trains fc1/fc2 too (the gradient must flow through them anyway).
 The head always trains unless a group says otherwise. ML-GCN's recipe (the classifier at 10x):
@@ -38,12 +39,13 @@ RMSPROP_RHO = 0.9         # Keras 3's default rho
 HEAD = nnx.All(nnx.Param, nnx.PathContains("head"))
 
 
-def unfreeze_groups(unfreeze_blocks):
-  """The parameter groups `finetune.unfreeze_blocks` stands for (see the module doc)."""
+def unfreeze_groups(unfreeze_blocks, top=5):
+  """The parameter groups `finetune.unfreeze_blocks` stands for (see the module doc); `top`: the
+  backbone's last conv block (model.blocks)."""
   n = parse_unfreeze_blocks(unfreeze_blocks)
   if n == "all":
     return ()
-  groups = ((f"backbone/block[1-{5 - n}]_.*", None),) if n < 5 else ()
+  groups = ((f"backbone/block[1-{top - n}]_.*", None),) if n < top else ()
   if n == 0:
     groups += (("backbone/(fc1|fc2|predictions)/.*", None),)
   return groups
@@ -56,10 +58,10 @@ class ParamGroups:
     self.groups = check_param_groups(groups) + [(re.compile(".*"), {})]
 
   @classmethod
-  def for_stage(cls, stage_config):
-    """finetune.param_groups, then the expansion of finetune.unfreeze_blocks."""
+  def for_stage(cls, stage_config, top=5):
+    """finetune.param_groups, then the expansion of finetune.unfreeze_blocks (below block `top`)."""
     return cls(tuple(stage_config.get("param_groups", ()))
-               + unfreeze_groups(stage_config.get("unfreeze_blocks", "all")))
+               + unfreeze_groups(stage_config.get("unfreeze_blocks", "all"), top))
 
   def spec(self, path):
     """None (frozen) or {'lr_mult', 'wd_mult'} of a '/'-joined parameter path."""

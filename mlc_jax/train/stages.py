@@ -80,7 +80,7 @@ def finetune_stage(config, model, train=None, val=None, steps_per_epoch=None):
   an EMA of the weights (finetune.ema_decay) and gradient accumulation as configured."""
   spe = steps_per_epoch or (train.steps_per_epoch if train is not None else 1)
   f = config.finetune
-  groups = optim.ParamGroups.for_stage(f)
+  groups = optim.ParamGroups.for_stage(f, int(config.model.get("blocks", 5)))
   return loop.Stage(name="finetune", config=f, model=model, trainable=groups.trainable(),
                     stats=batch_norm_modes(model, groups, f.get("batch_norm", "train")),
                     inputs="image", loss_fn=losses.for_config(config),

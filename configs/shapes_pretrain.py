@@ -1,8 +1,8 @@
 """The demo's source task: a VGG16 (1/8 width, batch norm) trained from scratch on `shapes_single`
 (one of 16 shapes per image), as ImageNet is to the multi-label demo; `make demo` exports it as a
-Keras HDF5 file (`--mode=export --format=keras_h5`) that configs/demo.py loads via model.weights.
+Keras HDF5 file (`--mode=export --format=keras_h5`) that configs/shapes_demo.py loads via model.weights.
 
-  python launch.py --config=configs/demo_pretrain.py --workdir=DIR          (make demo runs it)
+  python launch.py --config=configs/shapes_pretrain.py --workdir=DIR          (make demo runs it)
 
 Its head is one dense layer (head.hidden=(), a 16-way softmax on globally average-pooled block-5
 features), written into the file as `predictions`: the file is a complete single-label
