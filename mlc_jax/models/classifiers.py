@@ -1,0 +1,63 @@
+"""Whole single-label classifiers from a weights file with its top: ImageNet's VGG (1000 classes) and
+the classifier files mlc_jax exports (`--mode=export --format=keras_h5`), as models that predict."""
+import json
+
+import jax
+from flax import nnx
+
+from mlc_jax.errors import UserError
+from mlc_jax.models import imagenet, weights
+from mlc_jax.models.head import Head
+from mlc_jax.models.model import MultiLabelModel
+from mlc_jax.models.vgg import VGG, scaled
+
+
+def file_classifier(path, *, dtype="float32"):
+  """(MultiLabelModel, class names, image size) of a single-label classifier file that mlc_jax
+  wrote (`--mode=export --format=keras_h5` of a run whose head is one dense layer): the backbone
+  as the file's attributes describe it, the head its 'predictions' layer. UserError otherwise."""
+  attrs, found = weights.file_attrs(path), weights.read_weights(path)
+  labels = json.loads(attrs.get("labels") or "[]")
+  if not labels or "predictions" not in found:
+    raise UserError(f"weights file {path} carries no classifier top with class names; write it "
+                    "with --mode=export --format=keras_h5 from a run whose head.hidden=()")
+  arch, batch_norm, _ = weights.describe(found)
+  backbone = VGG(attrs.get("arch") or arch, include_top=attrs.get("include_top") == "True",
+                 pooling=attrs["pooling"], width=float(attrs["width"]), batch_norm=batch_norm,
+                 num_classes=0, image_size=int(attrs["image_size"]), dtype=dtype,
+                 preprocessing=attrs["preprocessing"], blocks=int(attrs.get("blocks", 5)),
+                 rngs=nnx.Rngs(0))
+  weights.load_into(backbone, path, found)
+  head = Head(backbone.num_features, len(labels), hidden=(), rngs=nnx.Rngs(0))
+  head.predictions.kernel.set_value(jax.numpy.asarray(found["predictions"]["kernel"]))
+  head.predictions.bias.set_value(jax.numpy.asarray(found["predictions"]["bias"]))
+  return MultiLabelModel(backbone, head), labels, int(attrs["image_size"])
+
+
+def imagenet_vgg(path="imagenet", *, cache_dir=None, dtype="float32"):
+  """(VGG with its 1000-class ImageNet top, weights path) from a weights file that has the top.
+
+  `path`: a Keras .h5 file, a torchvision/timm .safetensors file, or 'imagenet' (the official Keras
+  VGG16 file, fetched into `cache_dir`). Architecture, batch norm and width come from the file.
+  """
+  if str(path) == "imagenet":
+    path = weights.fetch(weights.keras_file_name("vgg16", True), cache_dir)
+  found = weights.read_weights(path)
+  arch, batch_norm, has_top = weights.describe(found)
+  if arch is None:
+    raise UserError(f"weights file {path} is not a VGG11/13/16/19 (its conv layers are "
+                    f"{sorted(n for n in found if '_conv' in n)[:6]}...)")
+  if not has_top or "predictions" not in found:
+    raise UserError(f"weights file {path} has no ImageNet top (fc1, fc2, predictions); use the "
+                    "file with the top (e.g. vgg16_weights_tf_dim_ordering_tf_kernels.h5, not _notop)")
+  classes = found["predictions"]["kernel"].shape[-1]
+  if classes != len(imagenet.IMAGENET_CLASSES):
+    raise UserError(f"weights file {path}: layer predictions: expected "
+                    f"{len(imagenet.IMAGENET_CLASSES)} ImageNet classes, found {classes}")
+  channels = found["block1_conv1"]["kernel"].shape[-1]
+  width = channels / 64 if scaled(64, channels / 64) == channels else 1.0  # else load_into says why
+  model = nnx.eval_shape(lambda: VGG(arch, include_top=True, batch_norm=batch_norm, width=width,
+                                     num_classes=classes, image_size=224, dtype=dtype,
+                                     preprocessing=weights.convention_for(path), rngs=nnx.Rngs(0)))
+  weights.load_into(model, path, found)
+  return model, str(path)
