@@ -14,7 +14,7 @@ from conftest import default_config, forward
 from mlc_jax.errors import UserError
 from mlc_jax.models import (Head, MultiLabelModel, VGG, build_backbone, build_model,
                             flat_params, load_backbone_weights)
-from mlc_jax.models.vgg import preprocess
+from mlc_jax.models.vgg import block_of, preprocess
 
 
 def param_count(model):
@@ -123,6 +123,13 @@ def test_batch_norm_uses_batch_statistics_in_training_and_updates_running_ones()
   frozen = {k: v.copy() for k, v in flat_params(model).items()}
   forward(model, images)
   assert all(np.array_equal(v, flat_params(model)[k]) for k, v in frozen.items())
+
+
+def test_block_of():
+  assert block_of("backbone/block3_conv2/kernel") == 3
+  assert block_of(("backbone", "block5_bn1", "mean")) == 5
+  assert [block_of(f"backbone/{n}/kernel") for n in ("fc1", "fc2")] == [6, 6]
+  assert block_of("head/fc1/kernel") is None
 
 
 def test_head_dropout_is_keyed_and_off_at_inference():

