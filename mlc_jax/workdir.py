@@ -56,17 +56,8 @@ def is_chief():
 
 
 def write_text(target, text):
-  """Writes target atomically (temporary file beside it, then rename)."""
-  target = pathlib.Path(target)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, target)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  """Writes target atomically (temporary file beside it, then rename; files.checked.write_atomic)."""
+  checked.write_atomic(target, text.encode())
 
 
 # -- config.json ---------------------------------------------------------------------------------

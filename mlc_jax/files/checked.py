@@ -36,7 +36,8 @@ def sha256(path):
   return h.hexdigest()
 
 
-def _atomic(target, data):
+def write_atomic(target, data):
+  """Writes bytes to target atomically (a temporary file beside it, then a rename), no record."""
   target = pathlib.Path(target)
   target.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -60,14 +61,14 @@ def _read_record(path):
 def _write_record(path, size, digest):
   old = _read_record(path) or {}
   accept = [old["sha256"]] if old.get("sha256") and old["sha256"] != digest else []
-  _atomic(record_path(path), json.dumps({"bytes": size, "sha256": digest, "accept": accept,
+  write_atomic(record_path(path), json.dumps({"bytes": size, "sha256": digest, "accept": accept,
                                          "size_only": digest is None}).encode())
 
 
 def write_bytes(path, data):
   """Writes data to path atomically, with its digest record (see the module doc)."""
   _write_record(path, len(data), hashlib.sha256(data).hexdigest())
-  _atomic(path, data)
+  write_atomic(path, data)
 
 
 def write_text(path, text):
