@@ -13,6 +13,7 @@ import numpy as np
 from flax import nnx
 
 from mlc_jax.errors import UserError
+from mlc_jax.ops import conv as conv_ops
 
 # Convolutions per block: the four configurations (A, B, D, E) of Simonyan & Zisserman.
 BLOCKS = {
@@ -142,7 +143,8 @@ class VGG(nnx.Module):
       out_ch = scaled(BLOCK_CHANNELS[b - 1], width)
       for i in range(1, n + 1):
         conv = nnx.Conv(in_ch, out_ch, (3, 3), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
-                        kernel_init=host_initializer("conv"), rngs=rngs)
+                        kernel_init=host_initializer("conv"), rngs=rngs,
+                        conv_general_dilated=conv_ops.conv_general_dilated)
         setattr(self, f"block{b}_conv{i}", conv)
         names.append(f"block{b}_conv{i}")
         if batch_norm:

@@ -11,6 +11,7 @@ Off switch: MLC_JAX_ONEDNN=0. Where the library is missing or does not load, the
 lax.conv and a warning says why, once. MLC_JAX_ONEDNN_LIB points at another build of the library;
 MLC_JAX_ONEDNN_THREADS sets the threads of each convolution (default: one per available core).
 """
+import contextlib
 import ctypes
 import functools
 import logging
@@ -29,6 +30,7 @@ DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
 log = logging.getLogger(__name__)
 _LIB = {"tried": False, "lib": None, "why": None}
+_LAX_ONLY = [0]  # > 0 inside lax_only()
 
 
 def library_path():
@@ -71,8 +73,19 @@ def library():
 
 
 def available():
-  """True when convolutions on this backend go through oneDNN."""
-  return jax.default_backend() == "cpu" and library() is not None
+  """True when convolutions traced now go through oneDNN (CPU backend, library loaded)."""
+  return not _LAX_ONLY[0] and jax.default_backend() == "cpu" and library() is not None
+
+
+@contextlib.contextmanager
+def lax_only():
+  """Traces inside use lax.conv: for programs serialized with jax.export, which must not hold a
+  custom call to this process's library."""
+  _LAX_ONLY[0] += 1
+  try:
+    yield
+  finally:
+    _LAX_ONLY[0] -= 1
 
 
 def why_not():
