@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install install-postgres test demo sweep-demo clean gpu-wheels
+.PHONY: install install-postgres test demo sweep-demo clean gpu-wheels torch-peer
 
 install: $(STAMP) $(CONV_LIB)
 
@@ -78,6 +78,14 @@ gpu-wheels:
 	done
 	ls .whl
 
+# The optional PyTorch peer of benchmarks/train_step.py: its own venv (torch's CPU wheel for
+# Python 3.11 lies on this machine's disk), the pin read from pyproject.toml's torch-peer extra.
+TORCH_PYTHON ?= python3.11
+torch-peer:
+	pin=$$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"'); \
+	test -x .venv-torch/bin/python || $(TORCH_PYTHON) -m venv .venv-torch; \
+	.venv-torch/bin/pip install "$$pin"
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-torch $(CONV_LIB) runs build *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

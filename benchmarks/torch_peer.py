@@ -14,7 +14,6 @@ import json
 import sys
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -40,10 +39,10 @@ def setup(size, batch, unfreeze, classes=20):
   torch.manual_seed(0)
   model, blocks = vgg16(classes)
   model = model.to(memory_format=torch.channels_last)
-  rng = np.random.default_rng(0)
-  images = torch.from_numpy(rng.integers(0, 256, (batch, 3, size, size)).astype(np.float32) - 120.0)
+  gen = torch.Generator().manual_seed(0)
+  images = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float() - 120.0
   images = images.contiguous(memory_format=torch.channels_last)
-  labels = torch.from_numpy((rng.random((batch, classes)) < 0.1).astype(np.float32))
+  labels = (torch.rand((batch, classes), generator=gen) < 0.1).float()
   if unfreeze == "infer":
     model.eval()
 
