@@ -3,8 +3,10 @@
 // Three handlers, each one oneDNN primitive: forward (x, w -> y), input gradient (dy, w -> dx) and
 // weight gradient (x, dy -> dw). Layouts are JAX's: activations NHWC, kernels HWIO; float32 or
 // bfloat16 (all operands the same type). Strides and explicit paddings come as attributes, the
-// paddings already computed in Python the way lax computes them. Activations are passed to oneDNN
-// in NHWC as they are; kernels are reordered into the layout the primitive picked (format `any`).
+// paddings already computed in Python the way lax computes them. Kernels are reordered into the
+// layout the primitive picked (format `any`); activations are passed in NHWC as they are, except
+// for the kinds MLC_JAX_ONEDNN_BLOCKED names (default: the weight gradient), whose activations are
+// reordered into oneDNN's blocked layout (buffers kept with the cached primitive).
 // Primitives are cached by shape; one mutex serialises calls (each uses every thread it is given:
 // mlc_conv_set_threads) so that two convolutions XLA runs side by side do not oversubscribe cores.
 #include <omp.h>
@@ -14,7 +16,9 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <cstdlib>
 #include <string>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -30,13 +34,19 @@ enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 // kind, dtype, N H W C, O KH KW, OH OW, sh sw, pt pb pl pr
 using Key = std::array<int64_t, 17>;
 
+// One operand of a primitive: the layout JAX holds (NHWC or HWIO), the primitive's own, and when
+// they differ a reorder and a buffer in the primitive's layout (kept with the primitive).
+struct Operand {
+  int arg = 0;  // DNNL_ARG_*
+  memory::desc user, prim;
+  bool reorder = false;
+  dnnl::reorder to_prim, to_user;
+  std::unique_ptr<memory> buf;
+};
+
 struct Entry {
   dnnl::primitive prim;
-  memory::desc act_in, wei, act_out;  // the primitive's own descriptors
-  memory::desc user_wei;              // HWIO as JAX holds it
-  bool reorder = false;               // kernel layout differs from HWIO
-  dnnl::reorder wei_reorder;          // HWIO -> primitive (forward, data) or back (weights)
-  std::unique_ptr<memory> wei_buf;    // the kernel in the primitive's layout
+  Operand ops[3];  // the handler's operand 0, operand 1 and result, in that order
 };
 
 struct State {
@@ -44,16 +54,31 @@ struct State {
   dnnl::stream stream{engine};
   std::mutex mu;
   std::map<Key, std::unique_ptr<Entry>> cache;
-  int threads = 0;  // 0: OpenMP's default
+  int threads = 0;   // 0: OpenMP's default
+  int blocked = 0;   // bit k set: kind k lets oneDNN pick the activations' layout (reordered)
 };
 
 State& state() {
-  static State* s = new State();  // never destroyed: XLA may call in during interpreter exit
+  static State* s = [] {
+    auto* st = new State();  // never destroyed: XLA may call in during interpreter exit
+    // Bits: 1 forward, 2 input gradient, 4 weight gradient. Default 4: oneDNN 3.2's weight
+    // gradient (jit:avx512_core) ran 10-25% faster on its blocked layout, reorders included, while
+    // forward and input gradient (brgconv, which takes NHWC as is) lost as much with reorders.
+    const char* v = std::getenv("MLC_JAX_ONEDNN_BLOCKED");
+    st->blocked = v && *v ? std::atoi(v) : 4;
+    return st;
+  }();
   return *s;
 }
 
-memory::data_type to_dnnl(ffi::DataType t) {
-  return t == ffi::DataType::BF16 ? memory::data_type::bf16 : memory::data_type::f32;
+void set_operand(Operand& o, int arg, const memory::desc& user, const memory::desc& prim,
+                 const dnnl::engine& eng) {
+  o.arg = arg, o.user = user, o.prim = prim, o.reorder = user != prim;
+  if (o.reorder) {
+    o.buf = std::make_unique<memory>(prim, eng);
+    o.to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user, eng, prim));
+    o.to_user = dnnl::reorder(dnnl::reorder::primitive_desc(eng, prim, eng, user));
+  }
 }
 
 // Builds (or finds) the primitive for `key`. Caller holds the mutex.
@@ -66,37 +91,33 @@ Entry& lookup(const Key& k) {
   memory::dims wei_dims = {k[6], k[5], k[7], k[8]};   // O I KH KW
   memory::dims dst_dims = {k[2], k[6], k[9], k[10]};  // N O OH OW
   memory::dims strides = {k[11], k[12]}, pad_l = {k[13], k[15]}, pad_r = {k[14], k[16]};
-  memory::desc src(src_dims, dt, Tag::nhwc), dst(dst_dims, dt, Tag::nhwc);
-  memory::desc wei_any(wei_dims, dt, Tag::any);
+  Tag act = (s.blocked >> k[0]) & 1 ? Tag::any : Tag::nhwc;
+  memory::desc src(src_dims, dt, act), dst(dst_dims, dt, act), wei(wei_dims, dt, Tag::any);
+  memory::desc src_user(src_dims, dt, Tag::nhwc), dst_user(dst_dims, dt, Tag::nhwc);
+  memory::desc wei_user(wei_dims, dt, Tag::hwio);
   auto fwd = dnnl::convolution_forward::primitive_desc(
-      s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-      wei_any, dst, strides, pad_l, pad_r);
+      s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei,
+      dst, strides, pad_l, pad_r);
   auto e = std::make_unique<Entry>();
-  e->user_wei = memory::desc(wei_dims, dt, Tag::hwio);
-  if (k[0] == kForward) {
+  if (k[0] == kForward) {  // (x, w) -> y
     e->prim = dnnl::convolution_forward(fwd);
-    e->act_in = fwd.src_desc(), e->wei = fwd.weights_desc(), e->act_out = fwd.dst_desc();
-  } else if (k[0] == kBackwardData) {
+    set_operand(e->ops[0], DNNL_ARG_SRC, src_user, fwd.src_desc(), s.engine);
+    set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, fwd.weights_desc(), s.engine);
+    set_operand(e->ops[2], DNNL_ARG_DST, dst_user, fwd.dst_desc(), s.engine);
+  } else if (k[0] == kBackwardData) {  // (dy, w) -> dx
     auto pd = dnnl::convolution_backward_data::primitive_desc(
-        s.engine, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides, pad_l, pad_r,
-        fwd);
+        s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r, fwd);
     e->prim = dnnl::convolution_backward_data(pd);
-    e->act_in = pd.diff_dst_desc(), e->wei = pd.weights_desc(), e->act_out = pd.diff_src_desc();
-  } else {
+    set_operand(e->ops[0], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
+    set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, pd.weights_desc(), s.engine);
+    set_operand(e->ops[2], DNNL_ARG_DIFF_SRC, src_user, pd.diff_src_desc(), s.engine);
+  } else {  // (x, dy) -> dw
     auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        s.engine, dnnl::algorithm::convolution_direct, src, wei_any, dst, strides, pad_l, pad_r,
-        fwd);
+        s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r, fwd);
     e->prim = dnnl::convolution_backward_weights(pd);
-    e->act_in = pd.src_desc(), e->wei = pd.diff_weights_desc(), e->act_out = pd.diff_dst_desc();
-  }
-  e->reorder = e->wei != e->user_wei;
-  if (e->reorder) {
-    e->wei_buf = std::make_unique<memory>(e->wei, s.engine);
-    e->wei_reorder = k[0] == kBackwardWeights
-                         ? dnnl::reorder(dnnl::reorder::primitive_desc(s.engine, e->wei, s.engine,
-                                                                       e->user_wei))
-                         : dnnl::reorder(dnnl::reorder::primitive_desc(s.engine, e->user_wei,
-                                                                       s.engine, e->wei));
+    set_operand(e->ops[0], DNNL_ARG_SRC, src_user, pd.src_desc(), s.engine);
+    set_operand(e->ops[1], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
+    set_operand(e->ops[2], DNNL_ARG_DIFF_WEIGHTS, wei_user, pd.diff_weights_desc(), s.engine);
   }
   Entry& ref = *e;
   s.cache.emplace(k, std::move(e));
@@ -137,22 +158,19 @@ ffi::Error run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
   try {
     if (s.threads > 0) omp_set_num_threads(s.threads);  // per calling thread in OpenMP
     Entry& e = lookup(key);
-    memory xm(e.act_in, s.engine), ym(e.act_out, s.engine);
-    memory wm(e.user_wei, s.engine, w.untyped_data());
-    memory* wp = e.reorder ? e.wei_buf.get() : &wm;
-    if (kind != kBackwardWeights && e.reorder) e.wei_reorder.execute(s.stream, wm, *wp);
-    if (kind == kForward) {
-      xm.set_data_handle(a.untyped_data()), ym.set_data_handle(out->untyped_data());
-      e.prim.execute(s.stream, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_WEIGHTS, *wp}, {DNNL_ARG_DST, ym}});
-    } else if (kind == kBackwardData) {
-      xm.set_data_handle(a.untyped_data()), ym.set_data_handle(out->untyped_data());
-      e.prim.execute(s.stream,
-                     {{DNNL_ARG_DIFF_DST, xm}, {DNNL_ARG_WEIGHTS, *wp}, {DNNL_ARG_DIFF_SRC, ym}});
-    } else {
-      xm.set_data_handle(a.untyped_data()), ym.set_data_handle(b.untyped_data());
-      e.prim.execute(s.stream,
-                     {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, ym}, {DNNL_ARG_DIFF_WEIGHTS, *wp}});
-      if (e.reorder) e.wei_reorder.execute(s.stream, *wp, wm);
+    void* data[3] = {a.untyped_data(), b.untyped_data(), out->untyped_data()};
+    std::unordered_map<int, memory> args;
+    for (int i = 0; i < 3; ++i) {
+      Operand& o = e.ops[i];
+      memory user(o.user, s.engine, data[i]);
+      if (o.reorder && i < 2) o.to_prim.execute(s.stream, user, *o.buf);
+      args.emplace(o.arg, o.reorder ? *o.buf : user);
+    }
+    e.prim.execute(s.stream, args);
+    Operand& r = e.ops[2];
+    if (r.reorder) {
+      memory user(r.user, s.engine, data[2]);
+      r.to_user.execute(s.stream, *r.buf, user);
     }
     s.stream.wait();
   } catch (const dnnl::error& err) {
