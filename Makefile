@@ -5,6 +5,8 @@ PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.1
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+CONV_LIB := mlc_jax/ops/libmlc_conv.so  # the CPU convolutions (below), built by `make install`
+CONV_SRC := mlc_jax/ops/csrc/onednn_conv.cc
 
 .PHONY: install install-postgres test demo sweep-demo clean gpu-wheels torch-peer
 
@@ -25,8 +27,6 @@ $(STAMP): pyproject.toml
 # (libdnnl and headers installed into the venv by onednn-cpu-gomp / onednn-devel-cpu-gomp) and
 # jaxlib's XLA FFI headers. A failed build does not fail the install: the models then use lax.conv
 # and say so once (BUILD.md). MLC_JAX_ONEDNN=0 turns the op off at run time.
-CONV_LIB := mlc_jax/ops/libmlc_conv.so
-CONV_SRC := mlc_jax/ops/csrc/onednn_conv.cc
 CXX ?= g++
 
 $(CONV_LIB): $(CONV_SRC) $(STAMP)
