@@ -5,7 +5,8 @@ PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.1
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-CONV_LIB := mlc_jax/ops/libmlc_conv.so  # the CPU convolutions (below), built by `make install`
+# The CPU convolutions (below), built by `make install`.
+CONV_LIB := mlc_jax/ops/libmlc_conv.so
 CONV_SRC := mlc_jax/ops/csrc/onednn_conv.cc
 
 .PHONY: install install-postgres test demo sweep-demo clean gpu-wheels torch-peer
