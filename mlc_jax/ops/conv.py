@@ -9,7 +9,8 @@ with jax.custom_vjp; anything else, and every GPU/TPU, goes to lax.conv. Padding
 
 Off switch: MLC_JAX_ONEDNN=0. Where the library is missing or does not load, the convolutions use
 lax.conv and a warning says why, once. MLC_JAX_ONEDNN_LIB points at another build of the library;
-MLC_JAX_ONEDNN_THREADS sets the threads of each convolution (default: one per available core).
+MLC_JAX_ONEDNN_THREADS sets the threads of each convolution (default: one per available core);
+MLC_JAX_ONEDNN_BLOCKED which kinds use oneDNN's blocked activation layout (csrc/onednn_conv.cc).
 """
 import contextlib
 import ctypes
