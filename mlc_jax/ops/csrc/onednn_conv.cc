@@ -91,33 +91,45 @@ Entry& lookup(const Key& k) {
   memory::dims wei_dims = {k[6], k[5], k[7], k[8]};   // O I KH KW
   memory::dims dst_dims = {k[2], k[6], k[9], k[10]};  // N O OH OW
   memory::dims strides = {k[11], k[12]}, pad_l = {k[13], k[15]}, pad_r = {k[14], k[16]};
-  Tag act = (s.blocked >> k[0]) & 1 ? Tag::any : Tag::nhwc;
-  memory::desc src(src_dims, dt, act), dst(dst_dims, dt, act), wei(wei_dims, dt, Tag::any);
   memory::desc src_user(src_dims, dt, Tag::nhwc), dst_user(dst_dims, dt, Tag::nhwc);
-  memory::desc wei_user(wei_dims, dt, Tag::hwio);
-  auto fwd = dnnl::convolution_forward::primitive_desc(
-      s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src, wei,
-      dst, strides, pad_l, pad_r);
+  memory::desc wei_user(wei_dims, dt, Tag::hwio), wei(wei_dims, dt, Tag::any);
   auto e = std::make_unique<Entry>();
-  if (k[0] == kForward) {  // (x, w) -> y
-    e->prim = dnnl::convolution_forward(fwd);
-    set_operand(e->ops[0], DNNL_ARG_SRC, src_user, fwd.src_desc(), s.engine);
-    set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, fwd.weights_desc(), s.engine);
-    set_operand(e->ops[2], DNNL_ARG_DST, dst_user, fwd.dst_desc(), s.engine);
-  } else if (k[0] == kBackwardData) {  // (dy, w) -> dx
-    auto pd = dnnl::convolution_backward_data::primitive_desc(
-        s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r, fwd);
-    e->prim = dnnl::convolution_backward_data(pd);
-    set_operand(e->ops[0], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
-    set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, pd.weights_desc(), s.engine);
-    set_operand(e->ops[2], DNNL_ARG_DIFF_SRC, src_user, pd.diff_src_desc(), s.engine);
-  } else {  // (x, dy) -> dw
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(
-        s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r, fwd);
-    e->prim = dnnl::convolution_backward_weights(pd);
-    set_operand(e->ops[0], DNNL_ARG_SRC, src_user, pd.src_desc(), s.engine);
-    set_operand(e->ops[1], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
-    set_operand(e->ops[2], DNNL_ARG_DIFF_WEIGHTS, wei_user, pd.diff_weights_desc(), s.engine);
+  // Blocked activations (format `any`) only for float32 and only where oneDNN answers with a
+  // blocked direct kernel: for some bf16 shapes oneDNN 3.2 picks a plain-layout gemm weight
+  // gradient whose im2col crashes; NHWC then, which every kind takes as is.
+  bool blocked = (s.blocked >> k[0]) & 1 && dt == memory::data_type::f32;
+  for (int attempt = 0; attempt < 2; ++attempt, blocked = false) {
+    Tag act = blocked ? Tag::any : Tag::nhwc;
+    memory::desc src(src_dims, dt, act), dst(dst_dims, dt, act);
+    auto fwd = dnnl::convolution_forward::primitive_desc(
+        s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+        wei, dst, strides, pad_l, pad_r);
+    if (k[0] == kForward) {  // (x, w) -> y
+      if (blocked && std::string(fwd.impl_info_str()).find("gemm") != std::string::npos) continue;
+      e->prim = dnnl::convolution_forward(fwd);
+      set_operand(e->ops[0], DNNL_ARG_SRC, src_user, fwd.src_desc(), s.engine);
+      set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, fwd.weights_desc(), s.engine);
+      set_operand(e->ops[2], DNNL_ARG_DST, dst_user, fwd.dst_desc(), s.engine);
+    } else if (k[0] == kBackwardData) {  // (dy, w) -> dx
+      auto pd = dnnl::convolution_backward_data::primitive_desc(
+          s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r,
+          fwd);
+      if (blocked && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) continue;
+      e->prim = dnnl::convolution_backward_data(pd);
+      set_operand(e->ops[0], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
+      set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, pd.weights_desc(), s.engine);
+      set_operand(e->ops[2], DNNL_ARG_DIFF_SRC, src_user, pd.diff_src_desc(), s.engine);
+    } else {  // (x, dy) -> dw
+      auto pd = dnnl::convolution_backward_weights::primitive_desc(
+          s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r,
+          fwd);
+      if (blocked && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) continue;
+      e->prim = dnnl::convolution_backward_weights(pd);
+      set_operand(e->ops[0], DNNL_ARG_SRC, src_user, pd.src_desc(), s.engine);
+      set_operand(e->ops[1], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
+      set_operand(e->ops[2], DNNL_ARG_DIFF_WEIGHTS, wei_user, pd.diff_weights_desc(), s.engine);
+    }
+    break;
   }
   Entry& ref = *e;
   s.cache.emplace(k, std::move(e));
