@@ -5,10 +5,13 @@ PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.1
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The CPU convolutions (below), built by `make install`.
+CONV_LIB := mlc_jax/ops/libmlc_conv.so
+CONV_SRC := mlc_jax/ops/csrc/onednn_conv.cc
 
-.PHONY: install install-postgres test demo demo-inputs shapes-demo sweep-demo clean gpu-wheels
+.PHONY: install install-postgres test demo demo-inputs shapes-demo sweep-demo clean gpu-wheels torch-peer
 
-install: $(STAMP)
+install: $(STAMP) $(CONV_LIB)
 
 # The PostgreSQL driver a sweep study shared by several machines needs (BUILD.md).
 install-postgres: install
@@ -20,6 +23,20 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -e '.[test]'
 	touch $(STAMP)
+
+# The CPU convolutions (mlc_jax/ops/conv.py): csrc/onednn_conv.cc compiled against the pinned oneDNN
+# (libdnnl and headers installed into the venv by onednn-cpu-gomp / onednn-devel-cpu-gomp) and
+# jaxlib's XLA FFI headers. A failed build does not fail the install: the models then use lax.conv
+# and say so once (BUILD.md). MLC_JAX_ONEDNN=0 turns the op off at run time.
+CXX ?= g++
+
+$(CONV_LIB): $(CONV_SRC) $(STAMP)
+	@venv=$$(cd $(VENV) && pwd -P); \
+	ffi=$$($(PY) -c 'import jaxlib, os; print(os.path.join(os.path.dirname(jaxlib.__file__), "include"))'); \
+	$(CXX) -O2 -std=c++17 -shared -fPIC -Wno-return-type -I$$ffi -I$$venv/include $(CONV_SRC) \
+	  -o $(CONV_LIB) -L$$venv/lib -ldnnl -lgomp -Wl,-rpath,$$venv/lib \
+	  && echo "built $(CONV_LIB) (oneDNN convolutions on the CPU)" \
+	  || echo "WARNING: $(CONV_LIB) did not build: the models will use lax.conv on the CPU (BUILD.md)"
 
 # Two pytest-xdist workers (one per core here), each test file kept on one worker.
 TEST_WORKERS ?= 2
@@ -93,6 +110,14 @@ gpu-wheels:
 	done
 	ls .whl
 
+# The optional PyTorch peer of benchmarks/train_step.py: its own venv (torch's CPU wheel for
+# Python 3.11 lies on this machine's disk), the pin read from pyproject.toml's torch-peer extra.
+TORCH_PYTHON ?= python3.11
+torch-peer:
+	pin=$$(grep -o '"torch==[^"]*"' pyproject.toml | tr -d '"'); \
+	test -x .venv-torch/bin/python || $(TORCH_PYTHON) -m venv .venv-torch; \
+	.venv-torch/bin/pip install "$$pin"
+
 clean:
-	rm -rf $(VENV) runs build *.egg-info .pytest_cache
+	rm -rf $(VENV) .venv-torch $(CONV_LIB) runs build *.egg-info .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -30,8 +30,9 @@ from benchmarks import common  # noqa: E402
 
 # (key, what the row compares, script, flags): the sizes that fit ~10 minutes on 2 CPU cores.
 BENCHMARKS = [
-    ("train_step", "fine-tune step vs Keras 3 (TensorFlow)", "benchmarks/train_step.py",
-     ["--sizes=224", "--batch=4", "--steps=2", "--unfreeze=1,all"]),
+    ("train_step", "fine-tune step and inference vs Keras 3 (TensorFlow)",
+     "benchmarks/train_step.py", ["--sizes=224", "--batch=4", "--steps=2", "--rounds=2",
+                                  "--unfreeze=1,all,infer"]),
     ("inference", "inference images/s vs Keras predict, 224 px", "benchmarks/inference.py", []),
     ("head_vs_finetune", "bottleneck head epoch vs finetune epoch",
      "benchmarks/head_vs_finetune.py", []),
@@ -103,12 +104,15 @@ def rows_from_text(key, out):
   """Rows read from the printed table of a script that has no JSON line (or None)."""
   rows = []
   lines = out.splitlines()
-  if key == "train_step":  # | size | unfreeze | JAX img/s | Keras img/s | JAX/Keras |
+  if key == "train_step":  # | size | unfreeze | oneDNN img/s | Keras img/s | oneDNN/Keras | ...
     for line in lines:
       cells = [c.strip() for c in line.strip().strip("|").split("|")]
       if len(cells) >= 5 and cells[0].isdigit() and cells[4].endswith("x"):
-        rows.append(common.row(f"fine-tune step {cells[0]} px, unfreeze {cells[1]}",
-                               _number(cells[2]), _number(cells[3]), "Keras train_on_batch"))
+        infer = cells[1] == "infer"
+        name = (f"inference {cells[0]} px" if infer
+                else f"fine-tune step {cells[0]} px, unfreeze {cells[1]}")
+        rows.append(common.row(name, _number(cells[2]), _number(cells[3]),
+                               "Keras predict_on_batch" if infer else "Keras train_on_batch"))
   elif key == "metrics":  # seconds of sklearn and of compute (compiled)
     times = {}
     for line in lines:

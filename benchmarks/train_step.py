@@ -1,25 +1,29 @@
-"""Fine-tune step images/s: mlc_jax's jitted step beside Keras 3 (TensorFlow backend), same run.
+"""Fine-tune step and inference images/s: mlc_jax with its oneDNN convolutions, mlc_jax with
+lax.conv, Keras 3 (TensorFlow) and optionally PyTorch, alternating in one run.
 
-  python benchmarks/train_step.py [--sizes=224,112] [--batch=8] [--steps=3] [--unfreeze=1,all]
-                                  [--width=1.0] [--onednn]
+  python benchmarks/train_step.py [--sizes=224,112] [--batch=4] [--steps=2] [--rounds=3]
+                                  [--unfreeze=1,all,infer] [--infer_batch=16] [--width=1.0]
+                                  [--torch=.venv-torch/bin/python]
 
-Both sides train the same model (VGG16 headless, average pooling, head fc1024-ReLU-dropout-fcC,
+Every side trains the same model (VGG16 headless, average pooling, head fc1024-ReLU-dropout-fcC,
 C=20), the same freezing (conv blocks below the top `unfreeze` ones frozen) and the same optimizer
-(SGD lr 1e-4 momentum 0.9, BCE with logits) on the same random batch; neither augments. Keras
-runs `train_on_batch` compiled with jit_compile=False (TensorFlow's oneDNN kernels, its fastest
-CPU path); JAX runs the package's finetune step (mlc_jax.train.steps.train_step, jitted by
-mlc_jax.train.loop.prepare; benchmarks/common.finetune_step). --onednn reruns the JAX side in a
-child process with XLA_FLAGS=--xla_cpu_experimental_onednn_custom_call=true (XLA's oneDNN
-convolutions) and adds its column. Prints one row per setting with both rates and the ratio
-JAX / Keras (> 1 means JAX is faster).
+(SGD lr 1e-4 momentum 0.9, BCE with logits) on the same random batch; none augments. `infer` rows
+time the forward pass alone (inference mode) at --infer_batch. Sides:
+- oneDNN: the package's finetune step (mlc_jax.train.loop.prepare of the finetune stage,
+  benchmarks/common.finetune_step) whose convolutions run mlc_jax/ops/conv.py's oneDNN primitives;
+- lax: the same step traced inside ops.conv.lax_only(), i.e. XLA:CPU's own convolutions;
+- Keras: `train_on_batch` compiled with jit_compile=False (TensorFlow's oneDNN kernels, its
+  fastest CPU path); `predict_on_batch` for `infer`;
+- PyTorch (where --torch names an interpreter with torch, default .venv-torch/bin/python if it
+  exists; `make torch-peer` makes it): benchmarks/torch_peer.py in a child process, channels_last.
+Each round times `steps` steps of every side in turn (after two warm-up steps each); a side's rate
+is its best round, so a round slowed by another process on a shared machine does not decide.
+Ratios > 1 mean the oneDNN side is faster. The `cpu s/img` column is the process CPU time per
+image of the oneDNN side and of Keras (work done, whatever else the machine runs).
 
-Where the gap is (2 Zen 4 cores, batch 4, 224 px, measured per convolution): XLA:CPU's own
-convolutions run at 150-210 GFLOP/s from 64 channels up (the 3-channel first layer at ~25);
-its weight-gradient convolutions of the 224 and 112 px layers at 100-140. With the oneDNN custom
-call, forward and input-gradient convolutions gain 10-20% but weight gradients lose ~40%, so the
-`1` step gains ~6% and the `all` step loses ~11%; weight gradients written as matmuls (im2col, or
-nine shifted products) were 2x slower than XLA's. Keras (TensorFlow's oneDNN kernels) keeps its
-lead on this CPU; on a GPU the comparison is a different one (benchmarks/gpu.sh).
+History (2 Zen 4 cores, batch 4, 224 px): XLA:CPU's own convolutions ran at 150-210 GFLOP/s and its
+weight gradients at 100-140; XLA's --xla_cpu_experimental_onednn_custom_call made weight gradients
+~40% slower and im2col matmuls were 2x slower, hence the op in mlc_jax/ops.
 """
 import argparse
 import json
@@ -32,10 +36,12 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import common  # noqa: E402
 
 NUM_CLASSES = 20
+TORCH_VENV = os.path.join(ROOT, ".venv-torch", "bin", "python")
 
 
 def _batch(size, batch, seed=0):
@@ -44,27 +50,28 @@ def _batch(size, batch, seed=0):
           (rng.random((batch, NUM_CLASSES)) < 0.1).astype(np.float32))
 
 
-def _rate(run_step, batch, steps):
-  run_step()  # compile / build
-  run_step()
-  start = time.perf_counter()
-  for _ in range(steps):
-    run_step()
-  return batch * steps / (time.perf_counter() - start)
+def jax_side(size, batch, unfreeze, width, lax_only):
+  """One step (or forward) of mlc_jax's model -> a callable running it to completion."""
+  import contextlib
 
-
-def jax_rate(size, batch, steps, unfreeze, width):
-  """Images/s of mlc_jax's finetune step (mlc_jax.train.loop.prepare of the finetune Stage)."""
   import jax
 
   from configs import default
   from mlc_jax import models, parallel
+  from mlc_jax.ops import conv
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights = size, width, ""
   model = models.build_model(c, NUM_CLASSES)
   mesh = parallel.mesh()
-  p = common.finetune_step(c, model, mesh, unfreeze, augment=False, steps_per_epoch=1)
   images, labels = _batch(size, batch)
+  trace = conv.lax_only() if lax_only else contextlib.nullcontext()
+  if unfreeze == "infer":
+    fn, state = common.forward(model, mesh)
+    data = parallel.shard_batch({"image": images}, mesh)["image"]
+    with trace:
+      jax.block_until_ready(fn(state, data))  # traced and compiled here, under `trace`
+    return lambda: jax.block_until_ready(fn(state, data))
+  p = common.finetune_step(c, model, mesh, unfreeze, augment=False, steps_per_epoch=1)
   data = parallel.shard_batch({"image": images, "labels": labels, "mask": np.ones(batch, bool)},
                               mesh)
   key = jax.random.PRNGKey(0)
@@ -75,18 +82,20 @@ def jax_rate(size, batch, steps, unfreeze, width):
     box["step"] += 1
     jax.block_until_ready(box["state"].loss_sum)
 
-  return _rate(run_step, batch, steps)
+  with trace:
+    run_step()
+  return run_step
 
 
-def keras_rate(size, batch, steps, unfreeze, width):
-  """Images/s of the same model, freezing and optimizer in Keras 3 on TensorFlow."""
+def keras_side(size, batch, unfreeze, width):
+  """The same model, freezing and optimizer in Keras 3 on TensorFlow -> a step callable."""
   os.environ.setdefault("KERAS_BACKEND", "tensorflow")
   import keras
   if width != 1.0:
     raise SystemExit("the Keras side builds keras.applications.VGG16, width 1.0 only")
   base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3),
                                   pooling="avg")
-  top = 0 if unfreeze == "all" else 5 - int(unfreeze)  # blocks above `top` train
+  top = 0 if unfreeze in ("all", "infer") else 5 - int(unfreeze)  # blocks above `top` train
   for layer in base.layers:
     block = layer.name.split("_")[0]
     if block.startswith("block"):
@@ -99,51 +108,113 @@ def keras_rate(size, batch, steps, unfreeze, width):
                 loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
   images, labels = _batch(size, batch)
   images = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
-  return _rate(lambda: model.train_on_batch(images, labels), batch, steps)
+  if unfreeze == "infer":
+    return lambda: model.predict_on_batch(images)
+  return lambda: model.train_on_batch(images, labels)
 
 
-def _jax_child(args, size, unfreeze):
-  env = dict(os.environ, XLA_FLAGS=(os.environ.get("XLA_FLAGS", "")
-                                    + " --xla_cpu_experimental_onednn_custom_call=true"))
-  cmd = [sys.executable, __file__, "--child", f"--sizes={size}", f"--batch={args.batch}",
-         f"--steps={args.steps}", f"--unfreeze={unfreeze}", f"--width={args.width}"]
-  out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
-  return json.loads(out.strip().splitlines()[-1])["jax"]
+class TorchSide:
+  """benchmarks/torch_peer.py in `python` (a PyTorch interpreter), one setting at a time."""
+
+  def __init__(self, python):
+    self.proc = subprocess.Popen([python, os.path.join(ROOT, "benchmarks", "torch_peer.py")],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    self.cpu = 0.0
+
+  def ask(self, cmd):
+    self.proc.stdin.write(json.dumps(cmd) + "\n")
+    self.proc.stdin.flush()
+    return json.loads(self.proc.stdout.readline())
+
+  def setup(self, size, batch, unfreeze):
+    self.info = self.ask({"setup": {"size": size, "batch": batch, "unfreeze": unfreeze,
+                                    "classes": NUM_CLASSES}})
+    return self
+
+  def timed(self, steps):
+    out = self.ask({"run": steps})
+    self.cpu = out["cpu"]
+    return out["seconds"]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def _timed(fn, steps):
+  start = time.perf_counter()
+  for _ in range(steps):
+    fn()
+  return time.perf_counter() - start
+
+
+def measure(sides, batch, steps, rounds):
+  """{side: (best images/s over rounds, CPU s per image in that round)}, sides alternating."""
+  best = {name: (0.0, 0.0) for name in sides}
+  for _ in range(rounds):
+    for name, side in sides.items():
+      cpu = time.process_time()
+      seconds = side.timed(steps) if isinstance(side, TorchSide) else _timed(side, steps)
+      cpu = side.cpu if isinstance(side, TorchSide) else time.process_time() - cpu
+      rate = batch * steps / seconds
+      if rate > best[name][0]:
+        best[name] = (rate, cpu / (batch * steps))
+  return best
 
 
 def main():
+  os.environ.setdefault("MLC_JAX_ONEDNN", "1")  # the op is opt-in; its column is what this measures
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sizes", default="224,112")
-  p.add_argument("--batch", type=int, default=8)
-  p.add_argument("--steps", type=int, default=3)
-  p.add_argument("--unfreeze", default="1,all")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--infer_batch", type=int, default=16)
+  p.add_argument("--steps", type=int, default=2)
+  p.add_argument("--rounds", type=int, default=3)
+  p.add_argument("--unfreeze", default="1,all,infer")
   p.add_argument("--width", type=float, default=1.0)
-  p.add_argument("--onednn", action="store_true")
-  p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+  p.add_argument("--torch", default=TORCH_VENV if os.path.exists(TORCH_VENV) else "",
+                 help="a Python with torch for the PyTorch column ('' leaves it out)")
   args = p.parse_args()
-  sizes = [int(s) for s in args.sizes.split(",")]
-  unfreezes = args.unfreeze.split(",")
-  if args.child:
-    print(json.dumps({"jax": jax_rate(sizes[0], args.batch, args.steps, unfreezes[0], args.width)}))
-    return
   import jax
-  flags = os.environ.get("XLA_FLAGS", "")
-  print(f"# {jax.devices()[0].device_kind} x{jax.device_count()}, {os.cpu_count()} CPUs, "
-        f"batch {args.batch}, {args.steps} timed steps, XLA_FLAGS={flags!r}")
-  head = "| size | unfreeze | JAX img/s | Keras img/s | JAX/Keras |"
-  if args.onednn:
-    head += " JAX+oneDNN img/s | oneDNN/Keras |"
+
+  from mlc_jax.ops import conv
+  if not conv.available():
+    raise SystemExit(f"the oneDNN convolutions are off ({conv.why_not()}): nothing to compare")
+  torch = TorchSide(args.torch) if args.torch else None
+  print(f"# {common.machine()}, {jax.device_count()} JAX device(s), batch {args.batch} "
+        f"(infer {args.infer_batch}), {args.steps} steps x best of {args.rounds} rounds, "
+        f"oneDNN threads {conv.threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        + (f", torch {torch.ask({'setup': {'size': 32, 'batch': 1, 'unfreeze': 'infer'}})['version']}"
+           if torch else ""))
+  head = ("| size | unfreeze | oneDNN img/s | Keras img/s | oneDNN/Keras | lax img/s | lax/Keras "
+          "| oneDNN/lax | cpu s/img oneDNN, Keras |")
+  if torch:
+    head += " PyTorch img/s | oneDNN/PyTorch |"
   print(head)
-  print("|" + "---|" * (head.count("|") - 1))
-  for size in sizes:
-    for unfreeze in unfreezes:
-      j = jax_rate(size, args.batch, args.steps, unfreeze, args.width)
-      k = keras_rate(size, args.batch, args.steps, unfreeze, args.width)
-      row = f"| {size} | {unfreeze} | {j:.2f} | {k:.2f} | {j / k:.2f}x |"
-      if args.onednn:
-        o = _jax_child(args, size, unfreeze)
-        row += f" {o:.2f} | {o / k:.2f}x |"
-      print(row, flush=True)
+  print("|" + "---|" * (head.count("|") - 1), flush=True)
+  rows = []
+  for size in (int(s) for s in args.sizes.split(",")):
+    for unfreeze in args.unfreeze.split(","):
+      batch = args.infer_batch if unfreeze == "infer" else args.batch
+      sides = {"oneDNN": jax_side(size, batch, unfreeze, args.width, False),
+               "lax": jax_side(size, batch, unfreeze, args.width, True),
+               "Keras": keras_side(size, batch, unfreeze, args.width)}
+      if torch:
+        sides["PyTorch"] = torch.setup(size, batch, unfreeze)
+      r = measure(sides, batch, args.steps, args.rounds)
+      o, k, x = r["oneDNN"][0], r["Keras"][0], r["lax"][0]
+      line = (f"| {size} | {unfreeze} | {o:.2f} | {k:.2f} | {o / k:.2f}x | {x:.2f} | {x / k:.2f}x "
+              f"| {o / x:.2f}x | {r['oneDNN'][1]:.2f}, {r['Keras'][1]:.2f} |")
+      row = {"size": size, "unfreeze": unfreeze, "batch": batch,
+             **{name: rate for name, (rate, _) in r.items()}}
+      if torch:
+        t = r["PyTorch"][0]
+        line += f" {t:.2f} | {o / t:.2f}x |"
+      rows.append(row)
+      print(line, flush=True)
+  if torch:
+    torch.close()
+  print(json.dumps({"benchmark": "train_step", "machine": common.machine(), "rows": rows}))
 
 
 if __name__ == "__main__":

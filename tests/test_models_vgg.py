@@ -212,3 +212,21 @@ def test_functional_train_step_with_split_merge():
   before, after = nnx.to_flat_state(params), dict(nnx.to_flat_state(new_params))
   assert any(not np.array_equal(v.get_value(), after[p].get_value()) for p, v in before)
   assert not np.array_equal(stats["backbone"]["block1_bn1"]["mean"].get_value(), 0)
+
+
+def test_max_pool_equals_reduce_window_with_ties_and_odd_sizes():
+  # The reference: lax.reduce_window's max pool and its gradient (XLA's select-and-scatter, the
+  # first maximum of each window), on integer-valued maps full of ties, even and odd sizes.
+  from mlc_jax.models.vgg import max_pool_2x2
+
+  def ref(x):
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+  rng = np.random.default_rng(0)
+  for shape in [(2, 8, 8, 3), (2, 7, 9, 5)]:
+    for dtype in (jnp.float32, jnp.bfloat16):
+      x = jnp.asarray(rng.integers(-2, 3, shape), dtype)
+      ours, ours_vjp = jax.vjp(max_pool_2x2, x)
+      want, want_vjp = jax.vjp(ref, x)
+      r = jnp.asarray(rng.standard_normal(want.shape), dtype)
+      assert ours.shape == want.shape and np.array_equal(ours, want)
+      assert np.array_equal(ours_vjp(r)[0], want_vjp(r)[0]), (shape, dtype)

@@ -65,7 +65,9 @@ def test_bf16_compute_float32_state(shapes_config, source):
   step = lambda *args: steps.train_step(spec, *args)
   args = (state_lib.create(trainable, stats, stage.tx), frozen, batch, jax.random.PRNGKey(0), 0)
   eqns = list(_equations(jax.make_jaxpr(step)(*args).jaxpr))
-  convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+  # lax's convolutions, or on the CPU the oneDNN op's FFI calls (mlc_jax/ops/conv.py).
+  convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"
+           or str(e.params.get("target_name", "")).startswith("mlc_onednn_conv")]
   # Forward, input-gradient and weight-gradient convolutions: 8 convs of VGG11, ~3x in a step.
   assert len(convs) >= 3 * 8 - 1
   for e in convs:

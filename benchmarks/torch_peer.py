@@ -1,0 +1,87 @@
+"""PyTorch side of benchmarks/train_step.py, run in its own interpreter (PyTorch's venv, no JAX).
+
+  .venv-torch/bin/python benchmarks/torch_peer.py      (`make torch-peer` makes .venv-torch)
+
+Reads one JSON command a line on stdin, answers one JSON line on stdout:
+  {"setup": {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20}} -> {"ok": true}
+  {"run": STEPS} -> {"seconds": wall, "cpu": process CPU seconds} for STEPS steps of the set-up model.
+The model is train_step.py's: VGG16 features (3x3 convs, ReLU, 2x2 max pools), global average
+pooling, fc1024-ReLU-dropout 0.5-fc(classes); conv blocks below the top `unfreeze` ones frozen
+(requires_grad False); SGD lr 1e-4 momentum 0.9, BCE with logits. "infer" times the forward under
+torch.inference_mode(). Tensors are channels_last (NHWC, oneDNN's fast layout in PyTorch).
+"""
+import json
+import sys
+import time
+
+import torch
+from torch import nn
+
+BLOCKS = (2, 2, 3, 3, 3)
+CHANNELS = (64, 128, 256, 512, 512)
+
+
+def vgg16(classes):
+  layers, blocks, cin = [], [], 3
+  for n, c in zip(BLOCKS, CHANNELS):
+    block = []
+    for _ in range(n):
+      block += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True)]
+      cin = c
+    block.append(nn.MaxPool2d(2))
+    blocks.append(nn.Sequential(*block))
+  layers = blocks + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1024), nn.ReLU(),
+                     nn.Dropout(0.5), nn.Linear(1024, classes)]
+  return nn.Sequential(*layers), blocks
+
+
+def setup(size, batch, unfreeze, classes=20):
+  torch.manual_seed(0)
+  model, blocks = vgg16(classes)
+  model = model.to(memory_format=torch.channels_last)
+  gen = torch.Generator().manual_seed(0)
+  images = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float() - 120.0
+  images = images.contiguous(memory_format=torch.channels_last)
+  labels = (torch.rand((batch, classes), generator=gen) < 0.1).float()
+  if unfreeze == "infer":
+    model.eval()
+
+    def step():
+      with torch.inference_mode():
+        model(images)
+    return step
+  top = 0 if unfreeze == "all" else 5 - int(unfreeze)
+  for b, block in enumerate(blocks, 1):
+    for p in block.parameters():
+      p.requires_grad_(b > top)
+  opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+  loss_fn = nn.BCEWithLogitsLoss()
+  model.train()
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(images), labels)
+    loss.backward()
+    opt.step()
+  return step
+
+
+def main():
+  step = None
+  for line in sys.stdin:
+    cmd = json.loads(line)
+    if "setup" in cmd:
+      step = setup(**cmd["setup"])
+      step()
+      step()
+      out = {"ok": True, "threads": torch.get_num_threads(), "version": torch.__version__}
+    else:
+      wall, cpu = time.perf_counter(), time.process_time()
+      for _ in range(int(cmd["run"])):
+        step()
+      out = {"seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,1 @@
+"""Custom operations: oneDNN convolutions on the CPU through jax.ffi (conv.py, csrc/)."""

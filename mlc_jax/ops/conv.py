@@ -1,0 +1,175 @@
+"""2-D convolution through oneDNN on the CPU (jax.ffi), `lax.conv_general_dilated` elsewhere.
+
+`conv_general_dilated` takes lax's arguments (it is what the models' nnx.Conv layers call). On the
+CPU backend, for NHWC/HWIO/NHWC float32 or bfloat16 operands of one dtype, no dilation and no
+feature groups, it runs the forward, input-gradient and weight-gradient convolutions as three
+oneDNN primitives in csrc/onednn_conv.cc (built by `make install` into this folder), tied together
+with jax.custom_vjp; anything else, and every GPU/TPU, goes to lax.conv. Paddings are lax's own
+(lax.padtype_to_pads), passed to oneDNN explicitly.
+
+Opt-in: MLC_JAX_ONEDNN=1 turns the op on (off by default: a batch-norm pretraining run,
+tests/integration/test_train_transfer.py, learns far less with it on, cause not yet found; the
+op itself equals lax.conv within 1e-5 on every VGG16 layer and both gradients). With it on, where
+the library is missing or does not load, the convolutions use lax.conv and a warning says why, once;
+MLC_JAX_ONEDNN=0 turns it off, saying so. MLC_JAX_ONEDNN_LIB points at another build of the library;
+MLC_JAX_ONEDNN_THREADS sets the threads of each convolution (default: one per available core);
+MLC_JAX_ONEDNN_BLOCKED which kinds use oneDNN's blocked activation layout (csrc/onednn_conv.cc).
+"""
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+LIB_NAME = "libmlc_conv.so"
+TARGETS = {"forward": "MlcConvForward", "data": "MlcConvBackwardData",
+           "weights": "MlcConvBackwardWeights"}
+NHWC = ("NHWC", "HWIO", "NHWC")
+DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
+
+log = logging.getLogger(__name__)
+_LIB = {"tried": False, "lib": None, "why": None}
+_LAX_ONLY = [0]  # > 0 inside lax_only()
+
+
+def library_path():
+  """Where the built library is looked for (MLC_JAX_ONEDNN_LIB overrides)."""
+  return os.environ.get("MLC_JAX_ONEDNN_LIB") or os.path.join(os.path.dirname(__file__), LIB_NAME)
+
+
+def threads():
+  """Threads of each oneDNN convolution: MLC_JAX_ONEDNN_THREADS, else the cores this process may use."""
+  value = os.environ.get("MLC_JAX_ONEDNN_THREADS", "")
+  return int(value) if value.strip() else len(os.sched_getaffinity(0))
+
+
+def library():
+  """The loaded library with its FFI targets registered, or None (the reason logged once)."""
+  if _LIB["tried"]:
+    return _LIB["lib"]
+  _LIB["tried"] = True
+  path = library_path()
+  setting = os.environ.get("MLC_JAX_ONEDNN", "").strip().lower()
+  if setting in ("0", "false", "off", "no"):
+    _LIB["why"] = "MLC_JAX_ONEDNN=0 turned the oneDNN convolutions off"
+  elif setting not in ("1", "true", "on", "yes"):  # opt-in while a known divergence is open
+    log.info("CPU convolutions use lax.conv: the oneDNN convolutions are opt-in "
+             "(MLC_JAX_ONEDNN=1; BUILD.md)")
+    return None
+  elif not os.path.exists(path):
+    _LIB["why"] = f"{path} is not built (`make install` builds it; BUILD.md)"
+  else:
+    # libgomp spins its idle threads for a while after each convolution, stealing the cores from
+    # XLA's own threads that run next; passive waiting lets them sleep (read when libgomp loads).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    try:
+      lib = ctypes.cdll.LoadLibrary(path)
+      for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(f"mlc_onednn_conv_{target}",
+                                    jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
+      lib.mlc_conv_set_threads(ctypes.c_int(threads()))
+      _LIB["lib"] = lib
+    except (OSError, AttributeError, ValueError) as e:
+      _LIB["why"] = f"{path} did not load: {e}"
+  if _LIB["why"]:
+    log.warning("CPU convolutions use lax.conv: %s", _LIB["why"])
+  return _LIB["lib"]
+
+
+def available():
+  """True when convolutions traced now go through oneDNN (CPU backend, library loaded)."""
+  return not _LAX_ONLY[0] and jax.default_backend() == "cpu" and library() is not None
+
+
+@contextlib.contextmanager
+def lax_only():
+  """Traces inside use lax.conv: for programs serialized with jax.export, which must not hold a
+  custom call to this process's library."""
+  _LAX_ONLY[0] += 1
+  try:
+    yield
+  finally:
+    _LAX_ONLY[0] -= 1
+
+
+def why_not():
+  """Why the oneDNN convolutions are off (None when they are on or not yet asked for)."""
+  return _LIB["why"]
+
+
+def _pads(x_shape, w_shape, strides, padding):
+  if isinstance(padding, str):
+    return tuple(tuple(int(v) for v in p)
+                 for p in lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding))
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
+
+
+def _out_size(size, k, stride, pad):
+  return (size + pad[0] + pad[1] - k) // stride + 1
+
+
+def _call(target, result_shape, dtype, a, b, strides, pads):
+  call = jax.ffi.ffi_call(f"mlc_onednn_conv_{target}", jax.ShapeDtypeStruct(result_shape, dtype),
+                          vmap_method="sequential")
+  return call(a, b, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+              pad_top=np.int64(pads[0][0]), pad_bottom=np.int64(pads[0][1]),
+              pad_left=np.int64(pads[1][0]), pad_right=np.int64(pads[1][1]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def onednn_conv(x, w, strides, pads):
+  """NHWC x, HWIO w (one dtype) -> NHWC y through oneDNN; strides (sh, sw), pads ((t, b), (l, r))."""
+  n, h, wd, _ = x.shape
+  kh, kw, _, o = w.shape
+  shape = (n, _out_size(h, kh, strides[0], pads[0]), _out_size(wd, kw, strides[1], pads[1]), o)
+  return _call("forward", shape, x.dtype, x, w, strides, pads)
+
+
+def _forward(x, w, strides, pads):
+  return onednn_conv(x, w, strides, pads), (x, w)
+
+
+def _backward(strides, pads, residuals, dy):
+  x, w = residuals
+  dy = dy.astype(x.dtype)
+  dx = _call("data", x.shape, x.dtype, dy, w, strides, pads)
+  dw = _call("weights", w.shape, w.dtype, x, dy, strides, pads)
+  return dx, dw
+
+
+onednn_conv.defvjp(_forward, _backward)
+
+
+def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+               batch_group_count, preferred_element_type, out_sharding):
+  if lhs.ndim != 4 or rhs.ndim != 4 or feature_group_count != 1 or batch_group_count != 1:
+    return False
+  if any(d != 1 for d in (lhs_dilation or (1, 1))) or any(d != 1 for d in (rhs_dilation or (1, 1))):
+    return False
+  if out_sharding is not None or jnp.dtype(lhs.dtype) not in DTYPES or lhs.dtype != rhs.dtype:
+    return False
+  if preferred_element_type is not None and jnp.dtype(preferred_element_type) != lhs.dtype:
+    return False
+  if dimension_numbers is None:
+    return False  # lax's default is NCHW/OIHW
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
+  return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc and available()
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None, out_sharding=None):
+  """lax.conv_general_dilated with oneDNN doing the supported CPU cases (the module docstring)."""
+  if _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+                batch_group_count, preferred_element_type, out_sharding):
+    strides = tuple(int(s) for s in window_strides)
+    return onednn_conv(lhs, rhs, strides, _pads(lhs.shape, rhs.shape, strides, padding))
+  kwargs = {} if out_sharding is None else {"out_sharding": out_sharding}
+  return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                  dimension_numbers, feature_group_count, batch_group_count,
+                                  precision, preferred_element_type, **kwargs)

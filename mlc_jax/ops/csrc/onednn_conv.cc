@@ -1,0 +1,237 @@
+// 2-D convolutions on the CPU through oneDNN, as XLA FFI handlers (jax.ffi), for mlc_jax/ops/conv.py.
+//
+// Three handlers, each one oneDNN primitive: forward (x, w -> y), input gradient (dy, w -> dx) and
+// weight gradient (x, dy -> dw). Layouts are JAX's: activations NHWC, kernels HWIO; float32 or
+// bfloat16 (all operands the same type). Strides and explicit paddings come as attributes, the
+// paddings already computed in Python the way lax computes them. Kernels are reordered into the
+// layout the primitive picked (format `any`); activations are passed in NHWC as they are, except
+// for the kinds MLC_JAX_ONEDNN_BLOCKED names (default: the weight gradient), whose activations are
+// reordered into oneDNN's blocked layout (buffers kept with the cached primitive).
+// Primitives are cached by shape; one mutex serialises calls (each uses every thread it is given:
+// mlc_conv_set_threads) so that two convolutions XLA runs side by side do not oversubscribe cores.
+#include <omp.h>
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <cstdlib>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using Tag = dnnl::memory::format_tag;
+
+namespace {
+
+enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
+
+// kind, dtype, N H W C, O KH KW, OH OW, sh sw, pt pb pl pr
+using Key = std::array<int64_t, 17>;
+
+// One operand of a primitive: the layout JAX holds (NHWC or HWIO), the primitive's own, and when
+// they differ a reorder and a buffer in the primitive's layout (kept with the primitive).
+struct Operand {
+  int arg = 0;  // DNNL_ARG_*
+  memory::desc user, prim;
+  bool reorder = false;
+  dnnl::reorder to_prim, to_user;
+  std::unique_ptr<memory> buf;
+};
+
+struct Entry {
+  dnnl::primitive prim;
+  Operand ops[3];  // the handler's operand 0, operand 1 and result, in that order
+};
+
+struct State {
+  dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+  dnnl::stream stream{engine};
+  std::mutex mu;
+  std::map<Key, std::unique_ptr<Entry>> cache;
+  int threads = 0;   // 0: OpenMP's default
+  int blocked = 0;   // bit k set: kind k lets oneDNN pick the activations' layout (reordered)
+};
+
+State& state() {
+  static State* s = [] {
+    auto* st = new State();  // never destroyed: XLA may call in during interpreter exit
+    // Bits: 1 forward, 2 input gradient, 4 weight gradient. Default 4: oneDNN 3.2's weight
+    // gradient (jit:avx512_core) ran 10-25% faster on its blocked layout, reorders included, while
+    // forward and input gradient (brgconv, which takes NHWC as is) lost as much with reorders.
+    const char* v = std::getenv("MLC_JAX_ONEDNN_BLOCKED");
+    st->blocked = v && *v ? std::atoi(v) : 4;
+    return st;
+  }();
+  return *s;
+}
+
+void set_operand(Operand& o, int arg, const memory::desc& user, const memory::desc& prim,
+                 const dnnl::engine& eng) {
+  o.arg = arg, o.user = user, o.prim = prim, o.reorder = user != prim;
+  if (o.reorder) {
+    o.buf = std::make_unique<memory>(prim, eng);
+    o.to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user, eng, prim));
+    o.to_user = dnnl::reorder(dnnl::reorder::primitive_desc(eng, prim, eng, user));
+  }
+}
+
+// Builds (or finds) the primitive for `key`. Caller holds the mutex.
+Entry& lookup(const Key& k) {
+  State& s = state();
+  auto it = s.cache.find(k);
+  if (it != s.cache.end()) return *it->second;
+  auto dt = k[1] == 1 ? memory::data_type::bf16 : memory::data_type::f32;
+  memory::dims src_dims = {k[2], k[5], k[3], k[4]};   // N C H W
+  memory::dims wei_dims = {k[6], k[5], k[7], k[8]};   // O I KH KW
+  memory::dims dst_dims = {k[2], k[6], k[9], k[10]};  // N O OH OW
+  memory::dims strides = {k[11], k[12]}, pad_l = {k[13], k[15]}, pad_r = {k[14], k[16]};
+  memory::desc src_user(src_dims, dt, Tag::nhwc), dst_user(dst_dims, dt, Tag::nhwc);
+  memory::desc wei_user(wei_dims, dt, Tag::hwio), wei(wei_dims, dt, Tag::any);
+  auto e = std::make_unique<Entry>();
+  // Blocked activations (format `any`) only for float32 and only where oneDNN answers with a
+  // blocked direct kernel: for some bf16 shapes oneDNN 3.2 picks a plain-layout gemm weight
+  // gradient whose im2col crashes; NHWC then, which every kind takes as is.
+  bool blocked = (s.blocked >> k[0]) & 1 && dt == memory::data_type::f32;
+  for (int attempt = 0; attempt < 2; ++attempt, blocked = false) {
+    Tag act = blocked ? Tag::any : Tag::nhwc;
+    memory::desc src(src_dims, dt, act), dst(dst_dims, dt, act);
+    auto fwd = dnnl::convolution_forward::primitive_desc(
+        s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+        wei, dst, strides, pad_l, pad_r);
+    if (k[0] == kForward) {  // (x, w) -> y
+      if (blocked && std::string(fwd.impl_info_str()).find("gemm") != std::string::npos) continue;
+      e->prim = dnnl::convolution_forward(fwd);
+      set_operand(e->ops[0], DNNL_ARG_SRC, src_user, fwd.src_desc(), s.engine);
+      set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, fwd.weights_desc(), s.engine);
+      set_operand(e->ops[2], DNNL_ARG_DST, dst_user, fwd.dst_desc(), s.engine);
+    } else if (k[0] == kBackwardData) {  // (dy, w) -> dx
+      auto pd = dnnl::convolution_backward_data::primitive_desc(
+          s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r,
+          fwd);
+      if (blocked && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) continue;
+      e->prim = dnnl::convolution_backward_data(pd);
+      set_operand(e->ops[0], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
+      set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, pd.weights_desc(), s.engine);
+      set_operand(e->ops[2], DNNL_ARG_DIFF_SRC, src_user, pd.diff_src_desc(), s.engine);
+    } else {  // (x, dy) -> dw
+      auto pd = dnnl::convolution_backward_weights::primitive_desc(
+          s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r,
+          fwd);
+      if (blocked && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) continue;
+      e->prim = dnnl::convolution_backward_weights(pd);
+      set_operand(e->ops[0], DNNL_ARG_SRC, src_user, pd.src_desc(), s.engine);
+      set_operand(e->ops[1], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
+      set_operand(e->ops[2], DNNL_ARG_DIFF_WEIGHTS, wei_user, pd.diff_weights_desc(), s.engine);
+    }
+    break;
+  }
+  Entry& ref = *e;
+  s.cache.emplace(k, std::move(e));
+  return ref;
+}
+
+ffi::Error check(const ffi::AnyBuffer& b, ffi::DataType t, const char* what) {
+  if (b.dimensions().size() != 4)
+    return ffi::Error::InvalidArgument(std::string(what) + ": expected a rank-4 array");
+  if (b.element_type() != t)
+    return ffi::Error::InvalidArgument(std::string(what) + ": every operand must have one dtype");
+  return ffi::Error::Success();
+}
+
+// x: N H W C (input side), w: KH KW C O, y: N OH OW O. `a`, `b`, `out` are the handler's two
+// operands and result, whose roles depend on the kind.
+ffi::Error run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+               int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  ffi::DataType t = a.element_type();
+  if (t != ffi::DataType::F32 && t != ffi::DataType::BF16)
+    return ffi::Error::InvalidArgument("onednn conv: float32 or bfloat16 only");
+  for (auto [buf, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&a, "operand 0"},
+                           {&b, "operand 1"}, {&(*out), "result"}}) {
+    ffi::Error e = check(*buf, t, name);
+    if (e.failure()) return e;
+  }
+  // Shapes of x, w, y by kind: forward (x, w) -> y; data (dy, w) -> dx; weights (x, dy) -> dw.
+  const ffi::AnyBuffer& x = kind == kBackwardData ? *out : a;
+  const ffi::AnyBuffer& w = kind == kBackwardWeights ? *out : b;
+  const ffi::AnyBuffer& y = kind == kForward ? *out : (kind == kBackwardData ? a : b);
+  auto xd = x.dimensions(), wd = w.dimensions(), yd = y.dimensions();
+  if (wd[2] != xd[3] || wd[3] != yd[3] || xd[0] != yd[0])
+    return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
+  Key key = {kind, t == ffi::DataType::BF16 ? 1 : 0, xd[0], xd[1], xd[2], xd[3], wd[3], wd[0],
+             wd[1], yd[1], yd[2], sh, sw, pt, pb, pl, pr};
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.mu);
+  try {
+    if (s.threads > 0) omp_set_num_threads(s.threads);  // per calling thread in OpenMP
+    Entry& e = lookup(key);
+    void* data[3] = {a.untyped_data(), b.untyped_data(), out->untyped_data()};
+    std::unordered_map<int, memory> args;
+    for (int i = 0; i < 3; ++i) {
+      Operand& o = e.ops[i];
+      memory user(o.user, s.engine, data[i]);
+      if (o.reorder && i < 2) o.to_prim.execute(s.stream, user, *o.buf);
+      args.emplace(o.arg, o.reorder ? *o.buf : user);
+    }
+    e.prim.execute(s.stream, args);
+    Operand& r = e.ops[2];
+    if (r.reorder) {
+      memory user(r.user, s.engine, data[2]);
+      r.to_user.execute(s.stream, *r.buf, user);
+    }
+    s.stream.wait();
+  } catch (const dnnl::error& err) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + err.what());
+  }
+  return ffi::Error::Success();
+}
+
+#define MLC_IMPL(name, kind)                                                                \
+  ffi::Error name(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,      \
+                  int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) { \
+    return run(kind, a, b, out, sh, sw, pt, pb, pl, pr);                                    \
+  }
+MLC_IMPL(ConvForward, kForward)
+MLC_IMPL(ConvBackwardData, kBackwardData)
+MLC_IMPL(ConvBackwardWeights, kBackwardWeights)
+
+#define MLC_BIND                                                                          \
+  ffi::Ffi::Bind()                                                                        \
+      .Arg<ffi::AnyBuffer>()                                                              \
+      .Arg<ffi::AnyBuffer>()                                                              \
+      .Ret<ffi::AnyBuffer>()                                                              \
+      .Attr<int64_t>("stride_h")                                                          \
+      .Attr<int64_t>("stride_w")                                                          \
+      .Attr<int64_t>("pad_top")                                                           \
+      .Attr<int64_t>("pad_bottom")                                                        \
+      .Attr<int64_t>("pad_left")                                                          \
+      .Attr<int64_t>("pad_right")
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvForward, ConvForward, MLC_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardData, ConvBackwardData, MLC_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardWeights, ConvBackwardWeights, MLC_BIND);
+
+extern "C" {
+// Threads each convolution uses (0: OpenMP's default, every core).
+void mlc_conv_set_threads(int n) {
+  std::lock_guard<std::mutex> lock(state().mu);
+  state().threads = n;
+}
+// Primitives built so far (tests: the cache is keyed by shape).
+int mlc_conv_cache_size() {
+  std::lock_guard<std::mutex> lock(state().mu);
+  return static_cast<int>(state().cache.size());
+}
+// oneDNN's version, e.g. 30200 for 3.2.0.
+int mlc_conv_onednn_version() {
+  const dnnl_version_t* v = dnnl_version();
+  return v->major * 10000 + v->minor * 100 + v->patch;
+}
+}

@@ -1,0 +1,247 @@
+"""mlc_jax/ops/conv.py: the oneDNN convolutions equal lax.conv_general_dilated (the reference,
+XLA's own convolution), values and both gradients, on every VGG16 layer shape and the other shapes
+the op takes (1x1, stride 2, SAME/VALID, odd sizes), float32 and bfloat16, under jit, vmap and data
+sharding over 4 fake devices; the models route their convolutions through it on the CPU; switched
+off or missing, lax.conv runs and a warning says why once.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from conftest import subprocess_env
+from mlc_jax.models import VGG
+from mlc_jax.models.vgg import BLOCK_CHANNELS, BLOCKS
+from mlc_jax.ops import conv
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _vgg16_layers():
+  """(in, out) channels of VGG16's 13 convolutions, each distinct pair once."""
+  pairs, cin = [], 3
+  for n, c in zip(BLOCKS["vgg16"], BLOCK_CHANNELS):
+    for _ in range(n):
+      pairs.append((cin, c))
+      cin = c
+  return sorted(set(pairs))
+
+
+def _rel(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+def _values_and_grads(fn, x, w, strides, padding):
+  """y = fn(x, w) and the gradients of sum(y * r) (a fixed random cotangent r) w.r.t. x and w."""
+  def f(x, w):
+    return fn(x, w, strides, padding, dimension_numbers=DN)
+  y, vjp = jax.vjp(f, x, w)
+  r = jax.random.normal(jax.random.PRNGKey(1), y.shape, jnp.float32).astype(y.dtype)
+  dx, dw = vjp(r)
+  return y, dx, dw
+
+
+def _operands(n, h, wd, c, o, k, dtype=jnp.float32, seed=0):
+  kx, kw = jax.random.split(jax.random.PRNGKey(seed))
+  x = jax.random.normal(kx, (n, h, wd, c), jnp.float32)
+  w = jax.random.normal(kw, (k, k, c, o), jnp.float32) / np.sqrt(k * k * c)
+  return x.astype(dtype), w.astype(dtype)
+
+
+def _assert_close(ours, ref, tol, what):
+  for name, a, b in zip(("value", "input grad", "weight grad"), ours, ref):
+    assert a.shape == b.shape and a.dtype == b.dtype, (what, name, a.shape, b.shape)
+    err = _rel(a, b)
+    assert err <= tol, f"{what}: {name} differs from lax.conv by {err:.2e} (relative)"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def onednn_on():
+  """The op is opt-in (MLC_JAX_ONEDNN=1): on for this file's tests, as it was before them after."""
+  before = os.environ.get("MLC_JAX_ONEDNN")
+  os.environ["MLC_JAX_ONEDNN"] = "1"
+  conv._LIB.update(tried=False, lib=None, why=None)
+  yield
+  if before is None:
+    os.environ.pop("MLC_JAX_ONEDNN")
+  else:
+    os.environ["MLC_JAX_ONEDNN"] = before
+  conv._LIB.update(tried=False, lib=None, why=None)
+  jax.clear_caches()  # no trace that called the op is reused by a later test
+
+
+def test_off_by_default_and_silent_about_it(monkeypatch, caplog):
+  monkeypatch.delenv("MLC_JAX_ONEDNN")
+  monkeypatch.setattr(conv, "_LIB", {"tried": False, "lib": None, "why": None})
+  with caplog.at_level("WARNING"):
+    assert conv.library() is None and not conv.available()
+  assert not caplog.records  # opt-in is no warning; an asked-for op that cannot load is one
+
+
+def test_library_is_built_and_used():
+  assert conv.library() is not None, conv.why_not()
+  assert conv.available()
+  assert conv.library().mlc_conv_onednn_version() >= 30000
+
+
+@pytest.mark.parametrize("cin,cout", _vgg16_layers())
+def test_vgg16_layers_equal_lax_float32(cin, cout):
+  # 3x3, stride 1, SAME: every layer of VGG16 (distinct channel pairs), on a small 7x6 map.
+  x, w = _operands(2, 7, 6, cin, cout, 3)
+  ours = _values_and_grads(conv.conv_general_dilated, x, w, (1, 1), "SAME")
+  ref = _values_and_grads(lax.conv_general_dilated, x, w, (1, 1), "SAME")
+  _assert_close(ours, ref, 1e-5, f"{cin}->{cout}")
+
+
+SHAPES = [  # (n, h, w, c, o, k, strides, padding)
+    (2, 8, 8, 16, 32, 1, (1, 1), "SAME"),
+    (2, 9, 7, 16, 32, 1, (2, 2), "VALID"),
+    (2, 8, 8, 16, 24, 3, (2, 2), "SAME"),   # even size, stride 2: lax pads (0, 1)
+    (2, 9, 9, 16, 24, 3, (2, 2), "SAME"),   # odd size: (1, 1)
+    (1, 10, 7, 8, 16, 3, (2, 1), "SAME"),   # different strides per axis
+    (2, 9, 8, 16, 16, 3, (1, 1), "VALID"),
+    (3, 11, 11, 8, 16, 3, (2, 2), "VALID"),
+    (2, 6, 6, 8, 16, 3, (1, 1), ((2, 0), (0, 1))),  # explicit, asymmetric
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{s[5]}x{s[5]}-s{s[6][0]}{s[6][1]}-{s[7]}"
+                                                if isinstance(s[7], str) else "explicit"
+                                                for s in SHAPES])
+def test_strides_paddings_and_1x1_equal_lax(shape):
+  n, h, wd, c, o, k, strides, padding = shape
+  x, w = _operands(n, h, wd, c, o, k)
+  ours = _values_and_grads(conv.conv_general_dilated, x, w, strides, padding)
+  ref = _values_and_grads(lax.conv_general_dilated, x, w, strides, padding)
+  _assert_close(ours, ref, 1e-5, str(shape))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 64, 64, 3, (1, 1), "SAME"),
+                                   (2, 9, 9, 32, 64, 3, (2, 2), "SAME"),
+                                   (2, 8, 8, 32, 64, 1, (1, 1), "VALID")])
+def test_bfloat16_within_its_precision(shape):
+  # The reference: lax in float32 on the same bf16-rounded operands and cotangent; bf16 keeps 8
+  # bits of mantissa (relative rounding 2^-8 = 0.4%), oneDNN accumulates in float32.
+  n, h, wd, c, o, k, strides, padding = shape
+  x, w = _operands(n, h, wd, c, o, k, jnp.bfloat16)
+  ours = _values_and_grads(conv.conv_general_dilated, x, w, strides, padding)
+  ref = _values_and_grads(lax.conv_general_dilated, x.astype(jnp.float32), w.astype(jnp.float32),
+                          strides, padding)
+  assert all(a.dtype == jnp.bfloat16 for a in ours)
+  _assert_close([a.astype(jnp.float32) for a in ours], ref, 1e-2, f"bf16 {shape}")
+
+
+def test_jit_and_vmap_over_the_batch():
+  x, w = _operands(3, 8, 8, 16, 32, 3)
+
+  def loss(fn, x, w):
+    return jnp.sum(jnp.tanh(fn(x, w, (2, 2), "SAME", dimension_numbers=DN)))
+
+  ours = jax.jit(jax.value_and_grad(lambda x, w: loss(conv.conv_general_dilated, x, w),
+                                    argnums=(0, 1)))(x, w)
+  ref = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w), argnums=(0, 1))(x, w)
+  assert _rel(ours[0], ref[0]) <= 1e-5
+  _assert_close(ours[1], ref[1], 1e-5, "jit")  # (dx, dw)
+
+  # vmap over the batch: per-example weight gradients, one image at a time through the op.
+  def one(fn, xi, w):
+    return jax.grad(lambda w: loss(fn, xi[None], w))(w)
+  per_ours = jax.jit(jax.vmap(lambda xi: one(conv.conv_general_dilated, xi, w)))(x)
+  per_ref = jax.vmap(lambda xi: one(lax.conv_general_dilated, xi, w))(x)
+  assert per_ours.shape == (3, 3, 3, 16, 32)
+  assert _rel(per_ours, per_ref) <= 1e-5
+  y_ours = jax.vmap(lambda xi: conv.conv_general_dilated(xi[None], w, (1, 1), "SAME",
+                                                         dimension_numbers=DN)[0])(x)
+  assert _rel(y_ours, lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)) <= 1e-5
+
+
+def test_primitives_cached_by_shape():
+  x, w = _operands(1, 5, 5, 8, 8, 3, seed=3)
+  lib = conv.library()
+  conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN).block_until_ready()
+  size = lib.mlc_conv_cache_size()
+  conv.conv_general_dilated(x + 1, w, (1, 1), "SAME", dimension_numbers=DN).block_until_ready()
+  assert lib.mlc_conv_cache_size() == size  # same shape: no new primitive
+  conv.conv_general_dilated(x[:, :4], w, (1, 1), "SAME", dimension_numbers=DN).block_until_ready()
+  assert lib.mlc_conv_cache_size() == size + 1
+
+
+def test_vgg_routes_its_convolutions_through_the_op():
+  model = VGG("vgg11", width=1 / 16, image_size=32)
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8))
+  text = jax.jit(lambda im: model(im)).lower(images).as_text()
+  assert text.count("mlc_onednn_conv_forward") == 8  # vgg11's eight convolutions
+  with conv.lax_only():
+    assert "mlc_onednn_conv" not in jax.jit(lambda im: model(im)).lower(images).as_text()
+
+
+def _child(code, **env):
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=300, env=subprocess_env(**env))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+SHARDED = """
+import json, jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from mlc_jax import parallel
+from mlc_jax.ops import conv
+mesh = parallel.mesh()
+x = jax.random.normal(jax.random.PRNGKey(0), (8, 8, 8, 16))
+w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 32)) * 0.1
+def loss(fn, x, w):
+  return jnp.sum(jnp.tanh(fn(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+step = jax.jit(jax.value_and_grad(lambda x, w: loss(conv.conv_general_dilated, x, w), (0, 1)),
+               in_shardings=(parallel.data_sharding(mesh), parallel.replicated(mesh)))
+ours = step(x, w)
+ref = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1))(x, w)
+rel = lambda a, b: float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+print(json.dumps({"devices": jax.device_count(), "shards": len(ours[1][0].addressable_shards),
+                  "value": rel(ours[0], ref[0]), "dx": rel(ours[1][0], ref[1][0]),
+                  "dw": rel(ours[1][1], ref[1][1]), "on": conv.available()}))
+"""
+
+
+def test_data_sharding_over_four_devices():
+  out = json.loads(_child(SHARDED, xla_flags="--xla_force_host_platform_device_count=4",
+                          MLC_JAX_ONEDNN="1").stdout.splitlines()[-1])
+  assert out["devices"] == 4 and out["shards"] == 4 and out["on"]
+  assert max(out["value"], out["dx"], out["dw"]) <= 1e-5, out
+
+
+FALLBACK = """
+import jax, jax.numpy as jnp, numpy as np
+from jax import lax
+from mlc_jax.models import VGG
+from mlc_jax.ops import conv
+model = VGG("vgg11", width=1 / 16, image_size=32)
+images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8))
+a = model(images)
+b = jax.jit(lambda im: model(im))(images)
+assert not conv.available()
+assert "mlc_onednn_conv" not in jax.jit(lambda im: model(im)).lower(images).as_text()
+with conv.lax_only():
+  assert float(jnp.max(jnp.abs(a - b))) < 1e-4
+print("done")
+"""
+
+
+@pytest.mark.parametrize("env,why", [({"MLC_JAX_ONEDNN": "0"}, "MLC_JAX_ONEDNN=0"),
+                                     ({"MLC_JAX_ONEDNN": "1",
+                                       "MLC_JAX_ONEDNN_LIB": "/nonexistent/libmlc_conv.so"},
+                                      "/nonexistent/libmlc_conv.so is not built")])
+def test_off_or_missing_falls_back_to_lax_and_says_so_once(env, why):
+  proc = _child(FALLBACK, **env)
+  assert proc.stdout.strip().endswith("done")
+  lines = [line for line in proc.stderr.splitlines() if "CPU convolutions use lax.conv" in line]
+  assert len(lines) == 1 and why in lines[0], proc.stderr[-2000:]
