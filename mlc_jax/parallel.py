@@ -35,7 +35,10 @@ def setup_process(tensorflow=True):
   if XLA_CPU_FLAGS.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CPU_FLAGS}".strip()
   if tensorflow:
-    import tensorflow as tf  # noqa: PLC0415 - only modes that read data pay for it
+    try:
+      import tensorflow as tf  # noqa: PLC0415 - only modes that read data pay for it
+    except ImportError:  # a machine without TensorFlow (an accelerator's step-only install)
+      return
     try:
       tf.config.set_visible_devices([], "GPU")
     except RuntimeError:  # TensorFlow already initialised its devices: then already set up

@@ -255,7 +255,7 @@ def test_list_images_reports_each_file_left_out(tmp_path):
       (str(root / "notes.txt"), "unsupported type",
        "unsupported type (.txt); images are .jpg .jpeg .png .gif .bmp .webp .tif .tiff")]
   assert predict.summarize(skipped) == "1 unsupported type (.txt), 1 broken symlink, 1 directory"
-  assert predict.image_io.to_array(root / "b.webp").shape == (16, 16, 3)  # decodable, so kept
+  assert predict.pixels.to_array(root / "b.webp").shape == (16, 16, 3)  # decodable, so kept
   # A glob takes every file it matches (prediction reports notes.txt) and reports the rest.
   paths, skipped = predict.list_images(str(root / "*"))
   assert paths == [str(root / "a.png"), str(root / "b.webp"), str(root / "notes.txt")]
