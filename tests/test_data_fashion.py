@@ -110,3 +110,17 @@ def test_missing_or_bad_files_one_line(tmp_path):
   (folder / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x1e" + b"\x01" * 5)
   with pytest.raises(UserError, match="t10k-labels-idx1-ubyte.*damaged"):
     registry.get(config(tmp_path, folder, "b"))
+
+
+def test_collage_max_items_caps_the_items_per_collage(tmp_path):
+  """data.collage_max_items=2: every collage holds 1 or 2 items and both counts occur (the
+  default, 4, gives some collages of 3 or 4, as the first test's 48 draws show)."""
+  folder = write_files(tmp_path / "files")
+  c = config(tmp_path, folder, "a")
+  c.data.collage_max_items = 2
+  counts = [len(cells(image)) for split in ("train", "test")
+            for image, _ in examples(registry.get(c), split)]
+  assert set(counts) == {1, 2}
+  default = [len(cells(image)) for image, _ in examples(registry.get(config(tmp_path, folder, "b")),
+                                                        "train")]
+  assert max(default) > 2
