@@ -13,6 +13,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "mlc_jax"
 FORBIDDEN = {
     "files": ("config", "workdir", "parallel", "checkpoints", "restore", "runner", "cli", "models",
               "data", "train", "eval", "inference", "metrics", "sweep"),
+    "ops": ("config", "workdir", "parallel", "checkpoints", "restore", "runner", "cli", "models",
+            "data", "train", "eval", "inference", "metrics", "sweep", "files"),
     "config": ("workdir", "parallel", "checkpoints", "runner", "cli", "models", "data", "train",
                "eval", "inference", "metrics", "sweep"),
     "metrics": ("config", "workdir", "parallel", "checkpoints", "runner", "cli", "models", "data",
