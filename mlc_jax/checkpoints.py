@@ -13,6 +13,7 @@ after its last save has finished.
 Turning a workdir back into a model is mlc_jax.restore's job; this module knows the format only.
 """
 import json
+import logging as std_logging
 import os
 import sys
 import time
@@ -84,11 +85,13 @@ def _orbax_leftover(u):
 
 def _quiet_orbax():
   """Installs the filters above, and drops the tracebacks a failed save or restore leaves behind:
-  'Event loop is closed' from TensorStore's callbacks (sys.excepthook) and the errors of Orbax's
-  abandoned coroutines (sys.unraisablehook), dozens of each around the one line that says it."""
+  'Event loop is closed' from TensorStore's callbacks (sys.excepthook), the errors of Orbax's
+  abandoned coroutines (sys.unraisablehook) and asyncio's 'Future exception was never retrieved'
+  of a disk refusal, dozens of each around the one line that says it."""
   if not any(isinstance(f, _QuietOrbax) for f in logging.get_absl_logger().filters):
     logging.get_absl_logger().addFilter(_QuietOrbax())
     logging.get_absl_logger().addFilter(disk.Quiet())  # a full disk: the one line says it
+    std_logging.getLogger("asyncio").addFilter(disk.Quiet())
     hook, unraisable = sys.excepthook, sys.unraisablehook
     sys.excepthook = lambda kind, value, tb: None if _closed_loop(value) else hook(kind, value, tb)
     sys.unraisablehook = lambda u: None if _orbax_leftover(u) else unraisable(u)
