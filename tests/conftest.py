@@ -45,6 +45,17 @@ def subprocess_env(xla_flags="", **extra):
   return env
 
 
+def one_error_line(capsys, call):
+  """Runs call, which must end the process with one `error:` line and exit status 1; the line."""
+  with pytest.raises(SystemExit) as e:
+    call()
+  err = capsys.readouterr().err
+  assert e.value.code == 1 and "Traceback" not in err, err
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith("error: "), err
+  return lines[0]
+
+
 def default_config():
   """configs/default.py's config, unlocked so a test can change it."""
   from configs import default

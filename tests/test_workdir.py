@@ -10,7 +10,7 @@ import time
 import ml_collections
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, one_error_line
 from mlc_jax import runner, workdir as workdir_lib
 from mlc_jax.errors import UserError
 
@@ -185,17 +185,6 @@ def _copy(workdir, to):
   return to
 
 
-def _one_error_line(capsys, call):
-  """Runs call, which must end the process with one `error:` line and exit status 1."""
-  with pytest.raises(SystemExit) as e:
-    call()
-  err = capsys.readouterr().err
-  assert e.value.code == 1 and "Traceback" not in err, err
-  lines = [l for l in err.splitlines() if l.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error: "), err
-  return lines[0]
-
-
 def test_a_digest_record_catches_truncation_and_edits_and_survives_a_kill(tmp_path):
   from mlc_jax.files import checked
   p = tmp_path / "f.json"
@@ -226,13 +215,13 @@ def test_a_truncated_config_json_is_one_line_in_every_mode(finished, tmp_path, c
                                 output=str(tmp_path / "out"), format="stablehlo")
   for mode, given in (("train", config), ("evaluate", None), ("export", None), ("predict", None)):
     flags.output = str(tmp_path / ("out.csv" if mode == "predict" else "out"))
-    line = _one_error_line(capsys, lambda: cli.run(mode, given, str(workdir), flags))
+    line = one_error_line(capsys, lambda: cli.run(mode, given, str(workdir), flags))
     assert line == (f"error: {p}: it is 100 bytes, not the {size} written (truncated); it records "
                     "what was trained here and cannot be rebuilt: restore it from a backup or "
                     "train in a new --workdir (if you edited it on purpose, delete "
                     f"{workdir / '.config.json.sha256'} to accept it)"), mode
   (workdir / ".config.json.sha256").unlink()  # an older workdir: no record, the JSON error
-  line = _one_error_line(capsys, lambda: cli.run("evaluate", None, str(workdir), flags))
+  line = one_error_line(capsys, lambda: cli.run("evaluate", None, str(workdir), flags))
   assert line.startswith(f"error: {p}: it is not a JSON config (")
 
 

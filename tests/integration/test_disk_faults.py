@@ -12,10 +12,9 @@ import types
 
 import ml_collections
 import numpy as np
-import pytest
 
 import mlc_jax
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, one_error_line, subprocess_env
 from mlc_jax import cli, runner
 from trained_run import trained_workdir
 
@@ -98,16 +97,6 @@ def _flags(**kw):
                                          stage=None, predictions=None), **kw})
 
 
-def _one_error_line(capsys, call):
-  with pytest.raises(SystemExit) as e:
-    call()
-  err = capsys.readouterr().err
-  assert e.value.code == 1 and "Traceback" not in err, err
-  lines = [l for l in err.splitlines() if l.strip()]
-  assert len(lines) == 1 and lines[0].startswith("error: "), err
-  return lines[0]
-
-
 def _refuse(monkeypatch, module, name, number, when=lambda *a, **k: True):
   real = getattr(module, name)
 
@@ -128,7 +117,7 @@ def test_a_read_only_workdir_is_one_line_from_the_lock(shapes_config, tmp_path, 
   workdir = tmp_path / "w"
   workdir.mkdir()
   _refuse(monkeypatch, os, "open", errno.EROFS, lambda p, *a, **k: str(p).endswith(".lock"))
-  line = _one_error_line(capsys, lambda: cli.run("train", _config(shapes_config), str(workdir),
+  line = one_error_line(capsys, lambda: cli.run("train", _config(shapes_config), str(workdir),
                                                  _flags()))
   assert line == (f"error: could not write the lock file .lock in {workdir}: the file system is "
                   "read-only; nothing in the workdir was changed; make it writable (or pass "
@@ -147,7 +136,7 @@ def test_a_full_disk_during_evaluate_is_one_line_and_the_last_evaluation_stays(
                   "meta": {}}))  # not current: evaluate runs again
   before = _tree(workdir / "eval")
   _refuse(monkeypatch, np, "savez_compressed", errno.ENOSPC)
-  line = _one_error_line(capsys, lambda: cli.run("evaluate", None, str(workdir), _flags()))
+  line = one_error_line(capsys, lambda: cli.run("evaluate", None, str(workdir), _flags()))
   assert line == (f"error: could not write the outputs in {workdir}/eval/test: no space left on "
                   "the device; the previous ones there are intact; free some space there and run "
                   "the same command to continue")
