@@ -16,6 +16,7 @@ import json
 import logging as std_logging
 import os
 import sys
+import threading
 import time
 
 import jax
@@ -97,6 +98,16 @@ def _quiet_orbax():
     sys.unraisablehook = lambda u: None if _orbax_leftover(u) else unraisable(u)
 
 
+def _join_writers(timeout=60.0):
+  """Waits (up to timeout seconds in all) for Orbax's writer threads still running after a failed
+  save: close() stops at the first error, and a writer left running when the interpreter shuts
+  down fails again with a traceback ('cannot schedule new futures after interpreter shutdown')."""
+  deadline = time.monotonic() + timeout
+  for t in threading.enumerate():
+    if t is not threading.current_thread() and type(t).__module__.startswith("orbax"):
+      t.join(max(0.0, deadline - time.monotonic()))
+
+
 def _detach(x):
   return jnp.array(x, copy=True) if isinstance(x, jax.Array) else x
 
@@ -118,7 +129,10 @@ class Manager:
     ])
     options = ocp.CheckpointManagerOptions(
         best_fn=best_fn, best_mode=self.mode, preservation_policy=policy, read_only=read_only,
-        create=not read_only, enable_async_checkpointing=not read_only)
+        create=not read_only, enable_async_checkpointing=not read_only,
+        # a step's directories are made in save() itself: a disk that refuses them is an error of
+        # that call, not of a background thread whose siblings then wait minutes for its signal
+        async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
     try:
       self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                          item_names=("model", "train", "ema"))
@@ -167,7 +181,10 @@ class Manager:
 
   def _give_up(self):
     self._failed = True
-    self._mngr.close()
+    try:
+      self._mngr.close()
+    finally:
+      _join_writers()
 
   def restore(self, step, abstract_model=None, abstract_train=None, abstract_ema=None):
     """Restores the named items of step against abstract targets -> dict item -> pytree.

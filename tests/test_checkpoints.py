@@ -5,6 +5,8 @@ each test knows exactly which parameters every step holds.
 """
 import json
 import os
+import subprocess
+import sys
 
 import ml_collections
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from flax import nnx
 
 import mlc_jax
+from conftest import ROOT, subprocess_env
 from mlc_jax import checkpoints, models, restore
 from mlc_jax.data import registry
 from mlc_jax.eval import evaluate
@@ -170,3 +173,46 @@ def test_best_metric_ema_ranks_the_finetune_stage_only(best_metric, head, finetu
   assert checkpoints.weights_of(config, "head") == "regular"
   assert checkpoints.weights_of(config, "finetune") == ("ema" if "ema" in best_metric
                                                         else "regular")
+
+
+
+
+# A save that meets a full disk at the directory argv[2] while its other writers are still busy (a
+# slow directory creation): the one line is said, and the process exits at once. A writer left
+# running fails at interpreter shutdown with a traceback ('cannot schedule new futures'); writers
+# waiting on the signal of a failed directory creation would hold the process for 5 minutes.
+SAVE_ON_A_FILLING_DISK = """
+import asyncio, errno, sys
+import jax.numpy as jnp
+from orbax.checkpoint._src.path import async_path
+from mlc_jax import checkpoints
+from mlc_jax.files import disk
+real = async_path.mkdir
+async def filling(path, *a, **k):
+  if sys.argv[2] in str(path):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+  await asyncio.sleep(1.0)
+  return await real(path, *a, **k)
+async_path.mkdir = filling
+mngr = checkpoints.Manager(sys.argv[1], "head")
+try:
+  mngr.save(3, {"w": jnp.arange(4.0)}, {"n": jnp.arange(3)}, metrics={"val_loss": 1.0})
+  mngr.wait()
+except disk.DiskError as e:
+  print("error:", e, file=sys.stderr)
+  sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("refused, what", [
+    ("model.orbax-checkpoint-tmp/array_metadatas", "a checkpoint"),
+    ("model.orbax-checkpoint-tmp", "a checkpoint (step 3 or the one before)")])
+def test_a_failed_save_stops_its_writers_before_the_process_exits(tmp_path, refused, what):
+  proc = subprocess.run([sys.executable, "-c", SAVE_ON_A_FILLING_DISK, str(tmp_path), refused],
+                        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "shutdown" not in proc.stderr, proc.stderr[-3000:]
+  assert [l for l in proc.stderr.splitlines() if l.startswith(("E", "error"))] == [
+      f"error: could not write {what} in {tmp_path}/checkpoints/head: no space left on the "
+      "device; nothing saved before is lost; free some space there and run the same command to "
+      "continue"], proc.stderr[-3000:]

@@ -38,7 +38,7 @@ def log_then_fill(run, row):
       if os.path.isdir(sys.argv[2] + "/checkpoints/head/6"):
         break
       time.sleep(0.05)
-    with open(sys.argv[2] + "/../filler", "wb") as f:
+    with open(sys.argv[2] + "/../filler", "wb", buffering=0) as f:  # nothing left to flush
       try:
         while True:
           f.write(b"x" * 65536)
