@@ -42,8 +42,8 @@ CASES = {  # the demo's model first; then each architecture, pooling, top and ac
                                     convention="torch"),
     "vgg13_bn flatten unit linear head": dict(arch="vgg13", pooling="flatten", convention="unit",
                                               hidden=()),
-    "vgg19 avg two hidden layers": dict(arch="vgg19", batch_norm=False, pooling="avg",
-                                        hidden=(64, 32)),
+    "vgg19 avg two hidden layers tf": dict(arch="vgg19", batch_norm=False, pooling="avg",
+                                           hidden=(64, 32), convention="tf"),
     "vgg16 with top at 32 px": dict(batch_norm=False, include_top=True, size=32),
 }
 

@@ -14,7 +14,7 @@ from conftest import default_config, forward
 from mlc_jax.errors import UserError
 from mlc_jax.models import (Head, MultiLabelModel, VGG, build_backbone, build_model,
                             flat_params, load_backbone_weights)
-from mlc_jax.models.vgg import block_of, preprocess
+from mlc_jax.models.backbone import block_of, preprocess
 
 
 def param_count(model):
@@ -93,6 +93,9 @@ def test_preprocessing_conventions_by_hand():
                              [(10 / 255 - 0.485) / 0.229, (20 / 255 - 0.456) / 0.224,
                               (30 / 255 - 0.406) / 0.225], rtol=1e-5)
   np.testing.assert_allclose(preprocess(pixel, "unit")[0, 0, 0], [10 / 255, 20 / 255, 30 / 255])
+  np.testing.assert_allclose(preprocess(pixel, "tf")[0, 0, 0],  # EfficientNet-Lite's (x - 0.5) / 0.5
+                             [(10 / 255 - 0.5) / 0.5, (20 / 255 - 0.5) / 0.5, (30 / 255 - 0.5) / 0.5],
+                             rtol=1e-5)
 
 
 def test_bfloat16_computes_close_to_float32_with_float32_params():

@@ -17,7 +17,7 @@ is one UserError naming it, before anything is written.
 import numpy as np
 
 from mlc_jax.errors import UserError
-from mlc_jax.models import vgg
+from mlc_jax.models import backbone as backbone_lib, vgg
 
 OPSET = 17
 
@@ -54,15 +54,18 @@ def _preprocess(g, x, convention):
   x = g.op("Cast", [x], to=1)  # float32
   if convention == "caffe":
     bgr = g.op("Gather", [x, g.const("bgr_order", np.asarray([2, 1, 0], np.int64))], axis=3)
-    return g.op("Sub", [bgr, g.const("caffe_mean_bgr", np.asarray(vgg.CAFFE_MEAN_BGR, np.float32))])
+    return g.op("Sub", [bgr, g.const("caffe_mean_bgr", np.asarray(backbone_lib.CAFFE_MEAN_BGR, np.float32))])
   if convention == "torch":
     x = g.op("Div", [x, g.const("scale_255", np.float32(255.0))])
-    x = g.op("Sub", [x, g.const("torch_mean", np.asarray(vgg.TORCH_MEAN, np.float32))])
-    return g.op("Div", [x, g.const("torch_std", np.asarray(vgg.TORCH_STD, np.float32))])
+    x = g.op("Sub", [x, g.const("torch_mean", np.asarray(backbone_lib.TORCH_MEAN, np.float32))])
+    return g.op("Div", [x, g.const("torch_std", np.asarray(backbone_lib.TORCH_STD, np.float32))])
+  if convention == "tf":
+    x = g.op("Div", [x, g.const("scale_127_5", np.float32(127.5))])
+    return g.op("Sub", [x, g.const("one", np.float32(1.0))])
   if convention == "unit":
     return g.op("Div", [x, g.const("scale_255", np.float32(255.0))])
   raise UserError(f"ONNX export: preprocessing {convention!r} has no ONNX mapping "
-                  f"(known: {', '.join(vgg.CONVENTIONS)})")
+                  f"(known: {', '.join(backbone_lib.CONVENTIONS)})")
 
 
 def _flatten_hwc(g, x):

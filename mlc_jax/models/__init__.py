@@ -1,4 +1,5 @@
-"""Models: VGG11-19 (+BN) with Keras layer names, the multi-label head, weight files, ImageNet classes.
+"""Models: backbones by family (models/families.py; VGG11-19 (+BN) with Keras layer names), the
+multi-label head, weight files, ImageNet classes.
 
 Nothing here knows a dataset or a training stage.
 """

@@ -9,7 +9,8 @@ from mlc_jax.errors import UserError
 from mlc_jax.models import imagenet, weights
 from mlc_jax.models.head import Head
 from mlc_jax.models.model import MultiLabelModel
-from mlc_jax.models.vgg import VGG, scaled
+from mlc_jax.models.backbone import scaled
+from mlc_jax.models.vgg import VGG
 
 
 def file_classifier(path, *, dtype="float32"):

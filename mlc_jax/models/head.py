@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from mlc_jax.models.vgg import host_initializer
+from mlc_jax.models.backbone import host_initializer
 
 
 def sizes(hidden):

@@ -1,4 +1,4 @@
-"""The multi-label model (VGG backbone + head) built from the config, and its outputs.
+"""The multi-label model (a backbone of any family + head) built from the config, and its outputs.
 
 Weights come in through mlc_jax.models.pretrained; whole single-label classifiers from a file
 (ImageNet's, or one mlc_jax exported) are mlc_jax.models.classifiers'.
@@ -10,16 +10,16 @@ import numpy as np
 from flax import nnx
 
 from mlc_jax import parallel
-from mlc_jax.models import weights
+from mlc_jax.models import families, weights
 from mlc_jax.models.head import Head
-from mlc_jax.models.vgg import VGG
 
 # What a checkpoint keeps of a model: parameters and BatchNorm statistics, not RNG streams.
 SAVED = nnx.Any(nnx.Param, nnx.BatchStat)
 
 
 class MultiLabelModel(nnx.Module):
-  """`backbone` (VGG, headless or with fc1/fc2) followed by `head` (Head); returns logits."""
+  """`backbone` (a models.backbone.Backbone: headless, or VGG with fc1/fc2) followed by `head`
+  (Head); returns logits."""
 
   def __init__(self, backbone, head):
     self.backbone = backbone
@@ -36,12 +36,10 @@ def preprocessing_of(config):
 
 
 def build_backbone(config, *, rngs=None):
-  """VGG from config.model and config.image_size/dtype alone (randomly initialised, no file read)."""
-  m = config.model
-  return VGG(m.arch, include_top=m.include_top, pooling=m.pooling, width=m.width,
-             batch_norm=m.batch_norm, num_classes=0, image_size=config.image_size,
-             dtype=config.dtype, preprocessing=preprocessing_of(config),
-             blocks=int(m.get("blocks", 5)), rngs=rngs if rngs is not None else nnx.Rngs(int(config.seed)))
+  """The backbone of config.model.arch's family from config.model and config.image_size/dtype alone
+  (randomly initialised, no file read)."""
+  rngs = rngs if rngs is not None else nnx.Rngs(int(config.seed))
+  return families.of(config.model.arch).cls.from_config(config, preprocessing_of(config), rngs)
 
 
 def build_model(config, num_classes, *, rngs=None):

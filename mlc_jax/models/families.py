@@ -1,0 +1,36 @@
+"""The backbone families by model.arch: the module class, the weight files it reads and where
+model.weights='imagenet' comes from. A new family is one entry here (see models/backbone.py)."""
+import dataclasses
+from typing import Callable
+
+from mlc_jax.errors import UserError
+from mlc_jax.models import weights
+from mlc_jax.models.vgg import VGG
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  name: str
+  cls: type                                # a models.backbone.Backbone subclass
+  load: Callable                           # (backbone, path) -> None: a weights file into it
+  imagenet_file: Callable                  # config -> Keras file name of model.weights='imagenet'
+
+
+FAMILIES = (
+    Family("vgg", VGG, lambda backbone, path: weights.load_into(backbone, path),
+           lambda config: weights.keras_file_name(config.model.arch, config.model.include_top)),
+)
+ARCHS = tuple(arch for family in FAMILIES for arch in family.cls.ARCHS)
+
+
+def of(arch):
+  """The Family that builds model.arch=arch (UserError naming the choices otherwise)."""
+  for family in FAMILIES:
+    if arch in family.cls.ARCHS:
+      return family
+  raise UserError(f"model.arch={arch!r} is not one of {', '.join(ARCHS)}")
+
+
+def of_backbone(backbone):
+  """The Family of a built backbone."""
+  return of(backbone.arch)
