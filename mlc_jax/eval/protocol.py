@@ -14,9 +14,19 @@ NAMES = {"literature": "the literature's (VOC difficult-only labels unknown; COC
          "all": "every stored image and label"}
 
 
+# how the papers write each model.arch (the literature's rows say "VGG16", "ResNet-101")
+DISPLAY_NAMES = {"resnet50": "ResNet-50", "resnet101": "ResNet-101",
+                 "efficientnet_lite0": "EfficientNet-Lite0"}
+
+
+def arch_name(arch):
+  """'VGG16', 'ResNet-101', 'EfficientNet-Lite0': model.arch as the literature writes it."""
+  return DISPLAY_NAMES.get(arch, arch.upper())
+
+
 def backbone(config):
-  """'VGG16', 'VGG16-BN', with the width multiplier when it is not 1."""
-  name = config.model.arch.upper() + ("-BN" if config.model.batch_norm else "")
+  """'VGG16', 'VGG16-BN', 'ResNet-101', with the width multiplier when it is not 1."""
+  name = arch_name(config.model.arch) + ("-BN" if config.model.batch_norm else "")
   width = float(config.model.width)
   return name if width == 1 else f"{name} (width x{width:g})"
 

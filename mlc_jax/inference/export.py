@@ -289,6 +289,9 @@ def export_keras_h5(workdir, output, which="best", stage=None):
   if out.is_dir():
     raise UserError(f"--output={out} is a folder; give a file name ending .h5")
   r = restore.restore(workdir, which, stage)
+  if not isinstance(r.model.backbone, models.VGG):
+    raise UserError(f"--format=keras_h5 writes VGG's Keras layout; this run's backbone is "
+                    f"{r.config.model.arch}: export it with --format=stablehlo")
   config, layers = r.config, models.keras_layers(r.model)
   top = "predictions" in layers
   attrs = {"preprocessing": models.preprocessing_of(config), "checkpoint": r.name,

@@ -113,7 +113,8 @@ def build(model, num_classes, activation, image_size):
     raise UserError(f"ONNX export: activation {activation!r} has no ONNX mapping")
   net = getattr(model, "backbone", model)
   if not isinstance(net, vgg.VGG):
-    raise UserError(f"ONNX export: a {type(net).__name__} backbone has no ONNX mapping (VGG only)")
+    raise UserError(f"--format=onnx: the ONNX graph covers VGG backbones; this one is "
+                    f"{net.arch}: export it with --format=stablehlo")
   g = _Graph()
   x = _backbone(g, "images", net)
   head = getattr(model, "head", None)
