@@ -111,7 +111,7 @@ def test_coco_table_compares_each_published_row():
   assert table.splitlines()[0].endswith("| top-3 variant | same protocol as ours? |")
   methods = [l.split(" | ")[0][2:] for l in table.splitlines()[2:] if l.startswith("| ")]
   assert methods == ["WARP", "CNN-RNN", "RDAR", "RARL", "VGG16 baseline", "KD-WSD", "ResNet-SRN",
-                     "ML-GCN", "Query2Label (state of the art, for scale)",
+                     "Res-101 GAP", "Res-101 GMP", "ML-GCN", "Query2Label (state of the art, for scale)",
                      "ML-Decoder (state of the art, for scale)", "**ours**"]
   assert _cell(table, "ML-GCN") == (
       "no: train images: theirs 82,081, ours 78,000 (+4,081 validation); "
@@ -160,7 +160,8 @@ def test_table_without_our_protocol_and_sources():
     assert _cell(table, method) == "unknown: our protocol not recorded"
   sources = table.split("Sources:\n")[1].splitlines()
   assert [s.split(":")[0] for s in sources] == ["- ASL", "- CNN-RNN", "- KD-WSD", "- KNN", "- ML-GCN",
-                                                "- ResNet-SRN", "- VGG16 baseline", "- WARP"]
+                                                "- Res-101 GAP", "- Res-101 GMP", "- ResNet-SRN",
+                                                "- VGG16 baseline", "- WARP"]
   ml_gcn = next(s for s in sources if s.startswith("- ML-GCN"))
   assert "arXiv:1904.03582" in ml_gcn and "figures: readme" in ml_gcn and "protocol: none" in ml_gcn
   assert "corrected: 56.1 is MAP@10" in next(s for s in sources if s.startswith("- CNN-RNN"))
@@ -187,6 +188,33 @@ def test_published_figures_and_protocol_facts():
   nus = _rows("nus_wide")
   assert nus["ML-GCN"]["verification"]["protocol"] == "none"
   assert {"KNN", "WARP", "CNN-RNN", "ResNet-SRN"} <= set(nus)
+
+
+# megvii-research/ML-GCN README at 5517d6f, hand-copied: '| Res-101 GAP  | 77.3    |   56.9   |  91.7|',
+# '| Res-101 GMP |  81.9  | 59.7   |  93.0 |' (COCO / NUS-WIDE / VOC2007); GMP COCO was 81.5 before 5517d6f.
+ML_GCN_BASELINES = {"Res-101 GAP": {"coco/2014": 77.3, "nus_wide": 56.9, "voc/2007": 91.7},
+                    "Res-101 GMP": {"coco/2014": 81.9, "nus_wide": 59.7, "voc/2007": 93.0}}
+
+
+@pytest.mark.parametrize("dataset", ["coco/2014", "nus_wide", "voc/2007"])
+def test_ml_gcn_resnet101_baselines(dataset):
+  """The README's re-run ResNet-101 baselines: their figures, and a ResNet-101 run at 448 px
+  differs from them only in what the README leaves unstated."""
+  rows = _rows(dataset)
+  ours = dict(OURS, backbone="ResNet-101", image_size=448)
+  if dataset == "voc/2007":
+    ours.update(split="trainval (less data.val_fraction for validation) / test as test",
+                difficult="unknown (-1) at evaluation")
+  table = _table_rows(literature.table(dataset, [("ours", METRICS)], ours))
+  for method, figures in ML_GCN_BASELINES.items():
+    assert rows[method]["mAP"] == figures[dataset]
+    assert table[method]["mAP"] == f"{figures[dataset]:.1f}"
+    assert table[method]["backbone, input"] == "ResNet-101"  # the size is unstated
+    cell = table[method]["same protocol as ours?"]
+    assert cell.startswith("unknown: ") and "backbone" not in cell, cell
+    assert "image size unstated (448 in ML-GCN's own runs)" in cell
+  if dataset == "coco/2014":
+    assert "81.5 before" in rows["Res-101 GMP"]["table_note"]
 
 
 def _half_up(value):
