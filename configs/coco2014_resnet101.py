@@ -37,6 +37,9 @@ Where this config differs from ML-GCN's runs:
   5% of train2014 is the validation set (best checkpoint by its mAP) and val2014 is scored once;
 - ML-GCN's GCN engine also clips the gradient norm at 10 (engine.py); the plain engine its
   baselines would run through does not, nor does this config (--config.finetune.grad_clip=10);
+- ImageNet weights: ML-GCN's models.py defaults to pretrained=False since commit 4ba3840 and its
+  demo passes nothing, so its code at HEAD starts from random weights; its lrp option ('learning
+  rate for pre-trained layers') and 4ba3840's parent (pretrained=True) mean ImageNet weights, as here;
 - no head stage on cached features: the backbone and a freshly initialised classifier train
   together from the first step, as in ML-GCN (add 'features' and 'head' to stages for our
   usual warm start).
