@@ -48,12 +48,14 @@ def keras_file_name(arch, include_top):
 
 def convention_for(weights_spec):
   """Preprocessing convention of a weights spec: 'imagenet'/.h5 -> caffe, .safetensors and
-  'torchvision-vgg16' -> torch, '' -> unit."""
+  'torchvision-vgg16' -> torch, 'efficientnet-lite0' -> tf, '' -> unit."""
   spec = str(weights_spec or "")
   if not spec:
     return "unit"
   if spec == "torchvision-vgg16":  # models.sdist_weights.NAME (that module imports this one)
     return "torch"
+  if spec == "efficientnet-lite0":  # models.lite_weights.NAME
+    return "tf"
   if spec.lower().endswith((".h5", ".hdf5")):
     return file_attrs(spec).get("preprocessing", "caffe")  # mlc_jax's own files say theirs
   if spec == "imagenet":
