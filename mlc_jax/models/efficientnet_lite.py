@@ -76,6 +76,7 @@ class EfficientNetLite(Backbone):
                           num_classes=num_classes, image_size=image_size, dtype=dtype,
                           preprocessing=preprocessing, blocks=blocks)
     rngs = rngs if rngs is not None else nnx.Rngs(0)
+    depthwise_init = host_initializer("depthwise")
     self.batch_norm = True  # every convolution is followed by one (the BN policy applies)
     conv = dict(padding=PADDING, use_bias=False, dtype=dtype, param_dtype=jnp.float32,
                 kernel_init=host_initializer("conv"), rngs=rngs,
@@ -97,7 +98,8 @@ class EfficientNetLite(Backbone):
         setattr(self, f"{name}_expand_conv", nnx.Conv(cin, mid, (1, 1), **conv))
         setattr(self, f"{name}_expand_bn", bn(mid))
       setattr(self, f"{name}_dw_conv", nnx.Conv(mid, mid, (kernel, kernel), strides=stride,
-                                                feature_group_count=mid, **conv))
+                                                feature_group_count=mid,
+                                                **{**conv, "kernel_init": depthwise_init}))
       setattr(self, f"{name}_dw_bn", bn(mid))
       setattr(self, f"{name}_project_conv", nnx.Conv(mid, cout, (1, 1), **conv))
       setattr(self, f"{name}_project_bn", bn(cout))

