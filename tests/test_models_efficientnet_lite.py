@@ -258,3 +258,24 @@ def test_named_weights_cache_is_rebuilt_when_damaged_and_a_wrong_wheel_refused(t
 def test_a_state_dict_of_another_network_is_one_line():
   with pytest.raises(UserError, match=r"other\.pth has no tensor _conv_stem\.weight"):
     efficientnet_lite.from_torch({"features.0.weight": np.zeros((3, 3))}, "other.pth")
+
+
+def test_blocks_tap_by_stride_from_config_and_train_mode_updates_statistics():
+  """model.blocks taps the map at stride 2**blocks: at 33 px (odd: SAME rounds up) and width 1/8,
+  sides 17, 9, 5, 3, 2 and channels 16, 24, 40, 112, 1280 over 8, rounded (by hand)."""
+  from conftest import default_config  # noqa: PLC0415
+  from mlc_jax.models import model as model_lib  # noqa: PLC0415
+  config = default_config()
+  config.model.arch, config.model.width, config.image_size = "efficientnet_lite0", 1 / 8, 33
+  config.model.weights, config.model.preprocessing, config.model.include_top = "", "tf", False
+  images = np.random.default_rng(1).integers(0, 256, (2, 33, 33, 3)).astype(np.uint8)
+  for blocks, side, channels in ((1, 17, 2), (2, 9, 3), (3, 5, 5), (4, 3, 14), (5, 2, 160)):
+    config.model.blocks, config.model.pooling = blocks, "flatten"
+    backbone = model_lib.build_backbone(config)
+    assert isinstance(backbone, EfficientNetLite)
+    assert all(int(n[5]) <= blocks for n in backbone.layer_names)
+    assert backbone.features(images).shape == (2, side, side, channels)
+    assert backbone(images).shape == (2, backbone.num_features) == (2, side * side * channels)
+  before = np.asarray(backbone.block5_head_bn.mean.get_value()).copy()
+  backbone(images, train=True)
+  assert not np.allclose(np.asarray(backbone.block5_head_bn.mean.get_value()), before)
