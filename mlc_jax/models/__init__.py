@@ -1,6 +1,5 @@
 """Models: backbones by family (models/families.py; VGG11-19 (+BN) with Keras layer names,
-EfficientNet-Lite0), the
-multi-label head, weight files, ImageNet classes.
+EfficientNet-Lite0), the multi-label head, weight files, ImageNet classes.
 
 Nothing here knows a dataset or a training stage.
 """
