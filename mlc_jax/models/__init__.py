@@ -1,8 +1,9 @@
-"""Models: backbones by family (models/families.py; VGG11-19 (+BN) with Keras layer names), the
-multi-label head, weight files, ImageNet classes.
+"""Models: backbones by family (models/families.py; VGG11-19 (+BN) with Keras layer names,
+EfficientNet-Lite0), the multi-label head, weight files, ImageNet classes.
 
 Nothing here knows a dataset or a training stage.
 """
+from mlc_jax.models.efficientnet_lite import EfficientNetLite
 from mlc_jax.models.head import Head
 from mlc_jax.models.classifiers import file_classifier, imagenet_vgg
 from mlc_jax.models.model import (SAVED, MultiLabelModel, activation, build_backbone, build_model,
@@ -10,6 +11,6 @@ from mlc_jax.models.model import (SAVED, MultiLabelModel, activation, build_back
 from mlc_jax.models.pretrained import keras_layers, load_backbone_weights, weights_path
 from mlc_jax.models.vgg import VGG
 
-__all__ = ["MultiLabelModel", "VGG", "Head", "SAVED", "activation", "build_backbone",
+__all__ = ["MultiLabelModel", "VGG", "EfficientNetLite", "Head", "SAVED", "activation", "build_backbone",
            "build_model", "file_classifier", "flat_params", "forward", "imagenet_vgg", "keras_layers", "load_backbone_weights", "preprocessing_of",
            "probabilities", "weights_path"]

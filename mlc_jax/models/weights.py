@@ -34,6 +34,8 @@ KERAS_MD5 = {
 DEFAULT_CACHE = "~/.cache/mlc_jax"
 CONV_PARAMS = ("kernel", "bias")
 BN_PARAMS = ("scale", "bias", "mean", "var")  # Keras order: gamma, beta, moving mean, moving variance
+KERNEL_ONLY = ("kernel",)
+BIAS_FREE = re.compile(r"block\d_(stem|head|mb\d+_(expand|dw|project))_conv")  # EfficientNet-Lite
 
 
 def keras_file_name(arch, include_top):
@@ -46,12 +48,14 @@ def keras_file_name(arch, include_top):
 
 def convention_for(weights_spec):
   """Preprocessing convention of a weights spec: 'imagenet'/.h5 -> caffe, .safetensors and
-  'torchvision-vgg16' -> torch, '' -> unit."""
+  'torchvision-vgg16' -> torch, 'efficientnet-lite0' -> tf, '' -> unit."""
   spec = str(weights_spec or "")
   if not spec:
     return "unit"
   if spec == "torchvision-vgg16":  # models.sdist_weights.NAME (that module imports this one)
     return "torch"
+  if spec == "efficientnet-lite0":  # models.lite_weights.NAME
+    return "tf"
   if spec.lower().endswith((".h5", ".hdf5")):
     return file_attrs(spec).get("preprocessing", "caffe")  # mlc_jax's own files say theirs
   if spec == "imagenet":
@@ -64,7 +68,7 @@ def convention_for(weights_spec):
 
 
 ATTR_PREFIX = "mlc_jax_"
-KERAS_PARAMS = {CONV_PARAMS: ("kernel", "bias"),
+KERAS_PARAMS = {CONV_PARAMS: ("kernel", "bias"), KERNEL_ONLY: ("kernel",),
                 BN_PARAMS: ("gamma", "beta", "moving_mean", "moving_variance")}
 
 
@@ -112,8 +116,11 @@ def _names(attr):
 
 
 def param_names(layer):
-  """The parameters of a weight-bearing VGG layer, in Keras order."""
-  return BN_PARAMS if re.fullmatch(r"block\d_bn\d+", layer) else CONV_PARAMS
+  """The parameters of a weight-bearing layer, in Keras order: batch norms (block3_bn1,
+  block1_stem_bn), EfficientNet-Lite's bias-free convolutions (kernel only), other convs/denses."""
+  if re.fullmatch(r"block\d_(bn\d+|\w+_bn)", layer):
+    return BN_PARAMS
+  return KERNEL_ONLY if BIAS_FREE.fullmatch(layer) else CONV_PARAMS
 
 
 def read_keras_h5(path):
