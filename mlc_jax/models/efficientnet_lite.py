@@ -143,10 +143,10 @@ class EfficientNetLite(Backbone):
     return x
 
   @classmethod
-  def from_config(cls, config, preprocessing, rngs):
+  def from_config(cls, config, preprocessing, rngs, num_classes=0):
     m = config.model
     return cls(m.arch, include_top=m.include_top, pooling=m.pooling, width=m.width,
-               num_classes=0, image_size=config.image_size, dtype=config.dtype,
+               num_classes=num_classes, image_size=config.image_size, dtype=config.dtype,
                preprocessing=preprocessing, blocks=int(m.get("blocks", 5)), rngs=rngs)
 
 

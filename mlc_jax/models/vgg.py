@@ -165,10 +165,10 @@ class VGG(Backbone):
     return self.pool(x)
 
   @classmethod
-  def from_config(cls, config, preprocessing, rngs):
+  def from_config(cls, config, preprocessing, rngs, num_classes=0):
     m = config.model
     return cls(m.arch, include_top=m.include_top, pooling=m.pooling, width=m.width,
-               batch_norm=m.batch_norm, num_classes=0, image_size=config.image_size,
+               batch_norm=m.batch_norm, num_classes=num_classes, image_size=config.image_size,
                dtype=config.dtype, preprocessing=preprocessing, blocks=int(m.get("blocks", 5)),
                rngs=rngs)
 

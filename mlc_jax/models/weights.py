@@ -262,7 +262,8 @@ def load_into(module, path, weights=None):
   if extra:
     arch, bn, _ = describe(weights)
     kind = f"{arch}{'_bn' if bn else ''}" if arch else "another network"
-    mine = f"{module.arch}{'_bn' if module.batch_norm else ''}"
+    vgg_bn = getattr(module, "batch_norm", False) and module.arch.startswith("vgg")
+    mine = f"{module.arch}{'_bn' if vgg_bn else ''}"
     problems.append(f"it holds layers {', '.join(extra[:4])} that a {mine} lacks: the file is for "
                     f"{kind}; set model.arch/model.batch_norm to match it")
   for layer, params in expected.items():
