@@ -4,7 +4,8 @@ import dataclasses
 from typing import Callable
 
 from mlc_jax.errors import UserError
-from mlc_jax.models import weights
+from mlc_jax.models import resnet_weights, weights
+from mlc_jax.models.resnet import ResNet
 from mlc_jax.models.vgg import VGG
 
 
@@ -19,6 +20,8 @@ class Family:
 FAMILIES = (
     Family("vgg", VGG, lambda backbone, path: weights.load_into(backbone, path),
            lambda config: weights.keras_file_name(config.model.arch, config.model.include_top)),
+    Family("resnet", ResNet, lambda backbone, path: resnet_weights.load_into(backbone, path),
+           resnet_weights.imagenet_file),
 )
 ARCHS = tuple(arch for family in FAMILIES for arch in family.cls.ARCHS)
 
