@@ -164,9 +164,10 @@ def load_into(module, path, found=None):
     if extra:
       problems.append(f"it holds layers {', '.join(extra[:4])} that the model lacks")
   if problems:
+    top_only = problems == [p for p in problems if "ImageNet top" in p]
     raise UserError(f"weights file {path} does not fit the model: " + "; ".join(problems[:4])
                     + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
-                    + f"; set {KEYS} (and model.include_top) to match the file")
+                    + ("" if top_only else f"; set {KEYS} (and model.include_top) to match the file"))
   for layer, params in expected.items():
     for p in params:
       getattr(getattr(module, layer), p).set_value(jnp.asarray(found[layer][p], jnp.float32))
