@@ -142,6 +142,7 @@ def test_keras_resnet101_top_matches_keras(tmp_path):
   ours = ResNet("resnet101", layout="keras", include_top=True, image_size=SIZE,
                 preprocessing="caffe")
   resnet_weights.load_into(ours, path)
+  assert our_eps(ours) == keras_eps(model)
   err = wf.rel_err(forward(ours, images), model.predict(caffe(images), verbose=0))
   print(f"keras resnet101 top {SIZE} px: logits rel err {err:.2e}")
   assert err <= TOL
