@@ -3,9 +3,10 @@ lax.conv, Keras 3 (TensorFlow) and optionally PyTorch, alternating in one run.
 
   python benchmarks/train_step.py [--sizes=224,112] [--batch=4] [--steps=2] [--rounds=3]
                                   [--unfreeze=1,all,infer] [--infer_batch=16] [--width=1.0]
-                                  [--torch=.venv-torch/bin/python]
+                                  [--torch=.venv-torch/bin/python] [--arch=vgg16|resnet50|resnet101]
 
-Every side trains the same model (VGG16 headless, average pooling, head fc1024-ReLU-dropout-fcC,
+Every side trains the same model (VGG16, or with --arch keras.applications' ResNet50/101 = our
+model.resnet_layout='keras', headless, average pooling, head fc1024-ReLU-dropout-fcC,
 C=20), the same freezing (conv blocks below the top `unfreeze` ones frozen) and the same optimizer
 (SGD lr 1e-4 momentum 0.9, BCE with logits) on the same random batch; none augments. `infer` rows
 time the forward pass alone (inference mode) at --infer_batch. Sides:
@@ -50,7 +51,7 @@ def _batch(size, batch, seed=0):
           (rng.random((batch, NUM_CLASSES)) < 0.1).astype(np.float32))
 
 
-def jax_side(size, batch, unfreeze, width, lax_only):
+def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16"):
   """One step (or forward) of mlc_jax's model -> a callable running it to completion."""
   import contextlib
 
@@ -61,6 +62,7 @@ def jax_side(size, batch, unfreeze, width, lax_only):
   from mlc_jax.ops import conv
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights = size, width, ""
+  c.model.arch, c.model.resnet_layout = arch, "keras"
   model = models.build_model(c, NUM_CLASSES)
   mesh = parallel.mesh()
   images, labels = _batch(size, batch)
@@ -87,19 +89,20 @@ def jax_side(size, batch, unfreeze, width, lax_only):
   return run_step
 
 
-def keras_side(size, batch, unfreeze, width):
+def keras_side(size, batch, unfreeze, width, arch="vgg16"):
   """The same model, freezing and optimizer in Keras 3 on TensorFlow -> a step callable."""
   os.environ.setdefault("KERAS_BACKEND", "tensorflow")
   import keras
   if width != 1.0:
-    raise SystemExit("the Keras side builds keras.applications.VGG16, width 1.0 only")
-  base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(size, size, 3),
-                                  pooling="avg")
+    raise SystemExit("the Keras side builds keras.applications' models, width 1.0 only")
+  build = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
+           "resnet101": keras.applications.ResNet101}[arch]
+  base = build(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
   top = 0 if unfreeze in ("all", "infer") else 5 - int(unfreeze)  # blocks above `top` train
   for layer in base.layers:
-    block = layer.name.split("_")[0]
-    if block.startswith("block"):
-      layer.trainable = int(block[5:]) > top
+    block = layer.name.split("_")[0]  # VGG: block{b}; ResNet: conv{b} (conv1 = the stem, block 1)
+    if block.startswith(("block", "conv")):
+      layer.trainable = int(block[-1]) > top
   x = keras.layers.Dense(1024, activation="relu", name="fc1")(base.output)
   x = keras.layers.Dropout(0.5)(x)
   out = keras.layers.Dense(NUM_CLASSES, name="predictions")(x)
@@ -107,7 +110,7 @@ def keras_side(size, batch, unfreeze, width):
   model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
                 loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
   images, labels = _batch(size, batch)
-  images = keras.applications.vgg16.preprocess_input(images.astype(np.float32))
+  images = keras.applications.vgg16.preprocess_input(images.astype(np.float32))  # caffe, as ResNet
   if unfreeze == "infer":
     return lambda: model.predict_on_batch(images)
   return lambda: model.train_on_batch(images, labels)
@@ -172,6 +175,7 @@ def main():
   p.add_argument("--rounds", type=int, default=3)
   p.add_argument("--unfreeze", default="1,all,infer")
   p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--arch", default="vgg16", help="vgg16, resnet50 or resnet101 (Keras layout)")
   p.add_argument("--torch", default=TORCH_VENV if os.path.exists(TORCH_VENV) else "",
                  help="a Python with torch for the PyTorch column ('' leaves it out)")
   args = p.parse_args()
@@ -180,7 +184,7 @@ def main():
   from mlc_jax.ops import conv
   if not conv.available():
     raise SystemExit(f"the oneDNN convolutions are off ({conv.why_not()}): nothing to compare")
-  torch = TorchSide(args.torch) if args.torch else None
+  torch = TorchSide(args.torch) if args.torch and args.arch == "vgg16" else None  # its peer: VGG
   print(f"# {common.machine()}, {jax.device_count()} JAX device(s), batch {args.batch} "
         f"(infer {args.infer_batch}), {args.steps} steps x best of {args.rounds} rounds, "
         f"oneDNN threads {conv.threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
@@ -196,9 +200,9 @@ def main():
   for size in (int(s) for s in args.sizes.split(",")):
     for unfreeze in args.unfreeze.split(","):
       batch = args.infer_batch if unfreeze == "infer" else args.batch
-      sides = {"oneDNN": jax_side(size, batch, unfreeze, args.width, False),
-               "lax": jax_side(size, batch, unfreeze, args.width, True),
-               "Keras": keras_side(size, batch, unfreeze, args.width)}
+      sides = {"oneDNN": jax_side(size, batch, unfreeze, args.width, False, args.arch),
+               "lax": jax_side(size, batch, unfreeze, args.width, True, args.arch),
+               "Keras": keras_side(size, batch, unfreeze, args.width, args.arch)}
       if torch:
         sides["PyTorch"] = torch.setup(size, batch, unfreeze)
       r = measure(sides, batch, args.steps, args.rounds)
@@ -214,6 +218,7 @@ def main():
       print(line, flush=True)
   if torch:
     torch.close()
+  rows = [{"arch": args.arch, **row} for row in rows]
   print(json.dumps({"benchmark": "train_step", "machine": common.machine(), "rows": rows}))
 
 

@@ -1,4 +1,4 @@
-"""What the rest of the package needs of a backbone, whatever its family (VGG, ResNet, EfficientNet-Lite).
+"""What the package needs of a backbone, whatever its family (VGG, ResNet, EfficientNet-Lite).
 
 A backbone is an nnx.Module subclassing Backbone: uint8 (or float 0-255) RGB NHWC images in, the
 weights' preprocessing inside (on device), float32 features or ImageNet logits out. Its layers are

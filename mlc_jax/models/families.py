@@ -4,8 +4,9 @@ import dataclasses
 from typing import Callable
 
 from mlc_jax.errors import UserError
-from mlc_jax.models import weights
+from mlc_jax.models import resnet_weights, weights
 from mlc_jax.models.efficientnet_lite import EfficientNetLite
+from mlc_jax.models.resnet import ResNet
 from mlc_jax.models.vgg import VGG
 
 
@@ -25,6 +26,8 @@ def _no_keras_file(config):
 FAMILIES = (
     Family("vgg", VGG, lambda backbone, path: weights.load_into(backbone, path),
            lambda config: weights.keras_file_name(config.model.arch, config.model.include_top)),
+    Family("resnet", ResNet, lambda backbone, path: resnet_weights.load_into(backbone, path),
+           resnet_weights.imagenet_file),
     Family("efficientnet_lite", EfficientNetLite,
            lambda backbone, path: weights.load_into(backbone, path), _no_keras_file),
 )

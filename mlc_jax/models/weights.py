@@ -30,7 +30,12 @@ KERAS_MD5 = {
     "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5": "6d6bbae143d832006294945121d1f1fc",
     "vgg19_weights_tf_dim_ordering_tf_kernels.h5": "cbe5617147190e668d6c5d5026f83318",
     "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5": "253f8cb515780f3b799900260a226db6",
+    "resnet50_weights_tf_dim_ordering_tf_kernels.h5": "2cb95161c43110f7111970584f804107",
+    "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5": "4d473c1dd8becc155b73f8504c6f6626",
+    "resnet101_weights_tf_dim_ordering_tf_kernels.h5": "f1aeb4b969a6efcfb50fad2f0c20cfc5",
+    "resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5": "88cf7a10940856eca736dc7b7e228a21",
 }
+KERAS_DIRS = {"resnet50": "resnet", "resnet101": "resnet"}  # keras-applications/<dir>/<file>
 DEFAULT_CACHE = "~/.cache/mlc_jax"
 CONV_PARAMS = ("kernel", "bias")
 BN_PARAMS = ("scale", "bias", "mean", "var")  # Keras order: gamma, beta, moving mean, moving variance
@@ -123,8 +128,9 @@ def param_names(layer):
   return KERNEL_ONLY if BIAS_FREE.fullmatch(layer) else CONV_PARAMS
 
 
-def read_keras_h5(path):
-  """Legacy Keras HDF5 weights (root attr layer_names, per-layer weight_names) -> our layout."""
+def read_keras_h5_arrays(path):
+  """Legacy Keras HDF5 weights (root attr layer_names, per-layer weight_names) -> {layer: [arrays
+  in the file's order]} (float32), layers without weights left out; any family's reader maps them."""
   path = str(path)
   try:
     f = h5py.File(path, "r")
@@ -136,21 +142,29 @@ def read_keras_h5(path):
     if "layer_names" not in root.attrs:
       raise UserError(f"weights file {path} is HDF5 but not in the Keras weights layout (no "
                       "'layer_names' attribute); save it with Keras's legacy .h5 format")
-    weights = {}
+    arrays = {}
     for layer in _names(root.attrs["layer_names"]):
       group = root[layer]
       names = _names(group.attrs.get("weight_names", []))
       if not names:
         continue  # input, pooling and flatten layers carry no weights
-      params = param_names(layer)
-      if len(names) != len(params):
-        raise UserError(f"weights file {path}: layer {layer} holds {len(names)} arrays "
-                        f"{names}, expected {len(params)} ({', '.join(params)})")
       try:
-        weights[layer] = {p: np.asarray(group[n], np.float32) for p, n in zip(params, names)}
+        arrays[layer] = [np.asarray(group[n], np.float32) for n in names]
       except KeyError as e:
         raise UserError(f"weights file {path}: layer {layer} lists {e} but does not hold it; "
                         "the file is damaged, download it again") from None
+  return arrays
+
+
+def read_keras_h5(path):
+  """A VGG's legacy Keras HDF5 weights -> our layout."""
+  weights = {}
+  for layer, arrays in read_keras_h5_arrays(path).items():
+    params = param_names(layer)
+    if len(arrays) != len(params):
+      raise UserError(f"weights file {path}: layer {layer} holds {len(arrays)} arrays, expected "
+                      f"{len(params)} ({', '.join(params)})")
+    weights[layer] = dict(zip(params, arrays))
   return weights
 
 
@@ -308,7 +322,8 @@ def fetch(name, cache_dir=None, url=None, sha256=None, md5=None):
   if url is None:
     if name not in KERAS_MD5:
       raise UserError(f"no download URL known for weights file {name}; put it in {cache}")
-    url = KERAS_URL.format(arch=name.split("_")[0], name=name)
+    arch = name.split("_")[0]
+    url = KERAS_URL.format(arch=KERAS_DIRS.get(arch, arch), name=name)
   if md5 is None and sha256 is None:
     md5 = KERAS_MD5.get(name)
   if md5 is None and sha256 is None:
