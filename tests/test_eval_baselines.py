@@ -146,7 +146,7 @@ def test_literature_table_cites_and_compares():
                                   "OF1": 60.7}
   assert {r["method"]: r["mAP"] for r in lit["datasets"]["nus_wide"]} == {
       "KNN": None, "WARP": None, "CNN-RNN": None, "VGG16 baseline": 55.6, "KD-WSD": 60.1,
-      "ResNet-SRN": 62.0, "ML-GCN": 62.5, "ASL": 65.2}
+      "ResNet-SRN": 62.0, "Res-101 GAP": 56.9, "Res-101 GMP": 59.7, "ML-GCN": 62.5, "ASL": 65.2}
   for source in lit["sources"].values():
     assert re.fullmatch(r"\d{4}\.\d{4,5}", source["arxiv"])
   ours = {"mAP": 0.5, **{f"{m}_top3": 0.25 for m in literature.TOP3}}
@@ -200,3 +200,38 @@ def test_single_label_source_file_mapped_by_name_on_shapes(shapes_config, tmp_pa
   assert doc["meta"]["source"] == "VGG16 pretrained on shapes_single (16 classes, unmodified)"
   report = (tmp_path / "run" / "eval" / "test" / "report.md").read_text()
   assert "## Baseline: VGG16 pretrained on shapes_single (16 classes, unmodified) without" in report
+
+
+def test_the_baseline_of_another_family_is_its_own_imagenet_classifier(tmp_path):
+  """model.arch=efficientnet_lite0 with eval.baseline_weights=efficientnet-lite0: the real ImageNet
+  weights (the default cache, filled by make test's demo-inputs) scored on mock VOC, against an
+  eager forward of the same weights mapped by hand; the report names the backbone."""
+  import jax
+  from mlc_jax.data import pipeline, registry
+  from mlc_jax.models import lite_weights, weights as weights_lib
+  from mlc_jax.models.efficientnet_lite import EfficientNetLite
+  data = tmp_path / "data"
+  _write_metadata("voc/2007", str(data))
+  config = default_config()
+  config.dataset, config.data.data_dir = "voc/2007", str(data)
+  config.model.arch, config.model.weights = "efficientnet_lite0", ""
+  config.eval.baseline_weights = "efficientnet-lite0"
+  config.eval_batch_size = 4
+  workdir = tmp_path / "w"
+  with tfds.testing.mock_data(policy=tfds.testing.MockPolicy.USE_FILES, data_dir=str(data),
+                              as_dataset_fn=_as_dataset):
+    baselines.baseline(config, str(workdir), split="test")
+    source = registry.get(config)
+    config.image_size = 224
+    batches = list(pipeline.batches(source, "test", batch_size=4, train=False, config=config))
+  images = np.concatenate([b["image"][b["mask"]] for b in batches])
+  model = EfficientNetLite(include_top=True, num_classes=1000, preprocessing="tf")
+  weights_lib.load_into(model, lite_weights.path())
+  probs = np.asarray(jax.nn.softmax(model(images), axis=-1))
+  mapping = json.loads((RESOURCES / "imagenet_to_voc.json").read_text())["labels"]
+  expected = np.stack([probs[:, [e[0] for e in mapping[l]]].max(1) for l in VOC], 1)
+  saved = np.load(workdir / "eval/test/baseline/scores.npz")
+  np.testing.assert_allclose(saved["scores"], expected, rtol=1e-4, atol=1e-7)
+  report = (workdir / "eval/test/report.md").read_text()
+  assert "EfficientNet-Lite0 (ImageNet, unmodified)" in report
+  assert "## Baseline: ImageNet EfficientNet-Lite0 without fine-tuning" in report

@@ -91,6 +91,11 @@ def _subset_metrics(result, columns, meta):
                          topk_min_score=meta["topk_min_score"])
 
 
+def _imagenet_name(source):
+  """'VGG16 (ImageNet, unmodified)' -> 'ImageNet VGG16' (any backbone the baseline ran)."""
+  return "ImageNet " + source.split(" (ImageNet")[0]
+
+
 def _baseline_section(base, model, base_dir):
   doc = base[0]
   meta = doc["meta"]
@@ -98,13 +103,13 @@ def _baseline_section(base, model, base_dir):
   mapped = [names.index(n) for n in meta["mapped"]]
   source = meta.get("source", "VGG16 (ImageNet, unmodified)")
   imagenet = "ImageNet" in source
-  cols = [("ImageNet VGG16, no fine-tuning" if imagenet else "single-label source model",
+  cols = [(f"{_imagenet_name(source)}, no fine-tuning" if imagenet else "single-label source model",
            doc["metrics"])]
   if model is not None and list(model[1]["names"]) == names:
     cols.append((f"fine-tuned, same {len(mapped)} classes", _subset_metrics(model, mapped, meta)))
     cols.append((f"fine-tuned, all {len(names)} classes", model[0]["metrics"]))
   kind = "ImageNet" if imagenet else "source"
-  title = "ImageNet VGG16" if imagenet else source
+  title = _imagenet_name(source) if imagenet else source
   text = [f"## Baseline: {title} without fine-tuning\n",
           f"Its softmax over the {kind} classes mapped onto the labels ({meta['mapping']}; a "
           f"label's score is the {meta['reduce']} of its {kind} classes' probabilities); "
@@ -251,10 +256,11 @@ def write(eval_dir, compare=()):
       out.append("![test images with predicted and true labels](examples.png)\n")
   ours = []
   if model is not None:
-    ours.append(("ours, fine-tuned VGG16", model[0]["metrics"]))
+    backbone = model[0]["meta"].get("protocol", {}).get("backbone", "VGG16").split(" (")[0]
+    ours.append((f"ours, fine-tuned {backbone}", model[0]["metrics"]))
   if base is not None:
-    source = base[0]["meta"].get("source", "ImageNet")
-    ours.append((f"ours, {'ImageNet VGG16' if 'ImageNet' in source else source} baseline",
+    source = base[0]["meta"].get("source", "VGG16 (ImageNet, unmodified)")
+    ours.append((f"ours, {_imagenet_name(source) if 'ImageNet' in source else source} baseline",
                  base[0]["metrics"]))
   table = literature.table(meta["dataset"], ours, meta.get("protocol"), k=k,
                            topk_min_score=meta["topk_min_score"])
