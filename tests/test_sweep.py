@@ -322,3 +322,41 @@ def test_sweep_pruning_waits_for_start_up_trials_and_warm_up_epochs(fake_sweep, 
   assert [t.last_step for t in trials] == [3, 3, 2, 2]
   assert [len(workdir_lib.read_metrics(fast_tmp / "trials" / f"{n:04d}")) for n in range(4)] == [
       4, 4, 3, 3]
+
+
+def test_a_sweep_over_the_backbone_computes_each_backbones_features_once(shapes_config, tmp_path,
+                                                                        monkeypatch):
+  """model.arch in the space: each trial trains on its own backbone's features, computed once per
+  backbone (the shared cache keeps one key each), and its value is its own log's best epoch."""
+  writes = []
+  real = features._write_split
+  monkeypatch.setattr(features, "_write_split", lambda tmp, split, *a: (writes.append(split),
+                                                                        real(tmp, split, *a)))
+  space = (("model.arch", ("categorical", ("vgg16", "resnet50"))),
+           ("head.learning_rate", ("categorical", (1e-3, 3e-3))))
+  config = _config(shapes_config, space)
+  sweep.run(config, tmp_path)
+  trials = _trials(tmp_path)
+  got = sorted((t.user_attrs["params"]["model.arch"], t.user_attrs["params"]["head.learning_rate"])
+               for t in trials)
+  assert got == sorted((a, lr) for a in ("vgg16", "resnet50") for lr in (1e-3, 3e-3))
+  assert writes == ["train", "val", "test"] * 2  # once per backbone, not per trial
+  keys = {}
+  for t in trials:
+    workdir = pathlib.Path(t.user_attrs["workdir"])
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["arch"] == t.user_attrs["params"]["model.arch"]
+    rows = workdir_lib.read_metrics(workdir)
+    assert t.value == max(r["val_mAP"] for r in rows if r["stage"] == "head")
+    keys.setdefault(saved["model"]["arch"], set()).add(
+        features.cache_key(ml_collections.ConfigDict(saved), *_source_and_backbone(saved)))
+  assert all(len(k) == 1 for k in keys.values()) and len(set.union(*keys.values())) == 2
+  assert sorted(p.name for p in (tmp_path / "features").iterdir() if not p.name.startswith(".")) \
+      == sorted(set.union(*keys.values()))
+
+
+def _source_and_backbone(saved):
+  from mlc_jax import models
+  from mlc_jax.data import registry
+  config = ml_collections.ConfigDict(saved)
+  return registry.get(config), models.build_backbone(config)
