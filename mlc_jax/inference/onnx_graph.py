@@ -4,26 +4,24 @@
   probabilities  float32 (N, C), sigmoid per label or softmax
 
 The graph is written from the model's layers, each mapped to standard ONNX ops (opset 17):
-the preprocessing convention (caffe: RGB->BGR minus the BGR means; torch: /255, mean/std; unit:
-/255) on the NHWC input, a transpose to NCHW, then per conv block Conv (3x3, pad 1) [->
-BatchNormalization with the running statistics, i.e. inference mode] -> Relu, and MaxPool 2x2
-stride 2 (floor, as the package's 'valid' pool); then the ImageNet top (Flatten in H, W, C order
-as Keras does, Gemm fc1/fc2 with Relu[, predictions]) or the pooling (GlobalAveragePool,
-GlobalMaxPool, or the H, W, C flatten), the head's Gemm layers with Relu (dropout is the identity
-at inference) and the activation. Weights are float32 initializers whatever dtype the model
-computed in (a bfloat16-trained model exports in float32). A layout the mapping does not know
-is one UserError naming it, before anything is written.
+the preprocessing convention (caffe: RGB->BGR minus the BGR means; torch: /255, mean/std; tf:
+/127.5 - 1; unit: /255) on the NHWC input, a transpose to NCHW, then the backbone's layers by its
+family (VGG, ResNet, EfficientNet-Lite: mlc_jax.inference.onnx_families, batch norm in inference
+mode); then the ImageNet top (VGG: Flatten in H, W, C order as Keras does, Gemm fc1/fc2 with
+Relu[, predictions]; ResNet, EfficientNet-Lite: GlobalAveragePool[, Gemm predictions]) or the
+pooling (GlobalAveragePool, GlobalMaxPool, or the H, W, C flatten), the head's Gemm layers with
+Relu (dropout is the identity at inference) and the activation. Weights are float32 initializers
+whatever dtype the model computed in (a bfloat16-trained model exports in float32). A layout the
+mapping does not know is one UserError naming it, before anything is written.
 """
 import numpy as np
 
 from mlc_jax.errors import UserError
+from mlc_jax.inference import onnx_families
+from mlc_jax.inference.onnx_families import value
 from mlc_jax.models import backbone as backbone_lib, vgg
 
 OPSET = 17
-
-
-def _value(var):
-  return np.asarray(var.get_value(), np.float32)
 
 
 class _Graph:
@@ -45,8 +43,8 @@ class _Graph:
     return out
 
   def dense(self, x, layer, name):
-    w = self.const(f"{name}/kernel", _value(layer.kernel))  # (in, out): Gemm without transB
-    b = self.const(f"{name}/bias", _value(layer.bias))
+    w = self.const(f"{name}/kernel", value(layer.kernel))  # (in, out): Gemm without transB
+    b = self.const(f"{name}/bias", value(layer.bias))
     return self.op("Gemm", [x, w, b])
 
 
@@ -75,26 +73,16 @@ def _flatten_hwc(g, x):
 
 
 def _backbone(g, x, net):
-  """The VGG's nodes from NHWC uint8 to its output (features, fc2 features or logits)."""
+  """The backbone's nodes from NHWC uint8 to its output (features, top features or logits)."""
   x = _preprocess(g, x, net.preprocessing)
-  x = g.op("Transpose", [x], perm=[0, 3, 1, 2])  # NCHW from here
-  for b, n in enumerate(vgg.BLOCKS[net.arch], 1):
-    for i in range(1, n + 1):
-      conv = getattr(net, f"block{b}_conv{i}")
-      w = g.const(f"block{b}_conv{i}/kernel", _value(conv.kernel).transpose(3, 2, 0, 1))  # OIHW
-      x = g.op("Conv", [x, w, g.const(f"block{b}_conv{i}/bias", _value(conv.bias))],
-               kernel_shape=[3, 3], pads=[1, 1, 1, 1])
-      if net.batch_norm:
-        bn, name = getattr(net, f"block{b}_bn{i}"), f"block{b}_bn{i}"
-        x = g.op("BatchNormalization", [x] + [g.const(f"{name}/{p}", _value(getattr(bn, p)))
-                                              for p in ("scale", "bias", "mean", "var")],
-                 epsilon=float(bn.epsilon))
-      x = g.op("Relu", [x])
-    x = g.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
-  if net.include_top:
+  x = onnx_families.features(g, g.op("Transpose", [x], perm=[0, 3, 1, 2]), net)  # NCHW from here
+  if net.include_top and isinstance(net, vgg.VGG):
     x = _flatten_hwc(g, x)
     x = g.op("Relu", [g.dense(x, net.fc1, "fc1")])
     x = g.op("Relu", [g.dense(x, net.fc2, "fc2")])
+    return g.dense(x, net.predictions, "predictions") if net.num_classes else x
+  if net.include_top:  # ResNet, EfficientNet-Lite: global average pool, then predictions
+    x = g.op("Flatten", [g.op("GlobalAveragePool", [x])])
     return g.dense(x, net.predictions, "predictions") if net.num_classes else x
   if net.pooling == "avg":
     return g.op("Flatten", [g.op("GlobalAveragePool", [x])])
@@ -112,9 +100,6 @@ def build(model, num_classes, activation, image_size):
   if activation not in ("sigmoid", "softmax"):
     raise UserError(f"ONNX export: activation {activation!r} has no ONNX mapping")
   net = getattr(model, "backbone", model)
-  if not isinstance(net, vgg.VGG):
-    raise UserError(f"--format=onnx: the ONNX graph covers VGG backbones; this one is "
-                    f"{net.arch}: export it with --format=stablehlo")
   g = _Graph()
   x = _backbone(g, "images", net)
   head = getattr(model, "head", None)
