@@ -194,5 +194,14 @@ def test_a_model_the_mapping_does_not_cover_is_one_error_and_writes_nothing(tmp_
   with pytest.raises(UserError, match="ONNX export: model.pooling=None gives a feature map"):
     Classifier(model, list("abcde"), image_size=64).export(tmp_path / "o", format="onnx")
   assert not (tmp_path / "o").exists()
+  from mlc_jax.models import resnet
+
+  class Unmapped(resnet.ResNet):  # a family the graph has no walker for
+    pass
+  net = Unmapped("resnet50", width=1 / 16, image_size=64, include_top=True, num_classes=5)
+  with pytest.raises(UserError, match="--format=onnx: the ONNX graph has no mapping for the "
+                     r"backbone Unmapped \(resnet50\): export it with --format=stablehlo"):
+    Classifier(net, list("abcde"), image_size=64).export(tmp_path / "o", format="onnx")
+  assert not (tmp_path / "o").exists()
   with pytest.raises(UserError, match="--format='tflite': export writes one of stablehlo, onnx"):
     Classifier(_model(), list("abcde"), image_size=64).export(tmp_path / "o", format="tflite")
