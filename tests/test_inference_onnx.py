@@ -29,12 +29,21 @@ def _model(arch="vgg16", batch_norm=True, pooling="max", include_top=False, widt
   c.model.resnet_layout, c.model.blocks = layout, blocks
   c.model.include_top, c.model.width, c.model.preprocessing = include_top, width, convention
   c.image_size, c.head.hidden, c.dtype = size, hidden, dtype
-  model = models.build_model(c, classes)
+  return _randomise(models.build_model(c, classes))
+
+
+def _randomise(model):
+  """Batch-norm statistics, scales and every bias (zeros or ones as built) drawn at random, so
+  that each of them matters to the output."""
   rng = np.random.default_rng(1)
-  for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):  # statistics that matter
+  for path, var in nnx.to_flat_state(nnx.state(model, models.SAVED)):
     shape = var.get_value().shape
-    var.set_value(np.asarray(rng.uniform(0.5, 2.0, shape) if path[-1] == "var"
-                             else rng.normal(0, 0.5, shape), np.float32))
+    if path[-1] in ("var", "scale"):
+      var.set_value(np.asarray(rng.uniform(0.5, 2.0, shape), np.float32))
+    elif path[-1] == "mean":
+      var.set_value(np.asarray(rng.normal(0, 0.5, shape), np.float32))
+    elif path[-1] == "bias":
+      var.set_value(np.asarray(rng.normal(0, 0.2, shape), np.float32))
   return model
 
 
@@ -124,12 +133,8 @@ def test_every_backbone_family_exports(case, tmp_path):
 def test_an_imagenet_classifier_of_each_family_with_its_predictions_layer(arch, kw, tmp_path):
   from mlc_jax.models import efficientnet_lite, resnet
   cls = efficientnet_lite.EfficientNetLite if arch == "efficientnet_lite0" else resnet.ResNet
-  net = cls(arch, include_top=True, num_classes=10, image_size=64, rngs=nnx.Rngs(2), **kw)
-  rng = np.random.default_rng(1)
-  for path, var in nnx.to_flat_state(nnx.state(net, nnx.BatchStat)):
-    shape = var.get_value().shape
-    var.set_value(np.asarray(rng.uniform(0.5, 2.0, shape) if path[-1] == "var"
-                             else rng.normal(0, 0.5, shape), np.float32))
+  net = _randomise(cls(arch, include_top=True, num_classes=10, image_size=64, rngs=nnx.Rngs(2),
+                       **kw))
   got, want = _parity(net, 64, "softmax", tmp_path / "out", [f"c{i}" for i in range(10)])
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
