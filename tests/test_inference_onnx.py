@@ -85,8 +85,6 @@ FAMILY_CASES = {  # ResNet (both layouts) and EfficientNet-Lite0 at tiny widths;
                                                        width=1 / 16, convention="unit", blocks=3),
     "resnet50 torchvision blocks 1 (stem only) avg": dict(arch="resnet50", pooling="avg",
                                                           width=1 / 16, blocks=1, hidden=(8,)),
-    "efficientnet_lite0 avg tf 64px sigmoid": dict(arch="efficientnet_lite0", pooling="avg",
-                                                   width=1 / 4, convention="tf", hidden=(32,)),
     "efficientnet_lite0 max 50px (SAME both ways) softmax": dict(
         arch="efficientnet_lite0", pooling="max", width=1 / 4, convention="tf", size=50,
         hidden=(), activation="softmax"),

@@ -21,7 +21,7 @@ from mlc_jax import cli, runner
 from mlc_jax.data import pipeline, registry
 from mlc_jax.models.backbone import block_of
 
-FAMILIES = {"resnet50": dict(width=1 / 16), "efficientnet_lite0": dict(width=1 / 4)}
+FAMILIES = {"resnet50": dict(width=1 / 16), "efficientnet_lite0": dict(width=1 / 8)}
 
 
 def _config(shapes_config, arch, width):
