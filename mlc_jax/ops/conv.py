@@ -7,9 +7,9 @@ oneDNN primitives in csrc/onednn_conv.cc (built by `make install` into this fold
 with jax.custom_vjp; anything else, and every GPU/TPU, goes to lax.conv. Paddings are lax's own
 (lax.padtype_to_pads), passed to oneDNN explicitly.
 
-Opt-in: MLC_JAX_ONEDNN=1 turns the op on (off by default: a batch-norm pretraining run,
-tests/integration/test_train_transfer.py, learns far less with it on, cause not yet found; the
-op itself equals lax.conv within 1e-5 on every VGG16 layer and both gradients). With it on, where
+Opt-in: MLC_JAX_ONEDNN=1 turns the op on (off by default: it is not faster on every network, and
+the demo's figures are lax.conv's; the op equals lax.conv within 1e-5 on every VGG16 layer and both
+gradients, BUILD.md). With it on, where
 the library is missing or does not load, the convolutions use lax.conv and a warning says why, once;
 MLC_JAX_ONEDNN=0 turns it off, saying so. MLC_JAX_ONEDNN_LIB points at another build of the library;
 MLC_JAX_ONEDNN_THREADS sets the threads of each convolution (default: one per available core);
