@@ -83,7 +83,8 @@ def tiny_shapes_config(data_dir, *, train=96, val=32, test=32, image_size=32):
 LONG_FILES = ("test_parallel.py", "test_sweep.py", "test_runner.py", "test_backbones.py",
               "test_inference_onnx.py", "test_models_sdist_weights.py", "test_models_resnet.py",
               "test_models_efficientnet_lite.py", "test_inference_predict.py", "test_disk_faults.py",
-              "test_data_mixture.py", "test_floods.py", "test_gpu_dry_run.py", "test_models_weights.py", "test_bf16.py")
+              "test_data_mixture.py", "test_floods.py", "test_gpu_dry_run.py", "test_models_weights.py",
+              "test_bf16.py")
 
 
 def pytest_collection_modifyitems(items):
