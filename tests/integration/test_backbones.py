@@ -71,13 +71,21 @@ def test_evaluation_is_sklearn_average_precision_of_the_saved_scores(run):
   assert metrics["mAP"] == pytest.approx(np.mean(ap), abs=1e-6)
 
 
-def test_predict_and_the_stablehlo_export_give_the_restored_models_probabilities(run, tmp_path):
-  arch, config, workdir = run
+@pytest.fixture(scope="module")
+def restored(run):
+  """(classifier restored from the run, 8 test images, an eager forward's probabilities)."""
+  _, config, workdir = run
   source = registry.get(config)
   batch = next(iter(pipeline.batches(source, "test", batch_size=8, train=False, config=config)))
   images = np.asarray(batch["image"])
   classifier = mlc_jax.load(workdir)
-  reference = np.asarray(jax.nn.sigmoid(classifier.model(images)))  # eager, no jit
+  return classifier, images, np.asarray(jax.nn.sigmoid(classifier.model(images)))  # no jit
+
+
+def test_predict_and_the_stablehlo_export_give_the_restored_models_probabilities(run, restored,
+                                                                                 tmp_path):
+  arch = run[0]
+  classifier, images, reference = restored
   np.testing.assert_allclose(classifier.predict(images), reference, rtol=1e-4, atol=1e-5)
   out = classifier.export(tmp_path / "export")
   import sys
@@ -92,13 +100,9 @@ def test_predict_and_the_stablehlo_export_give_the_restored_models_probabilities
 
 
 def test_the_onnx_export_gives_the_restored_models_probabilities_and_keras_h5_says_vgg_only(
-    run, tmp_path, capsys):
-  arch, config, workdir = run
-  source = registry.get(config)
-  batch = next(iter(pipeline.batches(source, "test", batch_size=8, train=False, config=config)))
-  images = np.asarray(batch["image"])
-  classifier = mlc_jax.load(workdir)
-  reference = np.asarray(jax.nn.sigmoid(classifier.model(images)))  # eager, no jit
+    run, restored, tmp_path, capsys):
+  arch, _, workdir = run
+  _, images, reference = restored
   flags = types.SimpleNamespace(output=str(tmp_path / "onnx"), which="best", stage=None,
                                 format="onnx")
   cli.run("export", None, str(workdir), flags)
