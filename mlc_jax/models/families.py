@@ -24,12 +24,10 @@ def _no_keras_file(config):
 
 
 FAMILIES = (
-    Family("vgg", VGG, lambda backbone, path: weights.load_into(backbone, path),
+    Family("vgg", VGG, weights.load_into,
            lambda config: weights.keras_file_name(config.model.arch, config.model.include_top)),
-    Family("resnet", ResNet, lambda backbone, path: resnet_weights.load_into(backbone, path),
-           resnet_weights.imagenet_file),
-    Family("efficientnet_lite", EfficientNetLite,
-           lambda backbone, path: weights.load_into(backbone, path), _no_keras_file),
+    Family("resnet", ResNet, resnet_weights.load_into, resnet_weights.imagenet_file),
+    Family("efficientnet_lite", EfficientNetLite, weights.load_into, _no_keras_file),
 )
 ARCHS = tuple(arch for family in FAMILIES for arch in family.cls.ARCHS)
 
