@@ -7,8 +7,8 @@ oneDNN primitives in csrc/onednn_conv.cc (built by `make install` into this fold
 with jax.custom_vjp; anything else, and every GPU/TPU, goes to lax.conv. Paddings are lax's own
 (lax.padtype_to_pads), passed to oneDNN explicitly.
 
-Opt-in: MLC_JAX_ONEDNN=1 turns the op on (off by default: it is not faster on every network, and
-the demo's figures are lax.conv's; the op equals lax.conv within 1e-5 on every VGG16 layer and both
+Opt-in: MLC_JAX_ONEDNN=1 turns the op on (off by default: its gain over lax.conv is a few percent
+where measured, and the demo's figures are lax.conv's; the op equals lax.conv within 1e-5 on every VGG16 layer and both
 gradients, BUILD.md). With it on, where
 the library is missing or does not load, the convolutions use lax.conv and a warning says why, once;
 MLC_JAX_ONEDNN=0 turns it off, saying so. MLC_JAX_ONEDNN_LIB points at another build of the library;
