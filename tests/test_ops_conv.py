@@ -164,6 +164,27 @@ def test_jit_and_vmap_over_the_batch():
   assert _rel(y_ours, lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)) <= 1e-5
 
 
+def test_each_gradient_alone_equals_lax_and_only_it_is_computed():
+  # A frozen kernel (w not differentiated) needs only the input gradient; the lowest trained layer
+  # (its input not differentiated) only the weight gradient; both together run in one call.
+  x, w = _operands(2, 9, 8, 16, 24, 3, seed=5)
+
+  def loss(fn, x, w):
+    return jnp.sum(jnp.sin(fn(x, w, (2, 2), "SAME", dimension_numbers=DN)))
+
+  targets = {0: "mlc_onednn_conv_data", 1: "mlc_onednn_conv_weights",
+             (0, 1): "mlc_onednn_conv_backward"}
+  for argnums, target in targets.items():
+    grad = jax.jit(jax.grad(lambda x, w: loss(conv.conv_general_dilated, x, w), argnums))
+    ours = grad(x, w)
+    ref = jax.grad(lambda x, w: loss(lax.conv_general_dilated, x, w), argnums)(x, w)
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+      assert a.shape == b.shape and _rel(a, b) <= 1e-5, (argnums, _rel(a, b))
+    text = grad.lower(x, w).as_text()
+    calls = {t: text.count(f"@{t}(") for t in targets.values()}
+    assert calls == {t: int(t == target) for t in targets.values()}, (argnums, calls)
+
+
 def test_primitives_cached_by_shape():
   x, w = _operands(1, 5, 5, 8, 8, 3, seed=3)
   lib = conv.library()

@@ -28,7 +28,7 @@ from jax import lax
 
 LIB_NAME = "libmlc_conv.so"
 TARGETS = {"forward": "MlcConvForward", "data": "MlcConvBackwardData",
-           "weights": "MlcConvBackwardWeights"}
+           "weights": "MlcConvBackwardWeights", "backward": "MlcConvBackward"}
 NHWC = ("NHWC", "HWIO", "NHWC")
 DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16))
 
@@ -113,36 +113,53 @@ def _out_size(size, k, stride, pad):
   return (size + pad[0] + pad[1] - k) // stride + 1
 
 
-def _call(target, result_shape, dtype, a, b, strides, pads):
-  call = jax.ffi.ffi_call(f"mlc_onednn_conv_{target}", jax.ShapeDtypeStruct(result_shape, dtype),
+def _call(target, result_shape, dtype, *operands, strides, pads):
+  shapes = result_shape if isinstance(result_shape, list) else [result_shape]
+  call = jax.ffi.ffi_call(f"mlc_onednn_conv_{target}",
+                          [jax.ShapeDtypeStruct(shape, dtype) for shape in shapes],
                           vmap_method="sequential")
-  return call(a, b, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-              pad_top=np.int64(pads[0][0]), pad_bottom=np.int64(pads[0][1]),
-              pad_left=np.int64(pads[1][0]), pad_right=np.int64(pads[1][1]))
+  out = call(*operands, stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
+             pad_top=np.int64(pads[0][0]), pad_bottom=np.int64(pads[0][1]),
+             pad_left=np.int64(pads[1][0]), pad_right=np.int64(pads[1][1]))
+  return out if isinstance(result_shape, list) else out[0]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def onednn_conv(x, w, strides, pads):
   """NHWC x, HWIO w (one dtype) -> NHWC y through oneDNN; strides (sh, sw), pads ((t, b), (l, r))."""
+  return _conv(x, w, strides, pads, (tuple(x.shape), tuple(w.shape)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv(x, w, strides, pads, shapes):
+  del shapes  # the backward's: x and w are kept only where a gradient needs them
   n, h, wd, _ = x.shape
   kh, kw, _, o = w.shape
   shape = (n, _out_size(h, kh, strides[0], pads[0]), _out_size(wd, kw, strides[1], pads[1]), o)
-  return _call("forward", shape, x.dtype, x, w, strides, pads)
+  return _call("forward", shape, x.dtype, x, w, strides=strides, pads=pads)
 
 
-def _forward(x, w, strides, pads):
-  return onednn_conv(x, w, strides, pads), (x, w)
+def _forward(x, w, strides, pads, shapes):
+  # Symbolic zeros: x.perturbed / w.perturbed say which gradients are asked for, so the backward
+  # computes only those (a frozen kernel's gradient never; nor the input gradient of the lowest
+  # trained layer), both in one call when both are asked for.
+  y = _conv(x.value, w.value, strides, pads, shapes)
+  return y, (x.value if w.perturbed else None, w.value if x.perturbed else None)
 
 
-def _backward(strides, pads, residuals, dy):
-  x, w = residuals
-  dy = dy.astype(x.dtype)
-  dx = _call("data", x.shape, x.dtype, dy, w, strides, pads)
-  dw = _call("weights", w.shape, w.dtype, x, dy, strides, pads)
-  return dx, dw
+def _backward(strides, pads, shapes, residuals, dy):
+  x, w = residuals  # x kept iff dw is wanted, w iff dx is
+  if isinstance(dy, jax.custom_derivatives.SymbolicZero) or (x is None and w is None):
+    return None, None
+  dtype = (x if x is not None else w).dtype
+  dy = dy.astype(dtype)
+  if x is not None and w is not None:
+    return tuple(_call("backward", list(shapes), dtype, x, dy, w, strides=strides, pads=pads))
+  if w is not None:
+    return _call("data", shapes[0], dtype, dy, w, strides=strides, pads=pads), None
+  return None, _call("weights", shapes[1], dtype, x, dy, strides=strides, pads=pads)
 
 
-onednn_conv.defvjp(_forward, _backward)
+_conv.defvjp(_forward, _backward, symbolic_zeros=True)
 
 
 def _supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,

@@ -11,6 +11,7 @@
 // mlc_conv_set_threads) so that two convolutions XLA runs side by side do not oversubscribe cores.
 #include <omp.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <map>
@@ -144,49 +145,94 @@ ffi::Error check(const ffi::AnyBuffer& b, ffi::DataType t, const char* what) {
   return ffi::Error::Success();
 }
 
-// x: N H W C (input side), w: KH KW C O, y: N OH OW O. `a`, `b`, `out` are the handler's two
-// operands and result, whose roles depend on the kind.
-ffi::Error run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
-               int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  ffi::DataType t = a.element_type();
+// Runs the primitive of `key` on the handler's buffers (operand 0, operand 1, result). Caller holds
+// the mutex.
+void execute(const Key& key, void* data0, void* data1, void* result) {
+  State& s = state();
+  if (s.threads > 0) omp_set_num_threads(s.threads);  // per calling thread in OpenMP
+  Entry& e = lookup(key);
+  void* data[3] = {data0, data1, result};
+  std::unordered_map<int, memory> args;
+  for (int i = 0; i < 3; ++i) {
+    Operand& o = e.ops[i];
+    memory user(o.user, s.engine, data[i]);
+    if (o.reorder && i < 2) o.to_prim.execute(s.stream, user, *o.buf);
+    args.emplace(o.arg, o.reorder ? *o.buf : user);
+  }
+  e.prim.execute(s.stream, args);
+  Operand& r = e.ops[2];
+  if (r.reorder) {
+    memory user(r.user, s.engine, data[2]);
+    r.to_user.execute(s.stream, *r.buf, user);
+  }
+  s.stream.wait();
+}
+
+// The key of one convolution: x: N H W C (input side), w: KH KW C O, y: N OH OW O.
+ffi::Error make_key(Kind kind, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
+                    const ffi::AnyBuffer& y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
+                    int64_t pl, int64_t pr, Key* key) {
+  ffi::DataType t = x.element_type();
   if (t != ffi::DataType::F32 && t != ffi::DataType::BF16)
     return ffi::Error::InvalidArgument("onednn conv: float32 or bfloat16 only");
-  for (auto [buf, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&a, "operand 0"},
-                           {&b, "operand 1"}, {&(*out), "result"}}) {
+  for (auto [buf, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&x, "input"},
+                           {&w, "kernel"}, {&y, "output"}}) {
     ffi::Error e = check(*buf, t, name);
     if (e.failure()) return e;
   }
-  // Shapes of x, w, y by kind: forward (x, w) -> y; data (dy, w) -> dx; weights (x, dy) -> dw.
-  const ffi::AnyBuffer& x = kind == kBackwardData ? *out : a;
-  const ffi::AnyBuffer& w = kind == kBackwardWeights ? *out : b;
-  const ffi::AnyBuffer& y = kind == kForward ? *out : (kind == kBackwardData ? a : b);
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y.dimensions();
   if (wd[2] != xd[3] || wd[3] != yd[3] || xd[0] != yd[0])
     return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
-  Key key = {kind, t == ffi::DataType::BF16 ? 1 : 0, xd[0], xd[1], xd[2], xd[3], wd[3], wd[0],
-             wd[1], yd[1], yd[2], sh, sw, pt, pb, pl, pr};
-  State& s = state();
-  std::lock_guard<std::mutex> lock(s.mu);
+  *key = {kind, t == ffi::DataType::BF16 ? 1 : 0, xd[0], xd[1], xd[2], xd[3], wd[3], wd[0],
+          wd[1], yd[1], yd[2], sh, sw, pt, pb, pl, pr};
+  return ffi::Error::Success();
+}
+
+// `a`, `b`, `out` are the handler's two operands and result, whose roles depend on the kind:
+// forward (x, w) -> y; data (dy, w) -> dx; weights (x, dy) -> dw.
+ffi::Error run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
+               int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  const ffi::AnyBuffer& x = kind == kBackwardData ? *out : a;
+  const ffi::AnyBuffer& w = kind == kBackwardWeights ? *out : b;
+  const ffi::AnyBuffer& y = kind == kForward ? *out : (kind == kBackwardData ? a : b);
+  Key key;
+  ffi::Error err = make_key(kind, x, w, y, sh, sw, pt, pb, pl, pr, &key);
+  if (err.failure()) return err;
+  if (a.element_type() != x.element_type() || b.element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("onednn conv: every operand must have one dtype");
+  std::lock_guard<std::mutex> lock(state().mu);
   try {
-    if (s.threads > 0) omp_set_num_threads(s.threads);  // per calling thread in OpenMP
-    Entry& e = lookup(key);
-    void* data[3] = {a.untyped_data(), b.untyped_data(), out->untyped_data()};
-    std::unordered_map<int, memory> args;
-    for (int i = 0; i < 3; ++i) {
-      Operand& o = e.ops[i];
-      memory user(o.user, s.engine, data[i]);
-      if (o.reorder && i < 2) o.to_prim.execute(s.stream, user, *o.buf);
-      args.emplace(o.arg, o.reorder ? *o.buf : user);
-    }
-    e.prim.execute(s.stream, args);
-    Operand& r = e.ops[2];
-    if (r.reorder) {
-      memory user(r.user, s.engine, data[2]);
-      r.to_user.execute(s.stream, *r.buf, user);
-    }
-    s.stream.wait();
-  } catch (const dnnl::error& err) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + err.what());
+    execute(key, a.untyped_data(), b.untyped_data(), out->untyped_data());
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+// Both gradients in one call: (x, dy, w) -> (dx, dw). One call rather than two lets XLA see that
+// every read of the kernel happens before its in-place update (the weight gradient it waits for
+// comes from the same call), so it does not copy the trainable kernels at the start of each step.
+ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                    ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw, int64_t sh,
+                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+  Key data_key, weights_key;
+  ffi::Error err = make_key(kBackwardData, *dx, w, dy, sh, sw, pt, pb, pl, pr, &data_key);
+  if (err.failure()) return err;
+  err = make_key(kBackwardWeights, x, *dw, dy, sh, sw, pt, pb, pl, pr, &weights_key);
+  if (err.failure()) return err;
+  auto same = [](const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
+    auto ad = a.dimensions(), bd = b.dimensions();
+    return a.element_type() == b.element_type() && ad.size() == bd.size() &&
+           std::equal(ad.begin(), ad.end(), bd.begin());
+  };
+  if (!same(x, *dx) || !same(w, *dw) || dy.element_type() != x.element_type())
+    return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
+  std::lock_guard<std::mutex> lock(state().mu);
+  try {
+    execute(data_key, dy.untyped_data(), w.untyped_data(), dx->untyped_data());
+    execute(weights_key, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
   return ffi::Error::Success();
 }
@@ -217,6 +263,19 @@ MLC_IMPL(ConvBackwardWeights, kBackwardWeights)
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvForward, ConvForward, MLC_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardData, ConvBackwardData, MLC_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardWeights, ConvBackwardWeights, MLC_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackward, Backward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("stride_h")
+                                  .Attr<int64_t>("stride_w")
+                                  .Attr<int64_t>("pad_top")
+                                  .Attr<int64_t>("pad_bottom")
+                                  .Attr<int64_t>("pad_left")
+                                  .Attr<int64_t>("pad_right"));
 
 extern "C" {
 // Threads each convolution uses (0: OpenMP's default, every core).
