@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from mlc_jax.errors import UserError
+from mlc_jax.ops import host_memory
 
 # jaxlib 0.12.0.1's XLA:CPU YNNPACK fusion returns inf/NaN for jitted bfloat16 conv->pool->conv
 # chains (reproduced with plain lax ops); turning that one fusion off fixes it at no measurable f32
@@ -29,9 +30,12 @@ XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
 def setup_process(tensorflow=True):
   """The process-wide settings a run needs, made by its entry point (launch.py's main, a test or
-  benchmark process, your own script), never by importing the library: XLA's CPU flags (before
-  JAX starts its backend), and TensorFlow, which only feeds the host pipeline, kept off any
-  accelerator JAX uses (tensorflow=False leaves TensorFlow unimported)."""
+  benchmark process, your own script), never by importing the library: on a CPU-only install,
+  freed host memory kept for the next step (ops.host_memory; before any thread allocates), XLA's
+  CPU flags (before JAX starts its backend), and TensorFlow, which only feeds the host pipeline,
+  kept off any accelerator JAX uses (tensorflow=False leaves TensorFlow unimported)."""
+  if host_memory.wanted():
+    host_memory.keep_freed_memory()
   if XLA_CPU_FLAGS.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {XLA_CPU_FLAGS}".strip()
   if tensorflow:

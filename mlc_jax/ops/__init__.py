@@ -1,1 +1,2 @@
-"""Custom operations: oneDNN convolutions on the CPU through jax.ffi (conv.py, csrc/)."""
+"""CPU performance: oneDNN convolutions through jax.ffi (conv.py, csrc/) and host memory kept between
+steps (host_memory.py)."""
