@@ -33,7 +33,7 @@ CXX ?= g++
 $(CONV_LIB): $(CONV_SRC) $(STAMP)
 	@venv=$$(cd $(VENV) && pwd -P); \
 	ffi=$$($(PY) -c 'import jaxlib, os; print(os.path.join(os.path.dirname(jaxlib.__file__), "include"))'); \
-	$(CXX) -O2 -std=c++17 -shared -fPIC -Wno-return-type -I$$ffi -I$$venv/include $(CONV_SRC) \
+	$(CXX) -O2 -fopenmp -std=c++17 -shared -fPIC -Wno-return-type -I$$ffi -I$$venv/include $(CONV_SRC) \
 	  -o $(CONV_LIB) -L$$venv/lib -ldnnl -lgomp -Wl,-rpath,$$venv/lib \
 	  && echo "built $(CONV_LIB) (oneDNN convolutions on the CPU)" \
 	  || echo "WARNING: $(CONV_LIB) did not build: the models will use lax.conv on the CPU (BUILD.md)"
