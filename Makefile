@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 # The CPU convolutions (mlc_jax/ops/conv.py): csrc/onednn_conv.cc compiled against the pinned oneDNN
 # (libdnnl and headers installed into the venv by onednn-cpu-gomp / onednn-devel-cpu-gomp) and
 # jaxlib's XLA FFI headers. A failed build does not fail the install: the models then use lax.conv
-# and say so once (BUILD.md). The op is opt-in at run time: MLC_JAX_ONEDNN=1 (BUILD.md says why).
+# and say so once (BUILD.md). On by default at run time; MLC_JAX_ONEDNN=0 turns it off.
 CXX ?= g++
 
 $(CONV_LIB): $(CONV_SRC) $(STAMP)

@@ -3,10 +3,12 @@
   .venv-torch/bin/python benchmarks/torch_peer.py      (`make torch-peer` makes .venv-torch)
 
 Reads one JSON command a line on stdin, answers one JSON line on stdout:
-  {"setup": {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20}} -> {"ok": true}
+  {"setup": {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5}}
+    -> {"ok": true}
   {"run": STEPS} -> {"seconds": wall, "cpu": process CPU seconds} for STEPS steps of the set-up model.
 The model is train_step.py's: VGG16 features (3x3 convs, ReLU, 2x2 max pools), global average
-pooling, fc1024-ReLU-dropout 0.5-fc(classes); conv blocks below the top `unfreeze` ones frozen
+pooling, fc1024-ReLU-dropout 0.5-fc(classes), the first `blocks` conv blocks kept (4: make demo's
+model, tapped at block 4's pool); conv blocks below the top `unfreeze` ones frozen
 (requires_grad False); SGD lr 1e-4 momentum 0.9, BCE with logits. "infer" times the forward under
 torch.inference_mode(). Tensors are channels_last (NHWC, oneDNN's fast layout in PyTorch).
 """
@@ -21,23 +23,24 @@ BLOCKS = (2, 2, 3, 3, 3)
 CHANNELS = (64, 128, 256, 512, 512)
 
 
-def vgg16(classes):
+def vgg16(classes, kept=5):
   layers, blocks, cin = [], [], 3
-  for n, c in zip(BLOCKS, CHANNELS):
+  for n, c in zip(BLOCKS[:kept], CHANNELS[:kept]):
     block = []
     for _ in range(n):
       block += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(inplace=True)]
       cin = c
     block.append(nn.MaxPool2d(2))
     blocks.append(nn.Sequential(*block))
-  layers = blocks + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 1024), nn.ReLU(),
+  layers = blocks + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1024), nn.ReLU(),
                      nn.Dropout(0.5), nn.Linear(1024, classes)]
   return nn.Sequential(*layers), blocks
 
 
-def setup(size, batch, unfreeze, classes=20):
+def setup(size, batch, unfreeze, classes=20, blocks=5):
   torch.manual_seed(0)
-  model, blocks = vgg16(classes)
+  kept = blocks
+  model, blocks = vgg16(classes, kept)
   model = model.to(memory_format=torch.channels_last)
   gen = torch.Generator().manual_seed(0)
   images = torch.randint(0, 256, (batch, 3, size, size), generator=gen).float() - 120.0
@@ -50,7 +53,7 @@ def setup(size, batch, unfreeze, classes=20):
       with torch.inference_mode():
         model(images)
     return step
-  top = 0 if unfreeze == "all" else 5 - int(unfreeze)
+  top = 0 if unfreeze == "all" else kept - int(unfreeze)
   for b, block in enumerate(blocks, 1):
     for p in block.parameters():
       p.requires_grad_(b > top)

@@ -4,11 +4,13 @@ lax.conv, Keras 3 (TensorFlow) and optionally PyTorch, alternating in one run.
   python benchmarks/train_step.py [--sizes=224,112] [--batch=4] [--steps=2] [--rounds=3]
                                   [--unfreeze=1,all,infer] [--infer_batch=16] [--width=1.0]
                                   [--torch=.venv-torch/bin/python] [--arch=vgg16|resnet50|resnet101]
+                                  [--blocks=5]
 
 Every side trains the same model (VGG16, or with --arch keras.applications' ResNet50/101 = our
 model.resnet_layout='keras', headless, average pooling, head fc1024-ReLU-dropout-fcC,
-C=20), the same freezing (conv blocks below the top `unfreeze` ones frozen) and the same optimizer
-(SGD lr 1e-4 momentum 0.9, BCE with logits) on the same random batch; none augments. `infer` rows
+C=20; --blocks=4 keeps VGG16's first 4 conv blocks, make demo's model), the same freezing (conv
+blocks below the top `unfreeze` ones frozen) and the same optimizer (SGD lr 1e-4 momentum 0.9, BCE
+with logits) on the same random batch; none augments. `infer` rows
 time the forward pass alone (inference mode) at --infer_batch. Sides:
 - oneDNN: the package's finetune step (mlc_jax.train.loop.prepare of the finetune stage,
   benchmarks/common.finetune_step) whose convolutions run mlc_jax/ops/conv.py's oneDNN primitives;
@@ -19,7 +21,10 @@ time the forward pass alone (inference mode) at --infer_batch. Sides:
   exists; `make torch-peer` makes it): benchmarks/torch_peer.py in a child process, channels_last.
 Each round times `steps` steps of every side in turn (after two warm-up steps each); a side's rate
 is its best round, so a round slowed by another process on a shared machine does not decide.
-Ratios > 1 mean the oneDNN side is faster. The `cpu s/img` column is the process CPU time per
+Ratios > 1 mean the oneDNN side is faster. The process made parallel.setup_process's settings
+(benchmarks/common.py), glibc's malloc kept to one arena included (ops/host_memory.py): every
+side, Keras and TensorFlow's allocations too, runs under them (PyTorch runs in its own process,
+without). The `cpu s/img` column is the process CPU time per
 image of the oneDNN side and of Keras (work done, whatever else the machine runs).
 
 History (2 Zen 4 cores, batch 4, 224 px): XLA:CPU's own convolutions ran at 150-210 GFLOP/s and its
@@ -51,7 +56,7 @@ def _batch(size, batch, seed=0):
           (rng.random((batch, NUM_CLASSES)) < 0.1).astype(np.float32))
 
 
-def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16"):
+def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5):
   """One step (or forward) of mlc_jax's model -> a callable running it to completion."""
   import contextlib
 
@@ -62,7 +67,7 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16"):
   from mlc_jax.ops import conv
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights = size, width, ""
-  c.model.arch, c.model.resnet_layout = arch, "keras"
+  c.model.arch, c.model.resnet_layout, c.model.blocks = arch, "keras", blocks
   model = models.build_model(c, NUM_CLASSES)
   mesh = parallel.mesh()
   images, labels = _batch(size, batch)
@@ -89,7 +94,7 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16"):
   return run_step
 
 
-def keras_side(size, batch, unfreeze, width, arch="vgg16"):
+def keras_side(size, batch, unfreeze, width, arch="vgg16", blocks=5):
   """The same model, freezing and optimizer in Keras 3 on TensorFlow -> a step callable."""
   os.environ.setdefault("KERAS_BACKEND", "tensorflow")
   import keras
@@ -98,7 +103,12 @@ def keras_side(size, batch, unfreeze, width, arch="vgg16"):
   build = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
            "resnet101": keras.applications.ResNet101}[arch]
   base = build(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
-  top = 0 if unfreeze in ("all", "infer") else 5 - int(unfreeze)  # blocks above `top` train
+  if blocks < 5:  # tapped below block `blocks` (VGG: its pool), then average-pooled
+    if arch != "vgg16":
+      raise SystemExit("--blocks below 5: VGG16 only")
+    tap = keras.layers.GlobalAveragePooling2D()(base.get_layer(f"block{blocks}_pool").output)
+    base = keras.Model(base.input, tap)
+  top = 0 if unfreeze in ("all", "infer") else blocks - int(unfreeze)  # blocks above `top` train
   for layer in base.layers:
     block = layer.name.split("_")[0]  # VGG: block{b}; ResNet: conv{b} (conv1 = the stem, block 1)
     if block.startswith(("block", "conv")):
@@ -129,9 +139,9 @@ class TorchSide:
     self.proc.stdin.flush()
     return json.loads(self.proc.stdout.readline())
 
-  def setup(self, size, batch, unfreeze):
+  def setup(self, size, batch, unfreeze, blocks=5):
     self.info = self.ask({"setup": {"size": size, "batch": batch, "unfreeze": unfreeze,
-                                    "classes": NUM_CLASSES}})
+                                    "classes": NUM_CLASSES, "blocks": blocks}})
     return self
 
   def timed(self, steps):
@@ -166,7 +176,7 @@ def measure(sides, batch, steps, rounds):
 
 
 def main():
-  os.environ.setdefault("MLC_JAX_ONEDNN", "1")  # the op is opt-in; its column is what this measures
+  os.environ["MLC_JAX_ONEDNN"] = "1"  # its column is what this measures, whatever the environment
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--sizes", default="224,112")
   p.add_argument("--batch", type=int, default=4)
@@ -176,6 +186,10 @@ def main():
   p.add_argument("--unfreeze", default="1,all,infer")
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--arch", default="vgg16", help="vgg16, resnet50 or resnet101 (Keras layout)")
+  p.add_argument("--blocks", type=int, default=5,
+                 help="VGG16's conv blocks kept (model.blocks): 4 is make demo's model, tapped "
+                      "at block4_pool (`--sizes=56 --blocks=4 --batch=32 --unfreeze=1` is its "
+                      "fine-tune step)")
   p.add_argument("--torch", default=TORCH_VENV if os.path.exists(TORCH_VENV) else "",
                  help="a Python with torch for the PyTorch column ('' leaves it out)")
   args = p.parse_args()
@@ -200,16 +214,16 @@ def main():
   for size in (int(s) for s in args.sizes.split(",")):
     for unfreeze in args.unfreeze.split(","):
       batch = args.infer_batch if unfreeze == "infer" else args.batch
-      sides = {"oneDNN": jax_side(size, batch, unfreeze, args.width, False, args.arch),
-               "lax": jax_side(size, batch, unfreeze, args.width, True, args.arch),
-               "Keras": keras_side(size, batch, unfreeze, args.width, args.arch)}
+      sides = {"oneDNN": jax_side(size, batch, unfreeze, args.width, False, args.arch, args.blocks),
+               "lax": jax_side(size, batch, unfreeze, args.width, True, args.arch, args.blocks),
+               "Keras": keras_side(size, batch, unfreeze, args.width, args.arch, args.blocks)}
       if torch:
-        sides["PyTorch"] = torch.setup(size, batch, unfreeze)
+        sides["PyTorch"] = torch.setup(size, batch, unfreeze, args.blocks)
       r = measure(sides, batch, args.steps, args.rounds)
       o, k, x = r["oneDNN"][0], r["Keras"][0], r["lax"][0]
       line = (f"| {size} | {unfreeze} | {o:.2f} | {k:.2f} | {o / k:.2f}x | {x:.2f} | {x / k:.2f}x "
               f"| {o / x:.2f}x | {r['oneDNN'][1]:.2f}, {r['Keras'][1]:.2f} |")
-      row = {"size": size, "unfreeze": unfreeze, "batch": batch,
+      row = {"size": size, "unfreeze": unfreeze, "batch": batch, "blocks": args.blocks,
              **{name: rate for name, (rate, _) in r.items()}}
       if torch:
         t = r["PyTorch"][0]
