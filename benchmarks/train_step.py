@@ -15,16 +15,16 @@ time the forward pass alone (inference mode) at --infer_batch. Sides:
 - oneDNN: the package's finetune step (mlc_jax.train.loop.prepare of the finetune stage,
   benchmarks/common.finetune_step) whose convolutions run mlc_jax/ops/conv.py's oneDNN primitives;
 - lax: the same step traced inside ops.conv.lax_only(), i.e. XLA:CPU's own convolutions;
-- Keras: `train_on_batch` compiled with jit_compile=False (TensorFlow's oneDNN kernels, its
-  fastest CPU path); `predict_on_batch` for `infer`;
+- Keras: benchmarks/keras_peer.py in a child process (Keras as its users run it, without this
+  process's settings): `train_on_batch` compiled with jit_compile=False (TensorFlow's oneDNN
+  kernels, its fastest CPU path); `predict_on_batch` for `infer`;
 - PyTorch (where --torch names an interpreter with torch, default .venv-torch/bin/python if it
   exists; `make torch-peer` makes it): benchmarks/torch_peer.py in a child process, channels_last.
 Each round times `steps` steps of every side in turn (after two warm-up steps each); a side's rate
 is its best round, so a round slowed by another process on a shared machine does not decide.
-Ratios > 1 mean the oneDNN side is faster. The process made parallel.setup_process's settings
-(benchmarks/common.py), glibc's malloc kept to one arena included (ops/host_memory.py): every
-side, Keras and TensorFlow's allocations too, runs under them (PyTorch runs in its own process,
-without). The `cpu s/img` column is the process CPU time per
+Ratios > 1 mean the oneDNN side is faster. The two mlc_jax sides run as the package ships, under
+parallel.setup_process's settings (benchmarks/common.py; glibc's malloc kept to one arena,
+ops/host_memory.py); the peers run in their own processes without them. The `cpu s/img` column is the process CPU time per
 image of the oneDNN side and of Keras (work done, whatever else the machine runs).
 
 History (2 Zen 4 cores, batch 4, 224 px): XLA:CPU's own convolutions ran at 150-210 GFLOP/s and its
@@ -44,16 +44,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import common  # noqa: E402
+from benchmarks import common, keras_peer  # noqa: E402
 
 NUM_CLASSES = 20
 TORCH_VENV = os.path.join(ROOT, ".venv-torch", "bin", "python")
-
-
-def _batch(size, batch, seed=0):
-  rng = np.random.default_rng(seed)
-  return (rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8),
-          (rng.random((batch, NUM_CLASSES)) < 0.1).astype(np.float32))
 
 
 def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5):
@@ -70,7 +64,7 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5):
   c.model.arch, c.model.resnet_layout, c.model.blocks = arch, "keras", blocks
   model = models.build_model(c, NUM_CLASSES)
   mesh = parallel.mesh()
-  images, labels = _batch(size, batch)
+  images, labels = keras_peer.batch(size, batch, NUM_CLASSES)
   trace = conv.lax_only() if lax_only else contextlib.nullcontext()
   if unfreeze == "infer":
     fn, state = common.forward(model, mesh)
@@ -94,54 +88,26 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5):
   return run_step
 
 
-def keras_side(size, batch, unfreeze, width, arch="vgg16", blocks=5):
-  """The same model, freezing and optimizer in Keras 3 on TensorFlow -> a step callable."""
-  os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-  import keras
-  if width != 1.0:
-    raise SystemExit("the Keras side builds keras.applications' models, width 1.0 only")
-  build = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
-           "resnet101": keras.applications.ResNet101}[arch]
-  base = build(include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg")
-  if blocks < 5:  # tapped below block `blocks` (VGG: its pool), then average-pooled
-    if arch != "vgg16":
-      raise SystemExit("--blocks below 5: VGG16 only")
-    tap = keras.layers.GlobalAveragePooling2D()(base.get_layer(f"block{blocks}_pool").output)
-    base = keras.Model(base.input, tap)
-  top = 0 if unfreeze in ("all", "infer") else blocks - int(unfreeze)  # blocks above `top` train
-  for layer in base.layers:
-    block = layer.name.split("_")[0]  # VGG: block{b}; ResNet: conv{b} (conv1 = the stem, block 1)
-    if block.startswith(("block", "conv")):
-      layer.trainable = int(block[-1]) > top
-  x = keras.layers.Dense(1024, activation="relu", name="fc1")(base.output)
-  x = keras.layers.Dropout(0.5)(x)
-  out = keras.layers.Dense(NUM_CLASSES, name="predictions")(x)
-  model = keras.Model(base.input, out)
-  model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
-                loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
-  images, labels = _batch(size, batch)
-  images = keras.applications.vgg16.preprocess_input(images.astype(np.float32))  # caffe, as ResNet
-  if unfreeze == "infer":
-    return lambda: model.predict_on_batch(images)
-  return lambda: model.train_on_batch(images, labels)
+class PeerSide:
+  """A peer in its own interpreter (benchmarks/keras_peer.py, benchmarks/torch_peer.py), one
+  setting at a time, over one JSON line each way."""
 
-
-class TorchSide:
-  """benchmarks/torch_peer.py in `python` (a PyTorch interpreter), one setting at a time."""
-
-  def __init__(self, python):
-    self.proc = subprocess.Popen([python, os.path.join(ROOT, "benchmarks", "torch_peer.py")],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+  def __init__(self, python, script, env=None):
+    self.proc = subprocess.Popen([python, os.path.join(ROOT, "benchmarks", script)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=env)
     self.cpu = 0.0
 
   def ask(self, cmd):
     self.proc.stdin.write(json.dumps(cmd) + "\n")
     self.proc.stdin.flush()
-    return json.loads(self.proc.stdout.readline())
+    line = self.proc.stdout.readline()
+    if not line:
+      raise SystemExit(f"{self.proc.args[1]} ended without answering {cmd}")
+    return json.loads(line)
 
-  def setup(self, size, batch, unfreeze, blocks=5):
-    self.info = self.ask({"setup": {"size": size, "batch": batch, "unfreeze": unfreeze,
-                                    "classes": NUM_CLASSES, "blocks": blocks}})
+  def setup(self, **setting):
+    self.info = self.ask({"setup": {**setting, "classes": NUM_CLASSES}})
     return self
 
   def timed(self, steps):
@@ -167,8 +133,8 @@ def measure(sides, batch, steps, rounds):
   for _ in range(rounds):
     for name, side in sides.items():
       cpu = time.process_time()
-      seconds = side.timed(steps) if isinstance(side, TorchSide) else _timed(side, steps)
-      cpu = side.cpu if isinstance(side, TorchSide) else time.process_time() - cpu
+      seconds = side.timed(steps) if isinstance(side, PeerSide) else _timed(side, steps)
+      cpu = side.cpu if isinstance(side, PeerSide) else time.process_time() - cpu
       rate = batch * steps / seconds
       if rate > best[name][0]:
         best[name] = (rate, cpu / (batch * steps))
@@ -198,7 +164,10 @@ def main():
   from mlc_jax.ops import conv
   if not conv.available():
     raise SystemExit(f"the oneDNN convolutions are off ({conv.why_not()}): nothing to compare")
-  torch = TorchSide(args.torch) if args.torch and args.arch == "vgg16" else None  # its peer: VGG
+  torch = PeerSide(args.torch, "torch_peer.py") if args.torch and args.arch == "vgg16" else None
+  # Keras without the settings this process made (parallel.setup_process): as its users run it.
+  keras_env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  keras = PeerSide(sys.executable, "keras_peer.py", env=keras_env)
   print(f"# {common.machine()}, {jax.device_count()} JAX device(s), batch {args.batch} "
         f"(infer {args.infer_batch}), {args.steps} steps x best of {args.rounds} rounds, "
         f"oneDNN threads {conv.threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
@@ -216,9 +185,11 @@ def main():
       batch = args.infer_batch if unfreeze == "infer" else args.batch
       sides = {"oneDNN": jax_side(size, batch, unfreeze, args.width, False, args.arch, args.blocks),
                "lax": jax_side(size, batch, unfreeze, args.width, True, args.arch, args.blocks),
-               "Keras": keras_side(size, batch, unfreeze, args.width, args.arch, args.blocks)}
+               "Keras": keras.setup(size=size, batch=batch, unfreeze=unfreeze, blocks=args.blocks,
+                                    arch=args.arch, width=args.width)}
       if torch:
-        sides["PyTorch"] = torch.setup(size, batch, unfreeze, args.blocks)
+        sides["PyTorch"] = torch.setup(size=size, batch=batch, unfreeze=unfreeze,
+                                       blocks=args.blocks)
       r = measure(sides, batch, args.steps, args.rounds)
       o, k, x = r["oneDNN"][0], r["Keras"][0], r["lax"][0]
       line = (f"| {size} | {unfreeze} | {o:.2f} | {k:.2f} | {o / k:.2f}x | {x:.2f} | {x / k:.2f}x "
@@ -230,6 +201,7 @@ def main():
         line += f" {t:.2f} | {o / t:.2f}x |"
       rows.append(row)
       print(line, flush=True)
+  keras.close()
   if torch:
     torch.close()
   rows = [{"arch": args.arch, **row} for row in rows]
