@@ -9,7 +9,8 @@ call when both are); anything else, and every GPU/TPU, goes to lax.conv. Padding
 (lax.padtype_to_pads), passed to oneDNN explicitly.
 
 On by default on the CPU (the op equals lax.conv within 1e-5 on every VGG16 layer and both
-gradients; the fine-tune steps run 1.13-1.17x faster than with lax.conv, BENCHMARKS.md). Where the
+gradients; VGG16's fine-tune steps at 224 and 112 px ran 1.05-1.19x faster than with lax.conv,
+BENCHMARKS.md). Where the
 library is missing or does not load, the convolutions use lax.conv and a warning says why, once;
 MLC_JAX_ONEDNN=0 turns the op off, saying so. MLC_JAX_ONEDNN_LIB points at another build of the
 library; MLC_JAX_ONEDNN_THREADS sets the threads of each convolution (default: one per available
