@@ -4,20 +4,16 @@
 
 Its own process so that Keras runs as a Keras user runs it, without the settings mlc_jax's entry
 points make for their process (parallel.setup_process: glibc's malloc kept to one arena, XLA's
-flags). Reads one JSON command a line on stdin, answers one JSON line on stdout:
-  {"setup": {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5,
-             "arch": "vgg16", "width": 1.0}} -> {"ok": true, "version": keras version}
-  {"run": STEPS} -> {"seconds": wall, "cpu": process CPU seconds} for STEPS steps.
+flags). It answers benchmarks/peer_protocol.py's commands; its setup takes
+  {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5,
+   "arch": "vgg16", "width": 1.0} and answers with Keras's version.
 The model is train_step.py's: keras.applications' VGG16 (or ResNet50/101), headless, average
 pooling (VGG16 with blocks < 5: tapped at block{blocks}_pool, then averaged), head
 fc1024-ReLU-dropout 0.5-fc(classes); conv blocks below the top `unfreeze` ones frozen; SGD lr 1e-4
 momentum 0.9, BCE with logits, compiled with jit_compile=False (TensorFlow's oneDNN kernels, its
 fastest CPU path): `train_on_batch`, or `predict_on_batch` for "infer".
 """
-import json
 import os
-import sys
-import time
 
 import numpy as np
 
@@ -25,14 +21,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 
-def batch(size, n, classes, seed=0):
+def random_batch(size, n, classes, seed=0):
   """The benchmark's random batch (every side trains on the same one): uint8 images, multi-hot."""
   rng = np.random.default_rng(seed)
   return (rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
           (rng.random((n, classes)) < 0.1).astype(np.float32))
 
 
-def setup(size, batch_size, unfreeze, classes=20, blocks=5, arch="vgg16", width=1.0):
+def setup(size, batch, unfreeze, classes=20, blocks=5, arch="vgg16", width=1.0):
   """The Keras model, freezing and optimizer -> a step callable."""
   import keras
   if width != 1.0:
@@ -56,7 +52,7 @@ def setup(size, batch_size, unfreeze, classes=20, blocks=5, arch="vgg16", width=
   model = keras.Model(base.input, out)
   model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
                 loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)
-  images, labels = batch(size, batch_size, classes)
+  images, labels = random_batch(size, batch, classes)
   images = keras.applications.vgg16.preprocess_input(images.astype(np.float32))  # caffe, as ResNet
   if unfreeze == "infer":
     return lambda: model.predict_on_batch(images)
@@ -64,22 +60,12 @@ def setup(size, batch_size, unfreeze, classes=20, blocks=5, arch="vgg16", width=
 
 
 def main():
-  step = None
-  for line in sys.stdin:
-    cmd = json.loads(line)
-    if "setup" in cmd:
-      args = dict(cmd["setup"])
-      step = setup(args.pop("size"), args.pop("batch"), args.pop("unfreeze"), **args)
-      step()
-      step()
-      import keras
-      out = {"ok": True, "version": keras.__version__}
-    else:
-      wall, cpu = time.perf_counter(), time.process_time()
-      for _ in range(int(cmd["run"])):
-        step()
-      out = {"seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
-    print(json.dumps(out), flush=True)
+  def info():
+    import keras
+    return {"version": keras.__version__}
+
+  import peer_protocol  # benchmarks/, this script's folder (train_step.py imports this module too)
+  peer_protocol.serve(setup, info)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,19 @@
 
   .venv-torch/bin/python benchmarks/torch_peer.py      (`make torch-peer` makes .venv-torch)
 
-Reads one JSON command a line on stdin, answers one JSON line on stdout:
-  {"setup": {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5}}
-    -> {"ok": true}
-  {"run": STEPS} -> {"seconds": wall, "cpu": process CPU seconds} for STEPS steps of the set-up model.
+It answers benchmarks/peer_protocol.py's commands; its setup takes
+  {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5}
+and answers with torch's version and threads.
 The model is train_step.py's: VGG16 features (3x3 convs, ReLU, 2x2 max pools), global average
 pooling, fc1024-ReLU-dropout 0.5-fc(classes), the first `blocks` conv blocks kept (4: make demo's
 model, tapped at block 4's pool); conv blocks below the top `unfreeze` ones frozen
 (requires_grad False); SGD lr 1e-4 momentum 0.9, BCE with logits. "infer" times the forward under
 torch.inference_mode(). Tensors are channels_last (NHWC, oneDNN's fast layout in PyTorch).
 """
-import json
-import sys
-import time
-
 import torch
 from torch import nn
+
+import peer_protocol  # benchmarks/, this script's folder
 
 BLOCKS = (2, 2, 3, 3, 3)
 CHANNELS = (64, 128, 256, 512, 512)
@@ -70,20 +67,8 @@ def setup(size, batch, unfreeze, classes=20, blocks=5):
 
 
 def main():
-  step = None
-  for line in sys.stdin:
-    cmd = json.loads(line)
-    if "setup" in cmd:
-      step = setup(**cmd["setup"])
-      step()
-      step()
-      out = {"ok": True, "threads": torch.get_num_threads(), "version": torch.__version__}
-    else:
-      wall, cpu = time.perf_counter(), time.process_time()
-      for _ in range(int(cmd["run"])):
-        step()
-      out = {"seconds": time.perf_counter() - wall, "cpu": time.process_time() - cpu}
-    print(json.dumps(out), flush=True)
+  peer_protocol.serve(setup, lambda: {"threads": torch.get_num_threads(),
+                                      "version": torch.__version__})
 
 
 if __name__ == "__main__":

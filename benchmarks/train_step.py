@@ -64,7 +64,7 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5):
   c.model.arch, c.model.resnet_layout, c.model.blocks = arch, "keras", blocks
   model = models.build_model(c, NUM_CLASSES)
   mesh = parallel.mesh()
-  images, labels = keras_peer.batch(size, batch, NUM_CLASSES)
+  images, labels = keras_peer.random_batch(size, batch, NUM_CLASSES)
   trace = conv.lax_only() if lax_only else contextlib.nullcontext()
   if unfreeze == "infer":
     fn, state = common.forward(model, mesh)
