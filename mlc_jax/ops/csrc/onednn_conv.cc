@@ -36,8 +36,6 @@ enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 // kind, dtype, N H W C, O KH KW, OH OW, sh sw, pt pb pl pr
 using Key = std::array<int64_t, 17>;
 
-// One operand of a primitive: the layout JAX holds (NHWC or HWIO), the primitive's own, and when
-// they differ a reorder and a buffer in the primitive's layout (kept with the primitive).
 // Kernel layouts oneDNN 3.2's f32 convolutions ask for, which `copy_kernel` reorders from and to
 // JAX's HWIO itself (oneDNN's generic jit:uni reorder took 1.5-2.5 ms a 3x3x512x512 kernel in a
 // step, 2-3x the plain copies below; 7% of VGG16's top-block step at 112 px).
@@ -48,14 +46,16 @@ enum KernelLayout {
   kOIBlocked,   // ABcd{B}b{B}a: [O/B][I/B][H][W][B i][B o] (weight gradient)
 };
 
+// One operand of a primitive: the layout JAX holds (NHWC or HWIO), the primitive's own, and when
+// they differ a buffer in the primitive's layout (kept with the primitive), filled or read by
+// `copy_kernel` for the kernel layouts above, by oneDNN's reorders otherwise.
 struct Operand {
   int arg = 0;  // DNNL_ARG_*
   memory::desc user, prim;
   bool reorder = false;
   KernelLayout layout = kOther;
   int block = 0;
-  memory::dims dims;  // O I KH KW, for the kernel layouts
-  dnnl::reorder to_prim, to_user;
+  dnnl::reorder to_prim, to_user;  // layout kOther only
   std::unique_ptr<memory> buf;
 };
 
@@ -107,13 +107,13 @@ void find_kernel_layout(Operand& o) {
     if (d[1] % b == 0 && o.prim == memory::desc(d, dt, tag)) o.layout = kIBlocked, o.block = b;
   if (d[0] % 16 == 0 && d[1] % 16 == 0 && o.prim == memory::desc(d, dt, Tag::ABcd16b16a))
     o.layout = kOIBlocked, o.block = 16;
-  o.dims = d;
 }
 
 // HWIO <-> the operand's blocked kernel layout (to_prim: HWIO -> blocked; else blocked -> HWIO).
 // Plain strided copies of B floats at a time, split over the convolution's threads.
 void copy_kernel(const Operand& o, const float* from, float* to, bool to_prim) {
-  const int64_t O = o.dims[0], I = o.dims[1], HW = o.dims[2] * o.dims[3], B = o.block;
+  const memory::dims d = o.user.get_dims();  // O I KH KW
+  const int64_t O = d[0], I = d[1], HW = d[2] * d[3], B = o.block;
   const size_t bytes = B * sizeof(float);
   if (o.layout == kOBlocked) {  // HWIO[hw][i][o] <-> [o/B][hw][i][B]
     const int64_t rows = HW * I;
@@ -153,9 +153,10 @@ void copy_kernel(const Operand& o, const float* from, float* to, bool to_prim) {
 void set_operand(Operand& o, int arg, const memory::desc& user, const memory::desc& prim,
                  const dnnl::engine& eng) {
   o.arg = arg, o.user = user, o.prim = prim, o.reorder = user != prim;
-  if (o.reorder) find_kernel_layout(o);
-  if (o.reorder) {
-    o.buf = std::make_unique<memory>(prim, eng);
+  if (!o.reorder) return;
+  o.buf = std::make_unique<memory>(prim, eng);
+  find_kernel_layout(o);
+  if (o.layout == kOther) {
     o.to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user, eng, prim));
     o.to_user = dnnl::reorder(dnnl::reorder::primitive_desc(eng, prim, eng, user));
   }
@@ -297,9 +298,7 @@ ffi::Error run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::A
   const ffi::AnyBuffer& y = kind == kForward ? *out : (kind == kBackwardData ? a : b);
   Key key;
   ffi::Error err = make_key(kind, x, w, y, sh, sw, pt, pb, pl, pr, &key);
-  if (err.failure()) return err;
-  if (a.element_type() != x.element_type() || b.element_type() != x.element_type())
-    return ffi::Error::InvalidArgument("onednn conv: every operand must have one dtype");
+  if (err.failure()) return err;  // make_key checked x, w, y (a, b, out): one dtype, rank 4
   std::lock_guard<std::mutex> lock(state().mu);
   try {
     execute(key, a.untyped_data(), b.untyped_data(), out->untyped_data());
@@ -325,7 +324,7 @@ ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer w,
     return a.element_type() == b.element_type() && ad.size() == bd.size() &&
            std::equal(ad.begin(), ad.end(), bd.begin());
   };
-  if (!same(x, *dx) || !same(w, *dw) || dy.element_type() != x.element_type())
+  if (!same(x, *dx) || !same(w, *dw))
     return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
   std::lock_guard<std::mutex> lock(state().mu);
   try {
