@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 # The CPU convolutions (below), built by `make install`.
 CONV_LIB := mlc_jax/ops/libmlc_conv.so
 CONV_SRC := mlc_jax/ops/csrc/onednn_conv.cc
+CONV_HDR := mlc_jax/ops/csrc/kernel_layout.h
 
 .PHONY: install install-postgres test demo demo-inputs shapes-demo sweep-demo clean gpu-wheels torch-peer
 
@@ -30,7 +31,7 @@ $(STAMP): pyproject.toml
 # and say so once (BUILD.md). On by default at run time; MLC_JAX_ONEDNN=0 turns it off.
 CXX ?= g++
 
-$(CONV_LIB): $(CONV_SRC) $(STAMP)
+$(CONV_LIB): $(CONV_SRC) $(CONV_HDR) $(STAMP)
 	@venv=$$(cd $(VENV) && pwd -P); \
 	ffi=$$($(PY) -c 'import jaxlib, os; print(os.path.join(os.path.dirname(jaxlib.__file__), "include"))'); \
 	$(CXX) -O2 -fopenmp -std=c++17 -shared -fPIC -Wno-return-type -I$$ffi -I$$venv/include $(CONV_SRC) \

@@ -1,8 +1,9 @@
 """mlc_jax/ops/conv.py: the oneDNN convolutions equal lax.conv_general_dilated (the reference,
 XLA's own convolution), values and both gradients, on every VGG16 layer shape and the other shapes
 the op takes (1x1, stride 2, SAME/VALID, odd sizes), float32 and bfloat16, under jit, vmap and data
-sharding over 4 fake devices; the models route their convolutions through it on the CPU; switched
-off or missing, lax.conv runs and a warning says why once.
+sharding over 4 fake devices; the bias and ReLU fused into it equal lax.conv + b (+ jax.nn.relu),
+each gradient alone; conv.Conv equals nnx.Conv; the models route their convolutions through it on
+the CPU; switched off or missing, lax.conv runs and a warning says why once.
 """
 import json
 import os
@@ -185,6 +186,79 @@ def test_each_gradient_alone_equals_lax_and_only_it_is_computed():
     assert calls == {t: int(t == target) for t in targets.values()}, (argnums, calls)
 
 
+BIAS_CASES = [  # (n, h, w, c, o, k, strides, padding): a VGG layer, ResNet's stride-2, a 1x1
+    (2, 7, 6, 64, 128, 3, (1, 1), "SAME"),
+    (2, 9, 9, 16, 32, 3, (2, 2), ((1, 1), (1, 1))),
+    (3, 8, 8, 32, 16, 1, (1, 1), "VALID"),
+]
+
+
+def _bias_reference(x, w, b, strides, padding, relu):
+  y = lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=DN) + b
+  return jax.nn.relu(y) if relu else y
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("shape", BIAS_CASES, ids=["vgg", "stride2", "1x1"])
+def test_bias_and_relu_fused_equal_lax_and_each_gradient_alone(shape, relu):
+  # lax.conv + b (+ jax.nn.relu) is the reference; the sine loss gives the ReLU's mask a cotangent
+  # of both signs. Each subset of (x, w, b) is differentiated through the one call it needs.
+  n, h, wd, c, o, k, strides, padding = shape
+  x, w = _operands(n, h, wd, c, o, k, seed=7)
+  b = jax.random.normal(jax.random.PRNGKey(8), (o,), jnp.float32)
+  pads = conv._pads(x.shape, w.shape, strides, padding)
+
+  def loss(fn, x, w, b):
+    return jnp.sum(jnp.sin(3 * fn(x, w, b)))
+
+  def ours(x, w, b):
+    return conv.onednn_conv_bias(x, w, b, strides, pads, relu)
+
+  def ref(x, w, b):
+    return _bias_reference(x, w, b, strides, padding, relu)
+
+  y = jax.jit(ours)(x, w, b)
+  assert y.shape == ref(x, w, b).shape and _rel(y, ref(x, w, b)) <= 1e-5
+  if relu:
+    assert 0.2 < float(jnp.mean(y == 0)) < 0.8  # the mask matters
+  targets = {(0,): "data", (1, 2): "weights_bias", (2,): "weights_bias",
+             (0, 1, 2): "backward_bias"}
+  for argnums, target in targets.items():
+    grad = jax.jit(jax.grad(lambda x, w, b: loss(ours, x, w, b), argnums))
+    got = grad(x, w, b)
+    want = jax.grad(lambda x, w, b: loss(ref, x, w, b), argnums)(x, w, b)
+    for i, a, e in zip(argnums, got, want):
+      assert a.shape == e.shape and _rel(a, e) <= 1e-5, (argnums, i, _rel(a, e))
+    text = grad.lower(x, w, b).as_text()
+    called = {t for t in conv.TARGETS if f"@mlc_onednn_conv_{t}(" in text}
+    assert called == {"bias_forward", target}, (argnums, called)
+
+
+def test_conv_module_equals_nnx_conv_and_fuses_only_what_it_can():
+  # conv.Conv is nnx.Conv (same parameters) with the bias and ReLU fused where the op takes them:
+  # float32 with a bias; without a bias, in bfloat16 or under lax_only it is nnx.Conv's own call.
+  from flax import nnx
+  x = jax.random.normal(jax.random.PRNGKey(2), (2, 9, 9, 16), jnp.float32)
+  cases = [({}, "bias_forward"), ({"use_bias": False}, "forward"),
+           ({"dtype": jnp.bfloat16}, "forward"), ({"strides": 2, "padding": ((1, 0), (0, 1))},
+                                                  "bias_forward")]
+  for kwargs, target in cases:
+    ours = conv.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0), **{"padding": "SAME", **kwargs})
+    plain = nnx.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0), **{"padding": "SAME", **kwargs})
+    if ours.bias is not None:
+      ours.bias.value = plain.bias.value = jax.random.normal(jax.random.PRNGKey(3), (32,))
+    assert jax.tree.all(jax.tree.map(jnp.array_equal, nnx.state(ours), nnx.state(plain)))
+    tol = 1e-2 if "dtype" in kwargs else 1e-5
+    for relu in (False, True):
+      want = jax.nn.relu(plain(x)) if relu else plain(x)
+      got = jax.jit(lambda x: ours(x, relu=relu))(x)
+      assert got.dtype == want.dtype and _rel(got.astype(jnp.float32), want.astype(jnp.float32)) <= tol
+      text = jax.jit(lambda x: ours(x, relu=relu)).lower(x).as_text()
+      assert {t for t in conv.TARGETS if f"@mlc_onednn_conv_{t}(" in text} == {target}, kwargs
+      with conv.lax_only():
+        assert "mlc_onednn_conv" not in jax.jit(lambda x: ours(x, relu=relu)).lower(x).as_text()
+
+
 def test_a_finetune_step_copies_no_trained_kernel(tmp_path):
   # The step donates the trained kernels and updates them in place, so every read of a kernel
   # (its forward, its input gradient) must come before the update in XLA's dataflow; with the two
@@ -206,7 +280,8 @@ def test_a_finetune_step_copies_no_trained_kernel(tmp_path):
                                 "labels": np.zeros((n, 5), np.float32),
                                 "mask": np.ones(n, bool)}, mesh)
   text = p.train_step.lower(p.state, p.frozen, batch, jax.random.PRNGKey(0), 0).compile().as_text()
-  assert text.count("mlc_onednn_conv_backward") >= 2  # block 4's layers above its lowest one
+  # block 4's layers above its lowest one: both gradients and the bias's in one call each
+  assert text.count("mlc_onednn_conv_backward_bias") >= 2
   copied = [line for line in text.splitlines()
             if " copy(" in line and "backbone" in line and "kernel" in line]
   assert not copied, copied
@@ -227,7 +302,9 @@ def test_vgg_routes_its_convolutions_through_the_op():
   model = VGG("vgg11", width=1 / 16, image_size=32)
   images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), np.uint8))
   text = jax.jit(lambda im: model(im)).lower(images).as_text()
-  assert text.count("mlc_onednn_conv_forward") == 8  # vgg11's eight convolutions
+  calls = [line for line in text.splitlines() if "@mlc_onednn_conv_" in line]
+  # vgg11's eight convolutions, each with its bias and ReLU in the one call
+  assert len(calls) == 8 and all("bias_forward" in c and "relu = 1" in c for c in calls), calls
   with conv.lax_only():
     assert "mlc_onednn_conv" not in jax.jit(lambda im: model(im)).lower(images).as_text()
 

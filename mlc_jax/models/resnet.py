@@ -89,10 +89,10 @@ class ResNet(Backbone):
 
     def conv(name, cin, cout, k, stride):
       pad = (k - 1) // 2
-      setattr(self, name, nnx.Conv(cin, cout, (k, k), strides=stride, padding=((pad, pad),) * 2,
-                                   use_bias=layout == "keras", dtype=dtype,
-                                   param_dtype=jnp.float32, kernel_init=host_initializer("conv"),
-                                   rngs=rngs, conv_general_dilated=conv_ops.conv_general_dilated))
+      setattr(self, name, conv_ops.Conv(cin, cout, (k, k), strides=stride,
+                                        padding=((pad, pad),) * 2, use_bias=layout == "keras",
+                                        dtype=dtype, param_dtype=jnp.float32,
+                                        kernel_init=host_initializer("conv"), rngs=rngs))
       names.append(name)
 
     def bn(name, ch):

@@ -95,9 +95,8 @@ class VGG(Backbone):
     for b, n in enumerate(BLOCKS[arch][:self.blocks], 1):
       out_ch = scaled(BLOCK_CHANNELS[b - 1], width)
       for i in range(1, n + 1):
-        conv = nnx.Conv(in_ch, out_ch, (3, 3), padding="SAME", dtype=dtype, param_dtype=jnp.float32,
-                        kernel_init=host_initializer("conv"), rngs=rngs,
-                        conv_general_dilated=conv_ops.conv_general_dilated)
+        conv = conv_ops.Conv(in_ch, out_ch, (3, 3), padding="SAME", dtype=dtype,
+                             param_dtype=jnp.float32, kernel_init=host_initializer("conv"), rngs=rngs)
         setattr(self, f"block{b}_conv{i}", conv)
         names.append(f"block{b}_conv{i}")
         if batch_norm:
@@ -139,12 +138,14 @@ class VGG(Backbone):
     x = preprocess(images, self.preprocessing).astype(self.dtype)
     for b, n in enumerate(BLOCKS[self.arch][:self.blocks], 1):
       for i in range(1, n + 1):
-        x = getattr(self, f"block{b}_conv{i}")(x)
+        conv = getattr(self, f"block{b}_conv{i}")
         if self.batch_norm:
           # Training: each layer's own mode (use_running_average, set per layer by a stage that
           # freezes some blocks' batch norm); inference: always the running statistics.
-          x = getattr(self, f"block{b}_bn{i}")(x, use_running_average=None if train else True)
-        x = jax.nn.relu(x)
+          bn = getattr(self, f"block{b}_bn{i}")
+          x = jax.nn.relu(bn(conv(x), use_running_average=None if train else True))
+        else:
+          x = conv(x, relu=True)  # the ReLU fused into oneDNN's convolution on the CPU
       x = max_pool_2x2(x)
     return x
 

@@ -1,12 +1,14 @@
 // 2-D convolutions on the CPU through oneDNN, as XLA FFI handlers (jax.ffi), for mlc_jax/ops/conv.py.
 //
-// Three handlers, each one oneDNN primitive: forward (x, w -> y), input gradient (dy, w -> dx) and
-// weight gradient (x, dy -> dw). Layouts are JAX's: activations NHWC, kernels HWIO; float32 or
-// bfloat16 (all operands the same type). Strides and explicit paddings come as attributes, the
-// paddings already computed in Python the way lax computes them. Kernels are reordered into the
-// layout the primitive picked (format `any`); activations are passed in NHWC as they are, except
-// for the kinds MLC_JAX_ONEDNN_BLOCKED names (default: the weight gradient), whose activations are
-// reordered into oneDNN's blocked layout (buffers kept with the cached primitive).
+// Each handler runs one or two oneDNN primitives: forward (x, w -> y; with a bias and optionally a
+// ReLU fused in: x, w, b -> y), input gradient (dy, w -> dx), weight gradient (x, dy -> dw; with
+// the bias gradient: -> dw, db), and both gradients in one call (x, dy, w -> dx, dw[, db]).
+// Layouts are JAX's: activations NHWC, kernels HWIO, biases (O); float32 or bfloat16 (all operands
+// the same type). Strides and explicit paddings come as attributes, the paddings already computed
+// in Python the way lax computes them. Kernels are reordered into the layout the primitive picked
+// (format `any`; kernel_layout.h); activations are passed in NHWC as they are, except for the kinds
+// MLC_JAX_ONEDNN_BLOCKED names (default: the weight gradient), whose activations are reordered into
+// oneDNN's blocked layout (buffers kept with the cached primitive).
 // Primitives are cached by shape; one mutex serialises calls (each uses every thread it is given:
 // mlc_conv_set_threads) so that two convolutions XLA runs side by side do not oversubscribe cores.
 #include <omp.h>
@@ -14,46 +16,42 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <unordered_map>
 
+#include "kernel_layout.h"
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
 using Tag = dnnl::memory::format_tag;
+using mlc_conv::KernelLayout;
 
 namespace {
 
 enum Kind { kForward = 0, kBackwardData = 1, kBackwardWeights = 2 };
 
-// kind, dtype, N H W C, O KH KW, OH OW, sh sw, pt pb pl pr
-using Key = std::array<int64_t, 17>;
+// kind, dtype, N H W C, O KH KW, OH OW, sh sw, pt pb pl pr, bias (forward: an input; weight
+// gradient: its gradient as a second result), relu (forward only: fused after the bias)
+using Key = std::array<int64_t, 19>;
 
-// Kernel layouts oneDNN 3.2's f32 convolutions ask for, which `copy_kernel` reorders from and to
-// JAX's HWIO itself (oneDNN's generic jit:uni reorder took 1.5-2.5 ms a 3x3x512x512 kernel in a
-// step, 2-3x the plain copies below; 7% of VGG16's top-block step at 112 px).
-enum KernelLayout {
-  kOther = 0,   // any other: oneDNN's reorder
-  kOBlocked,    // Acdb{B}a: [O/B][H][W][I][B] (forward)
-  kIBlocked,    // Bcda{B}b: [I/B][H][W][O][B] (input gradient)
-  kOIBlocked,   // ABcd{B}b{B}a: [O/B][I/B][H][W][B i][B o] (weight gradient)
+struct Geometry {
+  int64_t sh, sw, pt, pb, pl, pr;
 };
 
 // One operand of a primitive: the layout JAX holds (NHWC or HWIO), the primitive's own, and when
 // they differ a buffer in the primitive's layout (kept with the primitive), filled or read by
-// `copy_kernel` for the kernel layouts above, by oneDNN's reorders otherwise.
+// mlc_conv::copy_kernel for the kernel layouts it knows, by oneDNN's reorders otherwise.
 struct Operand {
   int arg = 0;  // DNNL_ARG_*
   memory::desc user, prim;
   bool reorder = false;
-  KernelLayout layout = kOther;
+  KernelLayout layout = mlc_conv::kOther;
   int block = 0;
   dnnl::reorder to_prim, to_user;  // layout kOther only
   std::unique_ptr<memory> buf;
@@ -62,6 +60,8 @@ struct Operand {
 struct Entry {
   dnnl::primitive prim;
   Operand ops[3];  // the handler's operand 0, operand 1 and result, in that order
+  int bias_arg = 0;  // DNNL_ARG_BIAS (forward) or DNNL_ARG_DIFF_BIAS (weight gradient); 0: none
+  memory::desc bias;  // (O), plain
   memory::desc scratch;  // the primitive's scratchpad (user-managed: State::scratch)
 };
 
@@ -92,74 +92,20 @@ State& state() {
   return *s;
 }
 
-// Which of the kernel layouts `prim` is (for an f32 HWIO `user` whose blocked dims divide evenly).
-void find_kernel_layout(Operand& o) {
-  if (o.user.get_data_type() != memory::data_type::f32 ||
-      o.user != memory::desc(o.user.get_dims(), memory::data_type::f32, Tag::hwio))
-    return;
-  memory::dims d = o.user.get_dims();  // O I KH KW
-  auto dt = memory::data_type::f32;
-  const std::pair<int, Tag> o_blocks[] = {{16, Tag::Acdb16a}, {32, Tag::Acdb32a}, {64, Tag::Acdb64a}};
-  const std::pair<int, Tag> i_blocks[] = {{16, Tag::Bcda16b}, {32, Tag::Bcda32b}, {64, Tag::Bcda64b}};
-  for (auto [b, tag] : o_blocks)
-    if (d[0] % b == 0 && o.prim == memory::desc(d, dt, tag)) o.layout = kOBlocked, o.block = b;
-  for (auto [b, tag] : i_blocks)
-    if (d[1] % b == 0 && o.prim == memory::desc(d, dt, tag)) o.layout = kIBlocked, o.block = b;
-  if (d[0] % 16 == 0 && d[1] % 16 == 0 && o.prim == memory::desc(d, dt, Tag::ABcd16b16a))
-    o.layout = kOIBlocked, o.block = 16;
-}
-
-// HWIO <-> the operand's blocked kernel layout (to_prim: HWIO -> blocked; else blocked -> HWIO).
-// Plain strided copies of B floats at a time, split over the convolution's threads.
-void copy_kernel(const Operand& o, const float* from, float* to, bool to_prim) {
-  const memory::dims d = o.user.get_dims();  // O I KH KW
-  const int64_t O = d[0], I = d[1], HW = d[2] * d[3], B = o.block;
-  const size_t bytes = B * sizeof(float);
-  if (o.layout == kOBlocked) {  // HWIO[hw][i][o] <-> [o/B][hw][i][B]
-    const int64_t rows = HW * I;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ob = 0; ob < O / B; ++ob)
-      for (int64_t r = 0; r < rows; ++r) {
-        float* blocked = (to_prim ? to : const_cast<float*>(from)) + (ob * rows + r) * B;
-        float* plain = (to_prim ? const_cast<float*>(from) : to) + r * O + ob * B;
-        to_prim ? std::memcpy(blocked, plain, bytes) : std::memcpy(plain, blocked, bytes);
-      }
-  } else if (o.layout == kIBlocked) {  // HWIO[hw][i][o] <-> [i/B][hw][o][B]
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ib = 0; ib < I / B; ++ib)
-      for (int64_t hw = 0; hw < HW; ++hw)
-        for (int64_t bi = 0; bi < B; ++bi) {
-          const int64_t plain_row = (hw * I + ib * B + bi) * O, blocked_row = (ib * HW + hw) * O * B;
-          if (to_prim) {
-            for (int64_t oo = 0; oo < O; ++oo) to[blocked_row + oo * B + bi] = from[plain_row + oo];
-          } else {
-            for (int64_t oo = 0; oo < O; ++oo) to[plain_row + oo] = from[blocked_row + oo * B + bi];
-          }
-        }
-  } else {  // kOIBlocked: HWIO[hw][i][o] <-> [o/B][i/B][hw][B i][B o]
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ob = 0; ob < O / B; ++ob)
-      for (int64_t ib = 0; ib < I / B; ++ib)
-        for (int64_t hw = 0; hw < HW; ++hw)
-          for (int64_t bi = 0; bi < B; ++bi) {
-            const int64_t blocked = (((ob * (I / B) + ib) * HW + hw) * B + bi) * B;
-            const int64_t plain = (hw * I + ib * B + bi) * O + ob * B;
-            to_prim ? std::memcpy(to + blocked, from + plain, bytes)
-                    : std::memcpy(to + plain, from + blocked, bytes);
-          }
-  }
-}
-
 void set_operand(Operand& o, int arg, const memory::desc& user, const memory::desc& prim,
                  const dnnl::engine& eng) {
   o.arg = arg, o.user = user, o.prim = prim, o.reorder = user != prim;
   if (!o.reorder) return;
   o.buf = std::make_unique<memory>(prim, eng);
-  find_kernel_layout(o);
-  if (o.layout == kOther) {
+  std::tie(o.layout, o.block) = mlc_conv::find_kernel_layout(user, prim);
+  if (o.layout == mlc_conv::kOther) {
     o.to_prim = dnnl::reorder(dnnl::reorder::primitive_desc(eng, user, eng, prim));
     o.to_user = dnnl::reorder(dnnl::reorder::primitive_desc(eng, prim, eng, user));
   }
+}
+
+bool is_gemm(const dnnl::primitive_desc_base& pd) {
+  return std::string(pd.impl_info_str()).find("gemm") != std::string::npos;
 }
 
 // Builds (or finds) the primitive for `key`. Caller holds the mutex.
@@ -174,23 +120,31 @@ Entry& lookup(const Key& k) {
   memory::dims strides = {k[11], k[12]}, pad_l = {k[13], k[15]}, pad_r = {k[14], k[16]};
   memory::desc src_user(src_dims, dt, Tag::nhwc), dst_user(dst_dims, dt, Tag::nhwc);
   memory::desc wei_user(wei_dims, dt, Tag::hwio), wei(wei_dims, dt, Tag::any);
+  memory::desc bias = k[17] ? memory::desc({k[6]}, dt, Tag::a) : memory::desc();
   auto e = std::make_unique<Entry>();
   // Blocked activations (format `any`) only for float32 and only where oneDNN answers with a
   // blocked direct kernel: for some bf16 shapes oneDNN 3.2 picks a plain-layout gemm weight
   // gradient whose im2col crashes; NHWC then, which every kind takes as is.
   bool blocked = (s.blocked >> k[0]) & 1 && dt == memory::data_type::f32;
-  dnnl::primitive_attr attr;
+  dnnl::primitive_attr attr, fwd_attr;  // fwd_attr: the forward's own, with the fused ReLU
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  fwd_attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  if (k[18]) {
+    dnnl::post_ops relu;
+    relu.append_eltwise(dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+    fwd_attr.set_post_ops(relu);
+  }
   for (int attempt = 0; attempt < 2; ++attempt, blocked = false) {
     Tag act = blocked ? Tag::any : Tag::nhwc;
     memory::desc src(src_dims, dt, act), dst(dst_dims, dt, act);
     auto fwd = dnnl::convolution_forward::primitive_desc(
         s.engine, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-        wei, dst, strides, pad_l, pad_r, attr);
-    if (k[0] == kForward) {  // (x, w) -> y
-      if (blocked && std::string(fwd.impl_info_str()).find("gemm") != std::string::npos) continue;
+        wei, bias, dst, strides, pad_l, pad_r, k[0] == kForward ? fwd_attr : attr);
+    if (k[0] == kForward) {  // (x, w[, b]) -> y
+      if (blocked && is_gemm(fwd)) continue;
       e->prim = dnnl::convolution_forward(fwd);
       e->scratch = fwd.scratchpad_desc();
+      e->bias_arg = k[17] ? DNNL_ARG_BIAS : 0;
       set_operand(e->ops[0], DNNL_ARG_SRC, src_user, fwd.src_desc(), s.engine);
       set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, fwd.weights_desc(), s.engine);
       set_operand(e->ops[2], DNNL_ARG_DST, dst_user, fwd.dst_desc(), s.engine);
@@ -198,56 +152,51 @@ Entry& lookup(const Key& k) {
       auto pd = dnnl::convolution_backward_data::primitive_desc(
           s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r,
           fwd, attr);
-      if (blocked && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) continue;
+      if (blocked && is_gemm(pd)) continue;
       e->prim = dnnl::convolution_backward_data(pd);
       e->scratch = pd.scratchpad_desc();
       set_operand(e->ops[0], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
       set_operand(e->ops[1], DNNL_ARG_WEIGHTS, wei_user, pd.weights_desc(), s.engine);
       set_operand(e->ops[2], DNNL_ARG_DIFF_SRC, src_user, pd.diff_src_desc(), s.engine);
-    } else {  // (x, dy) -> dw
+    } else {  // (x, dy) -> dw[, db]
       auto pd = dnnl::convolution_backward_weights::primitive_desc(
-          s.engine, dnnl::algorithm::convolution_direct, src, wei, dst, strides, pad_l, pad_r,
-          fwd, attr);
-      if (blocked && std::string(pd.impl_info_str()).find("gemm") != std::string::npos) continue;
+          s.engine, dnnl::algorithm::convolution_direct, src, wei, bias, dst, strides, pad_l,
+          pad_r, fwd, attr);
+      if (blocked && is_gemm(pd)) continue;
       e->prim = dnnl::convolution_backward_weights(pd);
       e->scratch = pd.scratchpad_desc();
+      e->bias_arg = k[17] ? DNNL_ARG_DIFF_BIAS : 0;
       set_operand(e->ops[0], DNNL_ARG_SRC, src_user, pd.src_desc(), s.engine);
       set_operand(e->ops[1], DNNL_ARG_DIFF_DST, dst_user, pd.diff_dst_desc(), s.engine);
       set_operand(e->ops[2], DNNL_ARG_DIFF_WEIGHTS, wei_user, pd.diff_weights_desc(), s.engine);
     }
     break;
   }
+  e->bias = bias;
   Entry& ref = *e;
   s.cache.emplace(k, std::move(e));
   return ref;
 }
 
-ffi::Error check(const ffi::AnyBuffer& b, ffi::DataType t, const char* what) {
-  if (b.dimensions().size() != 4)
-    return ffi::Error::InvalidArgument(std::string(what) + ": expected a rank-4 array");
-  if (b.element_type() != t)
-    return ffi::Error::InvalidArgument(std::string(what) + ": every operand must have one dtype");
-  return ffi::Error::Success();
-}
-
-// Runs the primitive of `key` on the handler's buffers (operand 0, operand 1, result). Caller holds
-// the mutex.
-void execute(const Key& key, void* data0, void* data1, void* result) {
+// Runs the primitive of `key` on the handler's buffers: operand 0, operand 1, result, and the bias
+// (an input of the forward, a result of the weight gradient; nullptr without). Caller holds the
+// mutex.
+void execute(const Key& key, void* const data[4]) {
   State& s = state();
   if (s.threads > 0) omp_set_num_threads(s.threads);  // per calling thread in OpenMP
   Entry& e = lookup(key);
-  void* data[3] = {data0, data1, result};
   std::unordered_map<int, memory> args;
   for (int i = 0; i < 3; ++i) {
     Operand& o = e.ops[i];
     memory user(o.user, s.engine, data[i]);
-    if (o.reorder && i < 2 && o.layout != kOther)
-      copy_kernel(o, static_cast<const float*>(data[i]),
-                  static_cast<float*>(o.buf->get_data_handle()), true);
+    if (o.reorder && i < 2 && o.layout != mlc_conv::kOther)
+      mlc_conv::copy_kernel(o.layout, o.block, o.user.get_dims(), static_cast<const float*>(data[i]),
+                            static_cast<float*>(o.buf->get_data_handle()), true);
     else if (o.reorder && i < 2)
       o.to_prim.execute(s.stream, user, *o.buf);
     args.emplace(o.arg, o.reorder ? *o.buf : user);
   }
+  if (e.bias_arg) args.emplace(e.bias_arg, memory(e.bias, s.engine, data[3]));
   if (size_t size = e.scratch.get_size()) {
     if (size > s.scratch_size) {  // grown once per larger primitive, then kept
       s.scratch = std::make_unique<memory>(
@@ -258,10 +207,11 @@ void execute(const Key& key, void* data0, void* data1, void* result) {
   }
   e.prim.execute(s.stream, args);
   Operand& r = e.ops[2];
-  if (r.reorder && r.layout != kOther) {
+  if (r.reorder && r.layout != mlc_conv::kOther) {
     s.stream.wait();
-    copy_kernel(r, static_cast<const float*>(r.buf->get_data_handle()),
-                static_cast<float*>(data[2]), false);
+    mlc_conv::copy_kernel(r.layout, r.block, r.user.get_dims(),
+                          static_cast<const float*>(r.buf->get_data_handle()),
+                          static_cast<float*>(data[2]), false);
   } else if (r.reorder) {
     memory user(r.user, s.engine, data[2]);
     r.to_user.execute(s.stream, *r.buf, user);
@@ -269,112 +219,137 @@ void execute(const Key& key, void* data0, void* data1, void* result) {
   s.stream.wait();
 }
 
-// The key of one convolution: x: N H W C (input side), w: KH KW C O, y: N OH OW O.
-ffi::Error make_key(Kind kind, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
-                    const ffi::AnyBuffer& y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                    int64_t pl, int64_t pr, Key* key) {
+ffi::Error check(const ffi::AnyBuffer& b, ffi::DataType t, size_t rank, const char* what) {
+  if (b.dimensions().size() != rank)
+    return ffi::Error::InvalidArgument(std::string("onednn conv: ") + what + " has the wrong rank");
+  if (b.element_type() != t)
+    return ffi::Error::InvalidArgument(std::string("onednn conv: ") + what +
+                                       ": every operand must have one dtype");
+  return ffi::Error::Success();
+}
+
+// One convolution of `kind` on x: N H W C (input side), w: KH KW C O, y: N OH OW O and the
+// optional bias (O): checked, keyed and run. The roles: forward (x, w[, b]) -> y; data (y, w) -> x;
+// weights (x, y) -> w[, b]. Caller holds the mutex.
+ffi::Error conv(Kind kind, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
+                const ffi::AnyBuffer& y, const ffi::AnyBuffer* bias, bool relu,
+                const Geometry& g) {
   ffi::DataType t = x.element_type();
   if (t != ffi::DataType::F32 && t != ffi::DataType::BF16)
     return ffi::Error::InvalidArgument("onednn conv: float32 or bfloat16 only");
   for (auto [buf, name] : {std::pair<const ffi::AnyBuffer*, const char*>{&x, "input"},
                            {&w, "kernel"}, {&y, "output"}}) {
-    ffi::Error e = check(*buf, t, name);
+    ffi::Error e = check(*buf, t, 4, name);
     if (e.failure()) return e;
   }
   auto xd = x.dimensions(), wd = w.dimensions(), yd = y.dimensions();
   if (wd[2] != xd[3] || wd[3] != yd[3] || xd[0] != yd[0])
     return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
-  *key = {kind, t == ffi::DataType::BF16 ? 1 : 0, xd[0], xd[1], xd[2], xd[3], wd[3], wd[0],
-          wd[1], yd[1], yd[2], sh, sw, pt, pb, pl, pr};
-  return ffi::Error::Success();
-}
-
-// `a`, `b`, `out` are the handler's two operands and result, whose roles depend on the kind:
-// forward (x, w) -> y; data (dy, w) -> dx; weights (x, dy) -> dw.
-ffi::Error run(Kind kind, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
-               int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  const ffi::AnyBuffer& x = kind == kBackwardData ? *out : a;
-  const ffi::AnyBuffer& w = kind == kBackwardWeights ? *out : b;
-  const ffi::AnyBuffer& y = kind == kForward ? *out : (kind == kBackwardData ? a : b);
-  Key key;
-  ffi::Error err = make_key(kind, x, w, y, sh, sw, pt, pb, pl, pr, &key);
-  if (err.failure()) return err;  // make_key checked x, w, y (a, b, out): one dtype, rank 4
-  std::lock_guard<std::mutex> lock(state().mu);
+  if (bias) {
+    ffi::Error e = check(*bias, t, 1, "bias");
+    if (e.failure()) return e;
+    if (bias->dimensions()[0] != wd[3])
+      return ffi::Error::InvalidArgument("onednn conv: the bias does not match the kernel");
+  }
+  const Key key = {kind, t == ffi::DataType::BF16 ? 1 : 0, xd[0], xd[1], xd[2], xd[3], wd[3],
+                   wd[0], wd[1], yd[1], yd[2], g.sh, g.sw, g.pt, g.pb, g.pl, g.pr,
+                   bias != nullptr, relu};
+  const ffi::AnyBuffer* order[3][3] = {{&x, &w, &y}, {&y, &w, &x}, {&x, &y, &w}};
+  void* const data[4] = {order[kind][0]->untyped_data(), order[kind][1]->untyped_data(),
+                         order[kind][2]->untyped_data(), bias ? bias->untyped_data() : nullptr};
   try {
-    execute(key, a.untyped_data(), b.untyped_data(), out->untyped_data());
+    execute(key, data);
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
   }
   return ffi::Error::Success();
 }
 
-// Both gradients in one call: (x, dy, w) -> (dx, dw). One call rather than two lets XLA see that
-// every read of the kernel happens before its in-place update (the weight gradient it waits for
-// comes from the same call), so it does not copy the trainable kernels at the start of each step.
-ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer w,
-                    ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw, int64_t sh,
-                    int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
-  Key data_key, weights_key;
-  ffi::Error err = make_key(kBackwardData, *dx, w, dy, sh, sw, pt, pb, pl, pr, &data_key);
-  if (err.failure()) return err;
-  err = make_key(kBackwardWeights, x, *dw, dy, sh, sw, pt, pb, pl, pr, &weights_key);
-  if (err.failure()) return err;
-  auto same = [](const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
-    auto ad = a.dimensions(), bd = b.dimensions();
-    return a.element_type() == b.element_type() && ad.size() == bd.size() &&
-           std::equal(ad.begin(), ad.end(), bd.begin());
-  };
-  if (!same(x, *dx) || !same(w, *dw))
+#define MLC_GEOMETRY int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr
+#define MLC_LOCKED(call)                              \
+  std::lock_guard<std::mutex> lock(state().mu);       \
+  return call(Geometry{sh, sw, pt, pb, pl, pr})
+
+ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                   MLC_GEOMETRY) {
+  MLC_LOCKED([&](const Geometry& g) { return conv(kForward, x, w, *y, nullptr, false, g); });
+}
+
+// The forward with the bias added and, when relu != 0, a ReLU after it, in the primitive.
+ffi::Error BiasForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
+                       ffi::Result<ffi::AnyBuffer> y, MLC_GEOMETRY, int64_t relu) {
+  MLC_LOCKED([&](const Geometry& g) { return conv(kForward, x, w, *y, &b, relu != 0, g); });
+}
+
+ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
+                        MLC_GEOMETRY) {
+  MLC_LOCKED([&](const Geometry& g) { return conv(kBackwardData, *dx, w, dy, nullptr, false, g); });
+}
+
+ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                           MLC_GEOMETRY) {
+  MLC_LOCKED([&](const Geometry& g) { return conv(kBackwardWeights, x, *dw, dy, nullptr, false, g); });
+}
+
+// The weight gradient with the bias gradient (the sum of dy over N, H, W) from the same primitive.
+ffi::Error BackwardWeightsBias(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
+                               ffi::Result<ffi::AnyBuffer> db, MLC_GEOMETRY) {
+  MLC_LOCKED([&](const Geometry& g) { return conv(kBackwardWeights, x, *dw, dy, &*db, false, g); });
+}
+
+bool same(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
+  auto ad = a.dimensions(), bd = b.dimensions();
+  return a.element_type() == b.element_type() && ad.size() == bd.size() &&
+         std::equal(ad.begin(), ad.end(), bd.begin());
+}
+
+// Both gradients in one call: (x, dy, w) -> (dx, dw[, db]). One call rather than two lets XLA see
+// that every read of the kernel happens before its in-place update (the weight gradient it waits
+// for comes from the same call), so it does not copy the trainable kernels at the start of each
+// step.
+ffi::Error both(const ffi::AnyBuffer& x, const ffi::AnyBuffer& dy, const ffi::AnyBuffer& w,
+                const ffi::AnyBuffer& dx, const ffi::AnyBuffer& dw, const ffi::AnyBuffer* db,
+                const Geometry& g) {
+  if (!same(x, dx) || !same(w, dw))
     return ffi::Error::InvalidArgument("onednn conv: operand shapes do not match");
-  std::lock_guard<std::mutex> lock(state().mu);
-  try {
-    execute(data_key, dy.untyped_data(), w.untyped_data(), dx->untyped_data());
-    execute(weights_key, x.untyped_data(), dy.untyped_data(), dw->untyped_data());
-  } catch (const dnnl::error& e) {
-    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
-  }
-  return ffi::Error::Success();
+  ffi::Error err = conv(kBackwardData, dx, w, dy, nullptr, false, g);
+  return err.failure() ? err : conv(kBackwardWeights, x, dw, dy, db, false, g);
 }
 
-#define MLC_IMPL(name, kind)                                                                \
-  ffi::Error name(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,      \
-                  int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) { \
-    return run(kind, a, b, out, sh, sw, pt, pb, pl, pr);                                    \
-  }
-MLC_IMPL(ConvForward, kForward)
-MLC_IMPL(ConvBackwardData, kBackwardData)
-MLC_IMPL(ConvBackwardWeights, kBackwardWeights)
+ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                    ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw, MLC_GEOMETRY) {
+  MLC_LOCKED([&](const Geometry& g) { return both(x, dy, w, *dx, *dw, nullptr, g); });
+}
 
-#define MLC_BIND                                                                          \
-  ffi::Ffi::Bind()                                                                        \
-      .Arg<ffi::AnyBuffer>()                                                              \
-      .Arg<ffi::AnyBuffer>()                                                              \
-      .Ret<ffi::AnyBuffer>()                                                              \
-      .Attr<int64_t>("stride_h")                                                          \
-      .Attr<int64_t>("stride_w")                                                          \
-      .Attr<int64_t>("pad_top")                                                           \
-      .Attr<int64_t>("pad_bottom")                                                        \
-      .Attr<int64_t>("pad_left")                                                          \
-      .Attr<int64_t>("pad_right")
+ffi::Error BackwardBias(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer w,
+                        ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw,
+                        ffi::Result<ffi::AnyBuffer> db, MLC_GEOMETRY) {
+  MLC_LOCKED([&](const Geometry& g) { return both(x, dy, w, *dx, *dw, &*db, g); });
+}
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvForward, ConvForward, MLC_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardData, ConvBackwardData, MLC_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardWeights, ConvBackwardWeights, MLC_BIND);
+#define MLC_ATTRS                                                                   \
+  .Attr<int64_t>("stride_h").Attr<int64_t>("stride_w").Attr<int64_t>("pad_top")    \
+      .Attr<int64_t>("pad_bottom").Attr<int64_t>("pad_left").Attr<int64_t>("pad_right")
+#define MLC_ARG .Arg<ffi::AnyBuffer>()
+#define MLC_RET .Ret<ffi::AnyBuffer>()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvForward, Forward, ffi::Ffi::Bind() MLC_ARG MLC_ARG MLC_RET MLC_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBiasForward, BiasForward,
+                              ffi::Ffi::Bind() MLC_ARG MLC_ARG MLC_ARG MLC_RET MLC_ATTRS
+                                  .Attr<int64_t>("relu"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardData, BackwardData,
+                              ffi::Ffi::Bind() MLC_ARG MLC_ARG MLC_RET MLC_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardWeights, BackwardWeights,
+                              ffi::Ffi::Bind() MLC_ARG MLC_ARG MLC_RET MLC_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardWeightsBias, BackwardWeightsBias,
+                              ffi::Ffi::Bind() MLC_ARG MLC_ARG MLC_RET MLC_RET MLC_ATTRS);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackward, Backward,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Arg<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Ret<ffi::AnyBuffer>()
-                                  .Attr<int64_t>("stride_h")
-                                  .Attr<int64_t>("stride_w")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_bottom")
-                                  .Attr<int64_t>("pad_left")
-                                  .Attr<int64_t>("pad_right"));
+                              ffi::Ffi::Bind() MLC_ARG MLC_ARG MLC_ARG MLC_RET MLC_RET MLC_ATTRS);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MlcConvBackwardBias, BackwardBias,
+                              ffi::Ffi::Bind() MLC_ARG MLC_ARG MLC_ARG MLC_RET MLC_RET MLC_RET
+                                  MLC_ATTRS);
 
 extern "C" {
 // Threads each convolution uses (0: OpenMP's default, every core).
