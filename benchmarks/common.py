@@ -125,4 +125,5 @@ def forward(model, mesh, activation="sigmoid"):
 
   from mlc_jax import models, parallel
   graphdef, state = nnx.split(model)
-  return models.forward(graphdef, activation, mesh), parallel.replicate(state, mesh)
+  return (models.forward(graphdef, activation, mesh, parallel.jit_options(model)),
+          parallel.replicate(state, mesh))

@@ -1,5 +1,6 @@
 """The jitted finetune step: frozen blocks stay bit-identical and cost no backward pass."""
 import jax
+import pytest
 import numpy as np
 from flax import nnx
 
@@ -59,3 +60,50 @@ def test_frozen_blocks_cost_no_backward_pass():
   assert flops["0"] <= flops["1"]
   # Clipping the global norm of the trainable gradient must not bring the frozen backward back.
   assert _flops(prepared(model, "1", grad_clip=1.0)) < 0.45 * flops["all"]
+
+
+def _bn_model(dtype):
+  c = default_config()
+  c.image_size, c.model.width, c.model.weights, c.head.hidden = 32, 1 / 16, "", (16,)
+  c.model.arch, c.model.batch_norm, c.dtype = "vgg11", True, dtype
+  return models.build_model(c, 4)
+
+
+def test_float32_steps_fuse_reductions_as_xla_computes_them_and_bfloat16_ones_do_not():
+  # parallel.jit_options: a float32 model's steps compile with XLA:CPU's YNNPACK reduction fusion
+  # (batch norm's statistics and gradients, the pools); the reference is the same step compiled
+  # without it (XLA's own reductions): equal up to float reordering. bfloat16 models never get it.
+  import dataclasses
+
+  import jax.numpy as jnp
+
+  from mlc_jax.train import steps
+  model = _bn_model("float32")
+  graphdef, weights = nnx.split(model)
+  images = _batch()["image"]
+  forward = models.forward(graphdef, "sigmoid", None, parallel.jit_options(model))  # evaluation's
+  assert "ynn_fusion" in forward.lower(weights, images).compile().as_text()
+  np.testing.assert_allclose(forward(weights, images), models.forward(graphdef)(weights, images),
+                             rtol=1e-5, atol=1e-6)
+  p = prepared(model, "all")
+  assert p.spec.compiler_options == parallel.FLOAT32_CPU_OPTIONS
+  batch, key = parallel.shard_batch(_batch(), parallel.mesh()), jax.random.PRNGKey(0)
+  args = (p.frozen, batch, key, 0)
+  assert "ynn_fusion" in p.train_step.lower(p.state, *args).compile().as_text()
+  plain = steps.make_train_step(dataclasses.replace(p.spec, compiler_options=()), p.shardings,
+                                parallel.state_shardings(p.frozen, parallel.mesh()))
+  assert "ynn_fusion" not in plain.lower(p.state, *args).compile().as_text()
+  before = jax.tree.leaves((p.state.trainable, p.state.stats))
+  ours = p.train_step(jax.tree.map(jnp.copy, p.state), *args)
+  ref = plain(jax.tree.map(jnp.copy, p.state), *args)
+  # The step's change (updates and statistics) against the reference's, over all arrays (the conv
+  # biases before batch norm have a zero gradient: their change is rounding alone).
+  pairs = list(zip(jax.tree.leaves((ours.trainable, ours.stats)),
+                   jax.tree.leaves((ref.trainable, ref.stats)), before))
+  error = np.sqrt(sum(np.sum(np.square(a - b)) for a, b, _ in pairs))
+  change = np.sqrt(sum(np.sum(np.square(b - x)) for _, b, x in pairs))
+  assert 0 < error < 1e-5 * change, (error, change)
+  assert float(ours.loss_sum) == pytest.approx(float(ref.loss_sum), rel=1e-5)
+  bf16 = prepared(_bn_model("bfloat16"), "all")
+  assert bf16.spec.compiler_options == ()
+  assert "ynn_fusion" not in bf16.train_step.lower(bf16.state, *args).compile().as_text()

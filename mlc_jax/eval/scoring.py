@@ -18,7 +18,7 @@ def scorer(model, config, mesh, activation="sigmoid"):
   batch_size = config_lib.eval_batch_size(config, mesh)
   graphdef, state = nnx.split(model)
   state = parallel.replicate(state, mesh)
-  forward = models.forward(graphdef, activation, mesh)
+  forward = models.forward(graphdef, activation, mesh, parallel.jit_options(model))
 
   def score(source, split, keep_images=16):
     kept = []

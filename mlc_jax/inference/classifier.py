@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mlc_jax import models, restore as restore_lib
+from mlc_jax import models, parallel, restore as restore_lib
 from mlc_jax.config import CHOICES
 from mlc_jax.data import reader  # PIL and numpy only
 from mlc_jax.errors import UserError
@@ -75,7 +75,8 @@ class Classifier:
     """float32 (N, C) probabilities (sigmoid per label, or softmax) for the images."""
     array = self.images_array(images)
     graphdef, state = nnx.split(self.model)
-    forward = models.forward(graphdef, self.activation)
+    forward = models.forward(graphdef, self.activation,
+                             compiler_options=parallel.jit_options(self.model))
     n, out = len(array), []
     size = min(int(batch_size), n) or 1
     for start in range(0, n, size):

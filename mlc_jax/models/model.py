@@ -62,17 +62,20 @@ def probabilities(graphdef, state, images, activation_name):
 
 
 @functools.lru_cache(maxsize=16)
-def forward(graphdef, activation_name="sigmoid", mesh=None):
+def forward(graphdef, activation_name="sigmoid", mesh=None, compiler_options=()):
   """The one jitted forward: fn(state, images) -> scores (`probabilities` of the model graphdef).
 
   mesh: the state replicated and images and scores split over its 'data' axis; None: wherever
-  the arguments are. Cached by (graphdef, activation, mesh): a model split again compiles once.
+  the arguments are. compiler_options: parallel.jit_options of the model. Cached by (graphdef,
+  activation, mesh, options): a model split again compiles once.
   """
   fn = functools.partial(probabilities, graphdef, activation_name=activation_name)
+  options = dict(compiler_options)
   if mesh is None:
-    return jax.jit(fn)
+    return jax.jit(fn, compiler_options=options)
   data = parallel.data_sharding(mesh)
-  return jax.jit(fn, in_shardings=(parallel.replicated(mesh), data), out_shardings=data)
+  return jax.jit(fn, in_shardings=(parallel.replicated(mesh), data), out_shardings=data,
+                 compiler_options=options)
 
 
 def flat_params(model):

@@ -153,7 +153,7 @@ def ensure(config, workdir, source, backbone, mesh, batch_size):
       tmp.mkdir()
     graphdef, state = nnx.split(backbone)
     state = parallel.replicate(state, mesh)
-    forward = steps.make_features_step(mesh, graphdef)
+    forward = steps.make_features_step(mesh, graphdef, parallel.jit_options(backbone))
     start = time.time()
     for split in SPLITS:
       _write_split(tmp, split, source, config, mesh, forward, state, batch_size)

@@ -103,7 +103,8 @@ def prepare(stage, config, mesh):
                         inputs=stage.inputs, stats_filter=stage.stats, augment=stage.augment,
                         activation=stage.activation, ema_decay=float(stage.ema_decay),
                         ema_warmup=bool(stage.ema_warmup),
-                        accumulate_steps=int(stage.accumulate_steps))
+                        accumulate_steps=int(stage.accumulate_steps),
+                        compiler_options=parallel.jit_options(stage.model))
   return Prepared(spec=spec, state=state_lib.place(trainable, stats, stage.tx, shardings),
                   frozen=parallel.place(frozen, frozen_shardings), shardings=shardings,
                   train_step=steps.make_train_step(spec, shardings, frozen_shardings),

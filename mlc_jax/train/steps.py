@@ -41,6 +41,7 @@ class StepSpec:
   ema_decay: float = 0.0      # > 0: state.ema follows the weights after every optimizer update
   ema_warmup: bool = False    # decay min(ema_decay, (1 + n) / (10 + n)) after n updates
   accumulate_steps: int = 1   # micro-batches per optimizer update (tx is optax.MultiSteps)
+  compiler_options: tuple = ()  # parallel.jit_options of the model
 
 
 def _logits(spec, model, batch, *, train, key=None):
@@ -106,14 +107,15 @@ def make_train_step(spec, shardings, frozen_shardings):
   repl, data = parallel.replicated(spec.mesh), parallel.data_sharding(spec.mesh)
   return jax.jit(functools.partial(train_step, spec), donate_argnums=(0,),
                  in_shardings=(shardings, frozen_shardings, data, repl, repl),
-                 out_shardings=shardings)
+                 out_shardings=shardings, compiler_options=dict(spec.compiler_options))
 
 
 def make_eval_step(spec, shardings, frozen_shardings):
   """jit(eval_step): scores split over 'data', the loss sum replicated."""
   repl, data = parallel.replicated(spec.mesh), parallel.data_sharding(spec.mesh)
   return jax.jit(functools.partial(eval_step, spec),
-                 in_shardings=(shardings, frozen_shardings, data), out_shardings=(data, repl))
+                 in_shardings=(shardings, frozen_shardings, data), out_shardings=(data, repl),
+                 compiler_options=dict(spec.compiler_options))
 
 
 def features_step(graphdef, state, images):
@@ -121,8 +123,9 @@ def features_step(graphdef, state, images):
   return nnx.merge(graphdef, state)(images, train=False)
 
 
-def make_features_step(mesh, graphdef):
-  """jit(features_step): the backbone replicated, images and features split over 'data'."""
+def make_features_step(mesh, graphdef, compiler_options=()):
+  """jit(features_step): the backbone replicated, images and features split over 'data';
+  compiler_options: parallel.jit_options of the backbone."""
   repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
   return jax.jit(functools.partial(features_step, graphdef), in_shardings=(repl, data),
-                 out_shardings=data)
+                 out_shardings=data, compiler_options=dict(compiler_options))
