@@ -370,3 +370,13 @@ def test_off_or_missing_falls_back_to_lax_and_says_so_once(env, why):
   assert proc.stdout.strip().endswith("done")
   lines = [line for line in proc.stderr.splitlines() if "CPU convolutions use lax.conv" in line]
   assert len(lines) == 1 and why in lines[0], proc.stderr[-2000:]
+
+
+def test_calling_the_op_itself_with_the_library_off_says_why(monkeypatch):
+  # conv_general_dilated and Conv fall back to lax.conv; the op's own functions cannot.
+  monkeypatch.setattr(conv, "_LIB", {"tried": True, "lib": None, "why": "MLC_JAX_ONEDNN=0 (test)"})
+  x, w = _operands(1, 4, 4, 8, 8, 3)
+  with pytest.raises(RuntimeError, match=r"off: MLC_JAX_ONEDNN=0 \(test\)"):
+    conv.onednn_conv_bias(x, w, jnp.zeros(8), (1, 1), ((1, 1), (1, 1)), True)
+  with pytest.raises(RuntimeError, match="MLC_JAX_ONEDNN=0"):
+    conv.onednn_conv(x, w, (1, 1), ((1, 1), (1, 1)))

@@ -123,6 +123,8 @@ def _out_shape(x_shape, w_shape, strides, pads):
 
 
 def _call(target, result_shape, dtype, *operands, strides, pads, **attrs):
+  if library() is None:  # registers the targets on first use (conv_general_dilated checks first)
+    raise RuntimeError(f"the oneDNN convolutions are off: {why_not()}")
   shapes = result_shape if isinstance(result_shape, list) else [result_shape]
   call = jax.ffi.ffi_call(f"mlc_onednn_conv_{target}",
                           [jax.ShapeDtypeStruct(shape, dtype) for shape in shapes],
