@@ -23,8 +23,8 @@ from mlc_jax.errors import UserError
 from mlc_jax.ops import host_memory
 
 # jaxlib 0.12.0.1's XLA:CPU YNNPACK fusion returns inf/NaN for jitted bfloat16 conv->pool->conv
-# chains (reproduced with plain lax ops); turning that one fusion off fixes it at no measurable f32
-# cost. GPUs ignore CPU flags.
+# chains (reproduced with plain lax ops); turning that one fusion off process-wide fixes it, and
+# float32 programs get its reductions back (below). GPUs ignore CPU flags.
 XLA_CPU_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
 # Its reductions alone, for float32 programs (jit_options): XLA:CPU's own sums over N, H, W (batch
