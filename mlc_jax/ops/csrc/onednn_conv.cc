@@ -267,35 +267,41 @@ ffi::Error conv(Kind kind, const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
 }
 
 #define MLC_GEOMETRY int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr
-#define MLC_LOCKED(call)                              \
-  std::lock_guard<std::mutex> lock(state().mu);       \
-  return call(Geometry{sh, sw, pt, pb, pl, pr})
+// Each handler: one call at a time (the mutex), its geometry as `g`.
+#define MLC_LOCKED                                \
+  std::lock_guard<std::mutex> lock(state().mu);   \
+  const Geometry g{sh, sw, pt, pb, pl, pr}
 
 ffi::Error Forward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
                    MLC_GEOMETRY) {
-  MLC_LOCKED([&](const Geometry& g) { return conv(kForward, x, w, *y, nullptr, false, g); });
+  MLC_LOCKED;
+  return conv(kForward, x, w, *y, nullptr, false, g);
 }
 
 // The forward with the bias added and, when relu != 0, a ReLU after it, in the primitive.
 ffi::Error BiasForward(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b,
                        ffi::Result<ffi::AnyBuffer> y, MLC_GEOMETRY, int64_t relu) {
-  MLC_LOCKED([&](const Geometry& g) { return conv(kForward, x, w, *y, &b, relu != 0, g); });
+  MLC_LOCKED;
+  return conv(kForward, x, w, *y, &b, relu != 0, g);
 }
 
 ffi::Error BackwardData(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx,
                         MLC_GEOMETRY) {
-  MLC_LOCKED([&](const Geometry& g) { return conv(kBackwardData, *dx, w, dy, nullptr, false, g); });
+  MLC_LOCKED;
+  return conv(kBackwardData, *dx, w, dy, nullptr, false, g);
 }
 
 ffi::Error BackwardWeights(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                            MLC_GEOMETRY) {
-  MLC_LOCKED([&](const Geometry& g) { return conv(kBackwardWeights, x, *dw, dy, nullptr, false, g); });
+  MLC_LOCKED;
+  return conv(kBackwardWeights, x, *dw, dy, nullptr, false, g);
 }
 
 // The weight gradient with the bias gradient (the sum of dy over N, H, W) from the same primitive.
 ffi::Error BackwardWeightsBias(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw,
                                ffi::Result<ffi::AnyBuffer> db, MLC_GEOMETRY) {
-  MLC_LOCKED([&](const Geometry& g) { return conv(kBackwardWeights, x, *dw, dy, &*db, false, g); });
+  MLC_LOCKED;
+  return conv(kBackwardWeights, x, *dw, dy, &*db, false, g);
 }
 
 bool same(const ffi::AnyBuffer& a, const ffi::AnyBuffer& b) {
@@ -319,13 +325,15 @@ ffi::Error both(const ffi::AnyBuffer& x, const ffi::AnyBuffer& dy, const ffi::An
 
 ffi::Error Backward(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer w,
                     ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw, MLC_GEOMETRY) {
-  MLC_LOCKED([&](const Geometry& g) { return both(x, dy, w, *dx, *dw, nullptr, g); });
+  MLC_LOCKED;
+  return both(x, dy, w, *dx, *dw, nullptr, g);
 }
 
 ffi::Error BackwardBias(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::AnyBuffer w,
                         ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw,
                         ffi::Result<ffi::AnyBuffer> db, MLC_GEOMETRY) {
-  MLC_LOCKED([&](const Geometry& g) { return both(x, dy, w, *dx, *dw, &*db, g); });
+  MLC_LOCKED;
+  return both(x, dy, w, *dx, *dw, &*db, g);
 }
 
 }  // namespace
