@@ -344,6 +344,52 @@ def test_data_sharding_over_four_devices():
   assert max(out["value"], out["dx"], out["dw"]) <= 1e-5, out
 
 
+LAYOUTS = """
+import json, jax, jax.numpy as jnp
+from jax import lax
+from mlc_jax.ops import conv
+DN = ("NHWC", "HWIO", "NHWC")
+x = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 9, 16))
+w = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 16, 32)) * 0.1
+b = jax.random.normal(jax.random.PRNGKey(2), (32,))
+rel = lambda a, e: float(jnp.linalg.norm(a - e) / jnp.linalg.norm(e))
+out = {}
+for s in (1, 2):
+  ours = lambda x, w, b: conv.onednn_conv_bias(x, w, b, (s, s), ((1, 1), (1, 1)), True)
+  ref = lambda x, w, b: jax.nn.relu(lax.conv_general_dilated(x, w, (s, s), ((1, 1), (1, 1)),
+                                                             dimension_numbers=DN) + b)
+  for name, f in (("ours", ours), ("ref", ref)):
+    out[name] = jax.jit(jax.value_and_grad(lambda *a: jnp.sum(jnp.sin(3 * f(*a))), (0, 1, 2)))(
+        x, w, b)
+  out[s] = max(rel(a, e) for a, e in zip(jax.tree.leaves(out.pop("ours")),
+                                         jax.tree.leaves(out.pop("ref"))))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("bits", ["0", "7"])
+def test_nhwc_by_default_and_blocked_activations_where_asked_equal_lax(bits):
+  # MLC_JAX_ONEDNN_BLOCKED (bits 1 forward, 2 input gradient, 4 weight gradient; default 0) moves
+  # the activations of the kinds it names into oneDNN's blocked layout; ONEDNN_VERBOSE shows the
+  # layout each primitive ran on. Values and all three gradients equal lax.conv + b + relu either way.
+  env = {"ONEDNN_VERBOSE": "1", "MLC_JAX_ONEDNN": "1"}
+  if bits != "0":
+    env["MLC_JAX_ONEDNN_BLOCKED"] = bits
+  stdout = _child(LAYOUTS, **env).stdout.splitlines()
+  errors = json.loads(stdout[-1])
+  assert max(errors.values()) <= 1e-5, errors
+  layouts = {}  # kind -> the source (or its gradient) layouts it ran on
+  for line in stdout:
+    fields = line.split(",")
+    if line.startswith("onednn_verbose,") and "exec" in fields and "convolution" in fields:
+      kind = fields[fields.index("convolution") + 2]
+      layouts.setdefault(kind, set()).add(fields[fields.index("convolution") + 3].split()[0])
+  assert set(layouts) == {"forward_training", "backward_data", "backward_weights"}, layouts
+  for kind, seen in layouts.items():
+    blocked = {fmt for fmt in seen if not fmt.endswith("blocked:acdb::f0")}
+    assert (blocked == seen) if bits == "7" else not blocked, (kind, seen)
+
+
 FALLBACK = """
 import jax, jax.numpy as jnp, numpy as np
 from jax import lax

@@ -16,8 +16,8 @@ BENCHMARKS.md). Where the
 library is missing or does not load, the convolutions use lax.conv and a warning says why, once;
 MLC_JAX_ONEDNN=0 turns the op off, saying so. MLC_JAX_ONEDNN_LIB points at another build of the
 library; MLC_JAX_ONEDNN_THREADS sets the threads of each convolution (default: one per available
-core); MLC_JAX_ONEDNN_BLOCKED which kinds use oneDNN's blocked activation layout
-(csrc/onednn_conv.cc).
+core); MLC_JAX_ONEDNN_BLOCKED which kinds use oneDNN's blocked activation layout (default none;
+csrc/onednn_conv.cc).
 """
 import contextlib
 import ctypes

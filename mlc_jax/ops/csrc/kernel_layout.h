@@ -39,45 +39,66 @@ inline std::pair<KernelLayout, int> find_kernel_layout(const dnnl::memory::desc&
   return {kOther, 0};
 }
 
+// copy_kernel for one block size B (a compile-time constant, so each B-float copy is a few vector
+// moves rather than a call to memcpy). Each loop walks the plain HWIO array in order, row by row
+// (one row: the O outputs of one (h, w, i)), and splits the rows over the OpenMP threads.
+template <int B>
+void copy_kernel_b(KernelLayout layout, int64_t O, int64_t I, int64_t HW, const float* from,
+                   float* to, bool to_prim) {
+  constexpr size_t kBytes = B * sizeof(float);
+  const int64_t rows = HW * I;
+  if (layout == kOBlocked) {  // HWIO[hw][i][o] <-> [o/B][hw][i][B]
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t ob = 0; ob < O / B; ++ob) {
+        const int64_t blocked = (ob * rows + r) * B, plain = r * O + ob * B;
+        to_prim ? std::memcpy(to + blocked, from + plain, kBytes)
+                : std::memcpy(to + plain, from + blocked, kBytes);
+      }
+  } else if (layout == kIBlocked) {  // HWIO[hw][i][o] <-> [i/B][hw][o][B]
+    // Per (i block, hw): a B x O tile of rows transposed to O x B, 8 outputs at a time through
+    // a small buffer (the element-wise loop it replaced ran at half the memory's speed).
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t ib = 0; ib < I / B; ++ib)
+      for (int64_t hw = 0; hw < HW; ++hw) {
+        const int64_t plain = (hw * I + ib * B) * O, blocked = (ib * HW + hw) * O * B;
+        for (int64_t o0 = 0; o0 < O; o0 += 8) {
+          const int64_t n = O - o0 < 8 ? O - o0 : 8;
+          float tile[8][B];
+          if (to_prim) {
+            for (int bi = 0; bi < B; ++bi)
+              for (int64_t k = 0; k < n; ++k) tile[k][bi] = from[plain + bi * O + o0 + k];
+            std::memcpy(to + blocked + o0 * B, tile, n * kBytes);
+          } else {
+            std::memcpy(tile, from + blocked + o0 * B, n * kBytes);
+            for (int bi = 0; bi < B; ++bi)
+              for (int64_t k = 0; k < n; ++k) to[plain + bi * O + o0 + k] = tile[k][bi];
+          }
+        }
+      }
+  } else if (layout == kOIBlocked) {  // HWIO[hw][i][o] <-> [o/B][i/B][hw][B i][B o]
+#pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t hw = r / I, i = r % I;
+      for (int64_t ob = 0; ob < O / B; ++ob) {
+        const int64_t blocked = (((ob * (I / B) + i / B) * HW + hw) * B + i % B) * B;
+        const int64_t plain = r * O + ob * B;
+        to_prim ? std::memcpy(to + blocked, from + plain, kBytes)
+                : std::memcpy(to + plain, from + blocked, kBytes);
+      }
+    }
+  }
+}
+
 // HWIO <-> a blocked kernel layout of block B (to_prim: HWIO -> blocked; else blocked -> HWIO);
-// dims O I KH KW. Plain strided copies of B floats at a time, split over the OpenMP threads.
+// dims O I KH KW. Near the speed of a memcpy of the kernel (a 3x3x512x512 kernel: 0.7-1.1 ms,
+// against 0.7 ms for memcpy, with the caches cold, on 2 Zen 4 cores).
 inline void copy_kernel(KernelLayout layout, int64_t B, const dnnl::memory::dims& d,
                         const float* from, float* to, bool to_prim) {
   const int64_t O = d[0], I = d[1], HW = d[2] * d[3];
-  const size_t bytes = B * sizeof(float);
-  if (layout == kOBlocked) {  // HWIO[hw][i][o] <-> [o/B][hw][i][B]
-    const int64_t rows = HW * I;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ob = 0; ob < O / B; ++ob)
-      for (int64_t r = 0; r < rows; ++r) {
-        float* blocked = (to_prim ? to : const_cast<float*>(from)) + (ob * rows + r) * B;
-        float* plain = (to_prim ? const_cast<float*>(from) : to) + r * O + ob * B;
-        to_prim ? std::memcpy(blocked, plain, bytes) : std::memcpy(plain, blocked, bytes);
-      }
-  } else if (layout == kIBlocked) {  // HWIO[hw][i][o] <-> [i/B][hw][o][B]
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ib = 0; ib < I / B; ++ib)
-      for (int64_t hw = 0; hw < HW; ++hw)
-        for (int64_t bi = 0; bi < B; ++bi) {
-          const int64_t plain_row = (hw * I + ib * B + bi) * O, blocked_row = (ib * HW + hw) * O * B;
-          if (to_prim) {
-            for (int64_t oo = 0; oo < O; ++oo) to[blocked_row + oo * B + bi] = from[plain_row + oo];
-          } else {
-            for (int64_t oo = 0; oo < O; ++oo) to[plain_row + oo] = from[blocked_row + oo * B + bi];
-          }
-        }
-  } else if (layout == kOIBlocked) {  // HWIO[hw][i][o] <-> [o/B][i/B][hw][B i][B o]
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t ob = 0; ob < O / B; ++ob)
-      for (int64_t ib = 0; ib < I / B; ++ib)
-        for (int64_t hw = 0; hw < HW; ++hw)
-          for (int64_t bi = 0; bi < B; ++bi) {
-            const int64_t blocked = (((ob * (I / B) + ib) * HW + hw) * B + bi) * B;
-            const int64_t plain = (hw * I + ib * B + bi) * O + ob * B;
-            to_prim ? std::memcpy(to + blocked, from + plain, bytes)
-                    : std::memcpy(to + plain, from + blocked, bytes);
-          }
-  }
+  if (B == 16) copy_kernel_b<16>(layout, O, I, HW, from, to, to_prim);
+  if (B == 32) copy_kernel_b<32>(layout, O, I, HW, from, to, to_prim);
+  if (B == 64) copy_kernel_b<64>(layout, O, I, HW, from, to, to_prim);
 }
 
 }  // namespace mlc_conv
