@@ -26,7 +26,8 @@ Chosen on validation (val = 300 collages from Fashion-MNIST train items held out
   The proposal's 1e-4 was not run (1e-3 already moved val mAP by less than 0.02 in 2 epochs).
   (Measured with lax.conv; with the oneDNN convolutions, on by default since, head 0.803 and lr
   1e-2 0.832 / 0.851; with their fused bias/ReLU and the float32 reduction fusion, head 0.805
-  (best epoch 17) and lr 1e-2 0.832 / 0.853: the same choices.)
+  (best epoch 17) and lr 1e-2 0.832 / 0.853, unchanged with the weight gradient on NHWC: the
+  same choices.)
 All figures were measured on a 2-core machine shared with five other jobs (load 10-12), where
 VGG16 ran at 5-8 images/s instead of ~114, which bounded how much could be tried.
 """
