@@ -11,7 +11,7 @@ an optional ReLU into the float32 primitive (`onednn_conv_bias`), the bias gradi
 the weight gradient's primitive.
 
 On by default on the CPU (the op equals lax.conv within 1e-5 on every VGG16 layer and both
-gradients; VGG16's fine-tune steps at 224 and 112 px ran 1.05-1.19x faster than with lax.conv,
+gradients; VGG16's fine-tune steps at 224 and 112 px ran 1.13-1.22x faster than with lax.conv,
 BENCHMARKS.md). Where the
 library is missing or does not load, the convolutions use lax.conv and a warning says why, once;
 MLC_JAX_ONEDNN=0 turns the op off, saying so. MLC_JAX_ONEDNN_LIB points at another build of the
