@@ -8,7 +8,9 @@ the machine, the date and the exact command that produced it. Every script print
 and, last, one JSON line; the tables are copied under "Details". The sizes below keep the whole
 run near 10 minutes on a 2-core CPU; each script's flags give bigger ones. GPU rows come from
 `bash benchmarks/gpu.sh` on the accelerator machine (BUILD.md, GPU): pass the gpu_step.json it
-writes under $OUT with --gpu_json; without one they read 'not measured'.
+writes under $OUT with --gpu_json; without one they read 'not measured'. The `## ` sections of
+an existing BENCHMARKS.md that this script does not write (tables with their own commands) are
+kept as they are.
 """
 import argparse
 import datetime
@@ -178,6 +180,22 @@ def gpu_rows(path):
   return rows
 
 
+GENERATED = ("## GPU", "## Commands", "## Details")  # the `## ` sections main() writes
+
+
+def kept_sections(path):
+  """The lines of the `## ` sections of an existing BENCHMARKS.md that main() does not write
+  (tables measured with their own commands, such as benchmarks/train_step.py's and
+  benchmarks/backbones.py's): a rerun keeps them as they are, after its own table."""
+  kept, keep = [], False
+  for line in (path.read_text().splitlines() if path.exists() else []):
+    if line.startswith("## "):
+      keep = not line.startswith(GENERATED)
+    if keep:
+      kept.append(line)
+  return kept
+
+
 def main(argv=None):
   """Runs the benchmarks and writes the markdown file."""
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -215,7 +233,8 @@ def main(argv=None):
       "Ratio = ours / peer: for rates above 1 means mlc_jax is faster; for the rows marked "
       "'lower is better' (memory) below 1 means it needs less. Written by "
       "`benchmarks/run_all.py`; rerun it to refresh (timings on a shared machine are noisy, the "
-      "ratios of one run are what to compare).",
+      "ratios of one run are what to compare). The sections between the first table and GPU "
+      "come from their own commands, given in each; run_all.py keeps them as they are.",
       "",
       f"- machine: {common.machine()} ({platform.system()} {platform.machine()}); "
       f"jax {jax.__version__} on {jax.devices()[0].platform}",
@@ -227,6 +246,7 @@ def main(argv=None):
       "|---|---|---|---|",
       *lines,
       "",
+      *kept_sections(pathlib.Path(args.out)),
       "## GPU",
       "",
       "`bash benchmarks/gpu.sh` (benchmarks/gpu_step.py: the package's steps, VGG16 224 px bf16; "
