@@ -96,9 +96,11 @@ void copy_kernel_b(KernelLayout layout, int64_t O, int64_t I, int64_t HW, const 
 inline void copy_kernel(KernelLayout layout, int64_t B, const dnnl::memory::dims& d,
                         const float* from, float* to, bool to_prim) {
   const int64_t O = d[0], I = d[1], HW = d[2] * d[3];
-  if (B == 16) copy_kernel_b<16>(layout, O, I, HW, from, to, to_prim);
-  if (B == 32) copy_kernel_b<32>(layout, O, I, HW, from, to, to_prim);
-  if (B == 64) copy_kernel_b<64>(layout, O, I, HW, from, to, to_prim);
+  switch (B) {  // the blocks find_kernel_layout answers with
+    case 16: return copy_kernel_b<16>(layout, O, I, HW, from, to, to_prim);
+    case 32: return copy_kernel_b<32>(layout, O, I, HW, from, to, to_prim);
+    case 64: return copy_kernel_b<64>(layout, O, I, HW, from, to, to_prim);
+  }
 }
 
 }  // namespace mlc_conv
