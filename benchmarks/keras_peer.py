@@ -6,11 +6,12 @@ Its own process so that Keras runs as a Keras user runs it, without the settings
 points make for their process (parallel.setup_process: glibc's malloc kept to one arena, XLA's
 flags). It answers benchmarks/peer_protocol.py's commands; its setup takes
   {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5,
-   "arch": "vgg16", "width": 1.0} and answers with Keras's version.
+   "arch": "vgg16", "width": 1.0, "dtype": "float32"} and answers with Keras's version.
 The model is train_step.py's: keras.applications' VGG16 (or ResNet50/101), headless, average
 pooling (VGG16 with blocks < 5: tapped at block{blocks}_pool, then averaged), head
 fc1024-ReLU-dropout 0.5-fc(classes); conv blocks below the top `unfreeze` ones frozen; SGD lr 1e-4
-momentum 0.9, BCE with logits, compiled with jit_compile=False (TensorFlow's oneDNN kernels, its
+momentum 0.9, BCE with logits (dtype bfloat16: the mixed_bfloat16 policy, float32 variables and
+logits), compiled with jit_compile=False (TensorFlow's oneDNN kernels, its
 fastest CPU path): `train_on_batch`, or `predict_on_batch` for "infer".
 """
 import os
@@ -28,9 +29,11 @@ def random_batch(size, n, classes, seed=0):
           (rng.random((n, classes)) < 0.1).astype(np.float32))
 
 
-def setup(size, batch, unfreeze, classes=20, blocks=5, arch="vgg16", width=1.0):
+def setup(size, batch, unfreeze, classes=20, blocks=5, arch="vgg16", width=1.0, dtype="float32"):
   """The Keras model, freezing and optimizer -> a step callable."""
   import keras
+  keras.mixed_precision.set_global_policy({"float32": "float32",
+                                           "bfloat16": "mixed_bfloat16"}[dtype])
   if width != 1.0:
     raise SystemExit("the Keras side builds keras.applications' models, width 1.0 only")
   build = {"vgg16": keras.applications.VGG16, "resnet50": keras.applications.ResNet50,
@@ -48,7 +51,7 @@ def setup(size, batch, unfreeze, classes=20, blocks=5, arch="vgg16", width=1.0):
       layer.trainable = int(block[-1]) > top
   x = keras.layers.Dense(1024, activation="relu", name="fc1")(base.output)
   x = keras.layers.Dropout(0.5)(x)
-  out = keras.layers.Dense(classes, name="predictions")(x)
+  out = keras.layers.Dense(classes, name="predictions", dtype="float32")(x)  # float32 logits
   model = keras.Model(base.input, out)
   model.compile(optimizer=keras.optimizers.SGD(1e-4, momentum=0.9),
                 loss=keras.losses.BinaryCrossentropy(from_logits=True), jit_compile=False)

@@ -3,14 +3,19 @@
   .venv-torch/bin/python benchmarks/torch_peer.py      (`make torch-peer` makes .venv-torch)
 
 It answers benchmarks/peer_protocol.py's commands; its setup takes
-  {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5}
+  {"size": 224, "batch": 4, "unfreeze": "1"|"all"|"infer", "classes": 20, "blocks": 5,
+   "dtype": "float32"|"bfloat16"}
 and answers with torch's version and threads.
 The model is train_step.py's: VGG16 features (3x3 convs, ReLU, 2x2 max pools), global average
 pooling, fc1024-ReLU-dropout 0.5-fc(classes), the first `blocks` conv blocks kept (4: make demo's
 model, tapped at block 4's pool); conv blocks below the top `unfreeze` ones frozen
 (requires_grad False); SGD lr 1e-4 momentum 0.9, BCE with logits. "infer" times the forward under
 torch.inference_mode(). Tensors are channels_last (NHWC, oneDNN's fast layout in PyTorch).
+dtype bfloat16: the forward (and the loss's logits) under torch.autocast("cpu", torch.bfloat16),
+float32 parameters and optimizer, as a PyTorch user mixes precision on a CPU.
 """
+import contextlib
+
 import torch
 from torch import nn
 
@@ -34,8 +39,10 @@ def vgg16(classes, kept=5):
   return nn.Sequential(*layers), blocks
 
 
-def setup(size, batch, unfreeze, classes=20, blocks=5):
+def setup(size, batch, unfreeze, classes=20, blocks=5, dtype="float32"):
   torch.manual_seed(0)
+  mixed = {"float32": contextlib.nullcontext,
+           "bfloat16": lambda: torch.autocast("cpu", dtype=torch.bfloat16)}[dtype]
   kept = blocks
   model, blocks = vgg16(classes, kept)
   model = model.to(memory_format=torch.channels_last)
@@ -47,7 +54,7 @@ def setup(size, batch, unfreeze, classes=20, blocks=5):
     model.eval()
 
     def step():
-      with torch.inference_mode():
+      with torch.inference_mode(), mixed():
         model(images)
     return step
   top = 0 if unfreeze == "all" else kept - int(unfreeze)
@@ -60,7 +67,9 @@ def setup(size, batch, unfreeze, classes=20, blocks=5):
 
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = loss_fn(model(images), labels)
+    with mixed():
+      logits = model(images)
+    loss = loss_fn(logits.float(), labels)
     loss.backward()
     opt.step()
   return step

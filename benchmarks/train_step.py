@@ -4,7 +4,7 @@ lax.conv, Keras 3 (TensorFlow) and optionally PyTorch, alternating in one run.
   python benchmarks/train_step.py [--sizes=224,112] [--batch=4] [--steps=2] [--rounds=3]
                                   [--unfreeze=1,all,infer] [--infer_batch=16] [--width=1.0]
                                   [--torch=.venv-torch/bin/python] [--arch=vgg16|resnet50|resnet101]
-                                  [--blocks=5]
+                                  [--blocks=5] [--dtype=float32|bfloat16]
 
 Every side trains the same model (VGG16, or with --arch keras.applications' ResNet50/101 = our
 model.resnet_layout='keras', headless, average pooling, head fc1024-ReLU-dropout-fcC,
@@ -50,7 +50,7 @@ NUM_CLASSES = 20
 TORCH_VENV = os.path.join(ROOT, ".venv-torch", "bin", "python")
 
 
-def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5):
+def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5, dtype="float32"):
   """One step (or forward) of mlc_jax's model -> a callable running it to completion."""
   import contextlib
 
@@ -62,6 +62,7 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5):
   c = default.get_config()
   c.image_size, c.model.width, c.model.weights = size, width, ""
   c.model.arch, c.model.resnet_layout, c.model.blocks = arch, "keras", blocks
+  c.dtype = dtype
   model = models.build_model(c, NUM_CLASSES)
   mesh = parallel.mesh()
   images, labels = keras_peer.random_batch(size, batch, NUM_CLASSES)
@@ -156,6 +157,9 @@ def main():
                  help="VGG16's conv blocks kept (model.blocks): 4 is make demo's model, tapped "
                       "at block4_pool (`--sizes=56 --blocks=4 --batch=32 --unfreeze=1` is its "
                       "fine-tune step)")
+  p.add_argument("--dtype", default="float32",
+                 help="compute dtype: bfloat16 is config.dtype='bfloat16' (float32 parameters), "
+                      "Keras's mixed_bfloat16 policy and PyTorch's CPU autocast to bfloat16")
   p.add_argument("--torch", default=TORCH_VENV if os.path.exists(TORCH_VENV) else "",
                  help="a Python with torch for the PyTorch column ('' leaves it out)")
   args = p.parse_args()
@@ -170,7 +174,7 @@ def main():
   keras = PeerSide(sys.executable, "keras_peer.py", env=keras_env)
   print(f"# {common.machine()}, {jax.device_count()} JAX device(s), batch {args.batch} "
         f"(infer {args.infer_batch}), {args.steps} steps x best of {args.rounds} rounds, "
-        f"oneDNN threads {conv.threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        f"{args.dtype}, oneDNN threads {conv.threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
         + (f", torch {torch.ask({'setup': {'size': 32, 'batch': 1, 'unfreeze': 'infer'}})['version']}"
            if torch else ""))
   head = ("| size | unfreeze | oneDNN img/s | Keras img/s | oneDNN/Keras | lax img/s | lax/Keras "
@@ -183,18 +187,20 @@ def main():
   for size in (int(s) for s in args.sizes.split(",")):
     for unfreeze in args.unfreeze.split(","):
       batch = args.infer_batch if unfreeze == "infer" else args.batch
-      sides = {"oneDNN": jax_side(size, batch, unfreeze, args.width, False, args.arch, args.blocks),
-               "lax": jax_side(size, batch, unfreeze, args.width, True, args.arch, args.blocks),
+      ours = (size, batch, unfreeze, args.width)
+      sides = {"oneDNN": jax_side(*ours, False, args.arch, args.blocks, args.dtype),
+               "lax": jax_side(*ours, True, args.arch, args.blocks, args.dtype),
                "Keras": keras.setup(size=size, batch=batch, unfreeze=unfreeze, blocks=args.blocks,
-                                    arch=args.arch, width=args.width)}
+                                    arch=args.arch, width=args.width, dtype=args.dtype)}
       if torch:
         sides["PyTorch"] = torch.setup(size=size, batch=batch, unfreeze=unfreeze,
-                                       blocks=args.blocks)
+                                       blocks=args.blocks, dtype=args.dtype)
       r = measure(sides, batch, args.steps, args.rounds)
       o, k, x = r["oneDNN"][0], r["Keras"][0], r["lax"][0]
       line = (f"| {size} | {unfreeze} | {o:.2f} | {k:.2f} | {o / k:.2f}x | {x:.2f} | {x / k:.2f}x "
               f"| {o / x:.2f}x | {r['oneDNN'][1]:.2f}, {r['Keras'][1]:.2f} |")
       row = {"size": size, "unfreeze": unfreeze, "batch": batch, "blocks": args.blocks,
+             "dtype": args.dtype,
              **{name: rate for name, (rate, _) in r.items()}}
       if torch:
         t = r["PyTorch"][0]

@@ -234,14 +234,34 @@ def test_bias_and_relu_fused_equal_lax_and_each_gradient_alone(shape, relu):
     assert called == {"bias_forward", target}, (argnums, called)
 
 
+@pytest.mark.parametrize("shape", BIAS_CASES, ids=["vgg", "stride2", "1x1"])
+def test_bias_and_relu_fused_in_bfloat16_within_its_precision(shape):
+  # As test_bfloat16_within_its_precision: the reference is lax in float32 (+ b, ReLU) on the
+  # same bf16-rounded operands and cotangent; oneDNN accumulates in float32, rounds to bf16.
+  n, h, wd, c, o, k, strides, padding = shape
+  x, w = _operands(n, h, wd, c, o, k, jnp.bfloat16, seed=9)
+  b = jax.random.normal(jax.random.PRNGKey(10), (o,), jnp.float32).astype(jnp.bfloat16)
+  pads = conv._pads(x.shape, w.shape, strides, padding)
+  y, vjp = jax.vjp(lambda x, w, b: conv.onednn_conv_bias(x, w, b, strides, pads, True), x, w, b)
+  r = jax.random.normal(jax.random.PRNGKey(11), y.shape, jnp.float32).astype(jnp.bfloat16)
+  f32 = [a.astype(jnp.float32) for a in (x, w, b, r)]
+  want, want_vjp = jax.vjp(lambda x, w, b: _bias_reference(x, w, b, strides, padding, True),
+                           *f32[:3])
+  got = (y, *vjp(r))
+  assert all(a.dtype == jnp.bfloat16 for a in got)
+  assert 0.2 < float(jnp.mean(y == 0)) < 0.8  # the ReLU's mask matters
+  for name, a, e in zip(("value", "dx", "dw", "db"), got, (want, *want_vjp(f32[3]))):
+    assert a.shape == e.shape and _rel(a.astype(jnp.float32), e) <= 1e-2, (name, _rel(a, e))
+
+
 def test_conv_module_equals_nnx_conv_and_fuses_only_what_it_can():
   # conv.Conv is nnx.Conv (same parameters) with the bias and ReLU fused where the op takes them:
-  # float32 with a bias; without a bias, in bfloat16 or under lax_only it is nnx.Conv's own call.
+  # float32 or bfloat16 with a bias; without a bias or under lax_only it is nnx.Conv's own call.
   from flax import nnx
   x = jax.random.normal(jax.random.PRNGKey(2), (2, 9, 9, 16), jnp.float32)
   cases = [({}, "bias_forward"), ({"use_bias": False}, "forward"),
-           ({"dtype": jnp.bfloat16}, "forward"), ({"strides": 2, "padding": ((1, 0), (0, 1))},
-                                                  "bias_forward")]
+           ({"dtype": jnp.bfloat16}, "bias_forward"),
+           ({"strides": 2, "padding": ((1, 0), (0, 1))}, "bias_forward")]
   for kwargs, target in cases:
     ours = conv.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0), **{"padding": "SAME", **kwargs})
     plain = nnx.Conv(16, 32, (3, 3), rngs=nnx.Rngs(0), **{"padding": "SAME", **kwargs})

@@ -7,7 +7,7 @@ csrc/onednn_conv.cc (built by `make install` into this folder), tied together wi
 (symbolic zeros: only the gradients asked for are computed, the input and weight gradients in one
 call when both are); anything else, and every GPU/TPU, goes to lax.conv. Paddings are lax's own
 (lax.padtype_to_pads), passed to oneDNN explicitly. `Conv`, an nnx.Conv, also fuses its bias and
-an optional ReLU into the float32 primitive (`onednn_conv_bias`), the bias gradient coming from
+an optional ReLU into the primitive (`onednn_conv_bias`), the bias gradient coming from
 the weight gradient's primitive.
 
 On by default on the CPU (the op equals lax.conv within 1e-5 on every VGG16 layer and both
@@ -247,8 +247,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 class Conv(nnx.Conv):
   """nnx.Conv (same parameters, same results) whose CPU convolutions run through oneDNN, with the
   bias and an optional ReLU (`conv(x, relu=True)` = jax.nn.relu(conv(x))) fused into the
-  primitive where it can: float32, a bias, no mask, 2-D NHWC, no dilation or feature groups, the
-  library on. Anything else is nnx.Conv's own call with conv_general_dilated above (then the ReLU).
+  primitive where it can: float32 or bfloat16, a bias, no mask, 2-D NHWC, no dilation or feature
+  groups, the library on. Anything else is nnx.Conv's own call with conv_general_dilated above
+  (then the ReLU).
   """
 
   def __init__(self, *args, **kwargs):
@@ -259,8 +260,7 @@ class Conv(nnx.Conv):
     if self._fusable(inputs):
       x, kernel, bias = self.promote_dtype((inputs, self.kernel[...], self.bias[...]),
                                            dtype=self.dtype)
-      if x.dtype == jnp.float32 and _supported(x, kernel, None, None, NHWC,
-                                               self.feature_group_count, 1, None, None):
+      if _supported(x, kernel, None, None, NHWC, self.feature_group_count, 1, None, None):
         strides = self.strides or 1
         strides = (strides,) * 2 if isinstance(strides, int) else tuple(strides)
         return onednn_conv_bias(x, kernel, bias, strides,
