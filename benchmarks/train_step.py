@@ -68,10 +68,16 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5, dty
   images, labels = keras_peer.random_batch(size, batch, NUM_CLASSES)
   trace = conv.lax_only() if lax_only else contextlib.nullcontext()
   if unfreeze == "infer":
+    # models.forward's jits are cached by model structure, and lax_only is not part of a jit's
+    # cache key: without the clear, the second side would run the first side's program.
+    models.forward.cache_clear()
     fn, state = common.forward(model, mesh)
     data = parallel.shard_batch({"image": images}, mesh)["image"]
-    with trace:
-      jax.block_until_ready(fn(state, data))  # traced and compiled here, under `trace`
+    with trace:  # traced and compiled here, under `trace`
+      if ("mlc_onednn_conv" in fn.lower(state, data).as_text()) == lax_only:
+        raise SystemExit(f"the {'lax' if lax_only else 'oneDNN'} side's forward runs the other's "
+                         "convolutions")
+      jax.block_until_ready(fn(state, data))
     return lambda: jax.block_until_ready(fn(state, data))
   p = common.finetune_step(c, model, mesh, unfreeze, augment=False, steps_per_epoch=1)
   data = parallel.shard_batch({"image": images, "labels": labels, "mask": np.ones(batch, bool)},
