@@ -4,10 +4,11 @@
                                            [--unfreeze all]
 
 config.dtype='bfloat16' runs convolutions and matmuls in bf16 with float32 parameters, optimizer
-state and loss (tests/test_bf16.py checks that). On accelerators with bf16 units (TPU, NVIDIA
-tensor cores) this is the fast path; XLA:CPU has no bf16 convolution kernels on most x86 CPUs and
-converts, so on a CPU expect a ratio near or below 1. The losses after the steps are printed side
-by side (the accuracy cost).
+state and loss (tests/integration/test_bf16.py checks that). On accelerators with bf16 units
+(TPU, NVIDIA tensor cores) this is the fast path; on a CPU with AVX512-BF16 or AMX so it is with
+the oneDNN convolutions (mlc_jax/ops/conv.py: VGG16 at width 1 ran 1.7-2.0x float32 on Zen 4,
+BENCHMARKS.md), while XLA:CPU's own convolutions convert (expect a ratio near or below 1, as
+with MLC_JAX_ONEDNN=0). The losses after the steps are printed side by side (the accuracy cost).
 """
 import argparse
 import pathlib
