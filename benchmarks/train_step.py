@@ -180,7 +180,8 @@ def main():
   keras = PeerSide(sys.executable, "keras_peer.py", env=keras_env)
   print(f"# {common.machine()}, {jax.device_count()} JAX device(s), batch {args.batch} "
         f"(infer {args.infer_batch}), {args.steps} steps x best of {args.rounds} rounds, "
-        f"{args.dtype}, oneDNN threads {conv.threads()}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        f"{args.dtype}, oneDNN threads {conv.threads()}, "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
         + (f", torch {torch.ask({'setup': {'size': 32, 'batch': 1, 'unfreeze': 'infer'}})['version']}"
            if torch else ""))
   head = ("| size | unfreeze | oneDNN img/s | Keras img/s | oneDNN/Keras | lax img/s | lax/Keras "

@@ -391,7 +391,8 @@ print(json.dumps(out))
 def test_nhwc_by_default_and_blocked_activations_where_asked_equal_lax(bits):
   # MLC_JAX_ONEDNN_BLOCKED (bits 1 forward, 2 input gradient, 4 weight gradient; default 0) moves
   # the activations of the kinds it names into oneDNN's blocked layout; ONEDNN_VERBOSE shows the
-  # layout each primitive ran on. Values and all three gradients equal lax.conv + b + relu either way.
+  # layout each primitive ran on. Values and all three gradients equal lax.conv + b + relu either
+  # way.
   env = {"ONEDNN_VERBOSE": "1", "MLC_JAX_ONEDNN": "1",  # empty: the default, whatever ours says
          "MLC_JAX_ONEDNN_BLOCKED": "" if bits == "0" else bits}
   stdout = _child(LAYOUTS, **env).stdout.splitlines()
