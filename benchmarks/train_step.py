@@ -68,12 +68,9 @@ def jax_side(size, batch, unfreeze, width, lax_only, arch="vgg16", blocks=5, dty
   images, labels = keras_peer.random_batch(size, batch, NUM_CLASSES)
   trace = conv.lax_only() if lax_only else contextlib.nullcontext()
   if unfreeze == "infer":
-    # models.forward's jits are cached by model structure, and lax_only is not part of a jit's
-    # cache key: without the clear, the second side would run the first side's program.
-    models.forward.cache_clear()
-    fn, state = common.forward(model, mesh)
     data = parallel.shard_batch({"image": images}, mesh)["image"]
-    with trace:  # traced and compiled here, under `trace`
+    with trace:  # asked for, traced and compiled here, under `trace` (models.forward keys on it)
+      fn, state = common.forward(model, mesh)
       if ("mlc_onednn_conv" in fn.lower(state, data).as_text()) == lax_only:
         raise SystemExit(f"the {'lax' if lax_only else 'oneDNN'} side's forward runs the other's "
                          "convolutions")

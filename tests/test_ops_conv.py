@@ -329,6 +329,28 @@ def test_vgg_routes_its_convolutions_through_the_op():
     assert "mlc_onednn_conv" not in jax.jit(lambda im: model(im)).lower(images).as_text()
 
 
+def test_a_forward_asked_for_inside_lax_only_traces_its_own_program():
+  # models.forward caches its jitted functions by model structure; a jit's trace cache does not
+  # see lax_only, so the cache keys on it: inside, a program with no oneDNN call (what export
+  # needs), outside, the cached one with it.
+  from flax import nnx
+
+  from conftest import default_config
+  from mlc_jax import models
+  c = default_config()
+  c.image_size, c.model.width, c.model.weights, c.model.arch = 32, 1 / 16, "", "vgg11"
+  graphdef, state = nnx.split(models.build_model(c, 4))
+  images = jnp.zeros((2, 32, 32, 3), jnp.uint8)
+  outside = models.forward(graphdef)
+  assert "mlc_onednn_conv" in outside.lower(state, images).as_text()
+  with conv.lax_only():
+    inside = models.forward(graphdef)
+    assert "mlc_onednn_conv" not in inside.lower(state, images).as_text()
+    np.testing.assert_allclose(inside(state, images), outside(state, images), rtol=1e-4,
+                               atol=1e-6)
+  assert models.forward(graphdef) is outside
+
+
 def _child(code, **env):
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                         timeout=300, env=subprocess_env(**env))

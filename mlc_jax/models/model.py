@@ -12,6 +12,7 @@ from flax import nnx
 from mlc_jax import parallel
 from mlc_jax.models import families, weights
 from mlc_jax.models.head import Head
+from mlc_jax.ops import conv
 
 # What a checkpoint keeps of a model: parameters and BatchNorm statistics, not RNG streams.
 SAVED = nnx.Any(nnx.Param, nnx.BatchStat)
@@ -61,14 +62,20 @@ def probabilities(graphdef, state, images, activation_name):
   return activation(nnx.merge(graphdef, state)(images, train=False), activation_name)
 
 
-@functools.lru_cache(maxsize=16)
 def forward(graphdef, activation_name="sigmoid", mesh=None, compiler_options=()):
   """The one jitted forward: fn(state, images) -> scores (`probabilities` of the model graphdef).
 
   mesh: the state replicated and images and scores split over its 'data' axis; None: wherever
   the arguments are. compiler_options: parallel.jit_options of the model. Cached by (graphdef,
-  activation, mesh, options): a model split again compiles once.
+  activation, mesh, options, whether ops.conv.lax_only is on): a model split again compiles
+  once, and one asked for inside lax_only traces its own program with lax.conv.
   """
+  return _forward(graphdef, activation_name, mesh, compiler_options, conv.in_lax_only())
+
+
+@functools.lru_cache(maxsize=16)
+def _forward(graphdef, activation_name, mesh, compiler_options, lax_only):
+  del lax_only  # a cache key only: jit's own trace cache does not see ops.conv.lax_only
   fn = functools.partial(probabilities, graphdef, activation_name=activation_name)
   options = dict(compiler_options)
   if mesh is None:

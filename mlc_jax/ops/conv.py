@@ -100,6 +100,12 @@ def lax_only():
     _LAX_ONLY[0] -= 1
 
 
+def in_lax_only():
+  """True inside lax_only(): what a cache of jitted functions must key on (a jit's own trace
+  cache does not see it)."""
+  return _LAX_ONLY[0] > 0
+
+
 def why_not():
   """Why the oneDNN convolutions are off (None when they are on or not yet asked for)."""
   return _LIB["why"]
